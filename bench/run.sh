@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Benchmarks of the engine core, Berth beside Docker/Podman where installed. Medians of several runs.
+# Usage: bench/run.sh [runs]    (needs root; builds nothing: run `make release` first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-20}
+BERTH=${BERTH:-target/release/berth}
+work=$(mktemp -d /tmp/berth-bench.XXXXXX)
+B="$BERTH --root $work/root --runroot $work/run"
+cleanup() { $B ps -aq --no-trunc 2>/dev/null | xargs -r $B rm -f >/dev/null 2>&1 || true; umount -R "$work" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+scripts/busybox-rootfs.sh "$work/busybox.tar"
+$B import -c 'CMD ["sh"]' "$work/busybox.tar" busybox:latest >/dev/null
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
+time_median() { for _ in $(seq "$RUNS"); do ms "$@"; done | median; }
+
+echo "== run --rm busybox true (median of $RUNS, ms)"
+berth_run=$(time_median $B run --rm busybox true)
+echo "berth:  $berth_run"
+if command -v docker >/dev/null && docker info >/dev/null 2>&1 && docker image inspect busybox >/dev/null 2>&1; then
+  docker_run=$(time_median docker run --rm busybox true); echo "docker: $docker_run  (ratio docker/berth: $(echo "scale=1; $docker_run/$berth_run" | bc))"
+fi
+if command -v podman >/dev/null && podman image exists busybox 2>/dev/null; then
+  podman_run=$(time_median podman run --rm busybox true); echo "podman: $podman_run  (ratio podman/berth: $(echo "scale=1; $podman_run/$berth_run" | bc))"
+fi
+
+echo "== 100 parallel run -d (s until all running)"
+s=$(date +%s%N)
+for i in $(seq 100); do $B run -d --name p$i busybox sleep 600 >/dev/null & done; wait
+e=$(date +%s%N)
+running=$($B ps -q | wc -l)
+echo "berth: $(( (e - s) / 1000000 )) ms, running: $running/100"
+
+echo "== monitor RSS per running container (KiB, median)"
+for id in $($B ps -q --no-trunc); do
+  pid=$($B inspect -f '{{.State.Pid}}' "$id"); ppid=$(awk '{print $4}' /proc/$pid/stat)
+  awk '/VmRSS/ {print $2}' /proc/$ppid/status
+done | median
+
+echo "== ps -a with N containers (ms, median of 10)"
+for i in $(seq 101 1000); do echo "c$i"; done | xargs -P 8 -I{} $B create --name {} busybox true >/dev/null
+echo "containers: $($B ps -aq | wc -l)"
+RUNS=10 time_median $B ps -a | sed 's/^/berth ps -a: /'
+$B ps -aq --no-trunc | xargs -P 4 -n 50 $B rm -f >/dev/null
+
+echo "== 1 GiB to stdout, logged (MB/s)"
+s=$(date +%s%N)
+$B run --name logger busybox sh -c 'head -c 1073741824 /dev/zero | tr "\0" "x" | fold -w 99' >/dev/null
+e=$(date +%s%N)
+ms_taken=$(( (e - s) / 1000000 ))
+lines=$(wc -l < "$work/root/containers/$($B inspect -f '{{.Id}}' logger)/$($B inspect -f '{{.Id}}' logger)-json.log")
+echo "berth: $(( 1073741824 / 1000 / ms_taken )) MB/s, records: $lines (expected $(( 1073741824 / 100 )))"

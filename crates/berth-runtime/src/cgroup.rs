@@ -1,0 +1,136 @@
+//! Cgroup paths and readings of a container (v1, v2 and hybrid hosts).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The cgroup path Berth gives a container (relative to each hierarchy's root).
+pub fn cgroups_path(id: &str) -> String {
+    format!("/berth/{id}")
+}
+
+/// Whether the host uses the unified (v2-only) hierarchy.
+pub fn is_unified() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+fn v1_dir(controller: &str, id: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup")
+        .join(controller)
+        .join(cgroups_path(id).trim_start_matches('/'))
+}
+
+fn v2_dir(id: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup").join(cgroups_path(id).trim_start_matches('/'))
+}
+
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// How many processes the OOM killer killed in the container's cgroup (read before the cgroup is removed).
+pub fn oom_kills(id: &str) -> u64 {
+    if is_unified() {
+        read_key(&v2_dir(id).join("memory.events"), "oom_kill").unwrap_or(0)
+    } else {
+        read_key(&v1_dir("memory", id).join("memory.oom_control"), "oom_kill").unwrap_or(0)
+    }
+}
+
+/// Resource usage of a running container, for `stats`.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// Total CPU time in nanoseconds.
+    pub cpu_ns: u64,
+    /// Memory in use, bytes (page cache excluded as Docker does).
+    pub memory: u64,
+    /// Memory limit in bytes (0 = none).
+    pub memory_limit: u64,
+    /// Number of processes.
+    pub pids: u64,
+    /// Bytes read from block devices.
+    pub block_read: u64,
+    /// Bytes written to block devices.
+    pub block_write: u64,
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Reads a container's resource usage from its cgroups.
+pub fn usage(id: &str) -> Usage {
+    let mut u = Usage::default();
+    if is_unified() {
+        let dir = v2_dir(id);
+        u.cpu_ns = read_key(&dir.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000;
+        let current = read_u64(&dir.join("memory.current")).unwrap_or(0);
+        let inactive = read_key(&dir.join("memory.stat"), "inactive_file").unwrap_or(0);
+        u.memory = current.saturating_sub(inactive);
+        u.memory_limit = read_u64(&dir.join("memory.max")).unwrap_or(0);
+        u.pids = read_u64(&dir.join("pids.current")).unwrap_or(0);
+        if let Ok(text) = fs::read_to_string(dir.join("io.stat")) {
+            for field in text.split_whitespace() {
+                if let Some(v) = field.strip_prefix("rbytes=") {
+                    u.block_read += v.parse().unwrap_or(0);
+                } else if let Some(v) = field.strip_prefix("wbytes=") {
+                    u.block_write += v.parse().unwrap_or(0);
+                }
+            }
+        }
+    } else {
+        u.cpu_ns = read_u64(&v1_dir("cpuacct", id).join("cpuacct.usage")).unwrap_or(0);
+        let mem = v1_dir("memory", id);
+        let usage = read_u64(&mem.join("memory.usage_in_bytes")).unwrap_or(0);
+        let inactive = read_key(&mem.join("memory.stat"), "total_inactive_file").unwrap_or(0);
+        u.memory = usage.saturating_sub(inactive);
+        let limit = read_u64(&mem.join("memory.limit_in_bytes")).unwrap_or(0);
+        // v1 reports "no limit" as a huge page-aligned number.
+        u.memory_limit = if limit >= (1u64 << 62) { 0 } else { limit };
+        u.pids = read_u64(&v1_dir("pids", id).join("pids.current")).unwrap_or(0);
+        if let Ok(text) =
+            fs::read_to_string(v1_dir("blkio", id).join("blkio.throttle.io_service_bytes"))
+        {
+            for line in text.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() == 3 {
+                    let v: u64 = f[2].parse().unwrap_or(0);
+                    match f[1] {
+                        "Read" => u.block_read += v,
+                        "Write" => u.block_write += v,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    u
+}
+
+/// The freezer state file path for pause/unpause checks.
+pub fn is_frozen(id: &str) -> bool {
+    if is_unified() {
+        read_u64(&v2_dir(id).join("cgroup.freeze")) == Some(1)
+    } else {
+        fs::read_to_string(v1_dir("freezer", id).join("freezer.state"))
+            .map(|s| s.trim() == "FROZEN")
+            .unwrap_or(false)
+    }
+}
+
+/// Host PIDs of every process in the container's cgroup.
+pub fn pids(id: &str) -> Vec<i32> {
+    let path = if is_unified() {
+        v2_dir(id)
+    } else {
+        v1_dir("pids", id)
+    };
+    fs::read_to_string(path.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}

@@ -1,0 +1,699 @@
+//! The engine: container lifecycle operations over the store, one short-lived call per CLI command.
+//! Running containers are owned by their monitor processes; the engine starts them and talks to them
+//! through the store, signals and the monitor's lock.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_store::container::{ContainerRecord, MountPoint, Status};
+use berth_store::{Store, StoreError};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::error::{io_err, RuntimeError};
+use crate::options::{self, RunOptions};
+
+/// The file descriptor the monitor reports on (see [`MonitorEvent`]).
+pub const STATUS_FD: RawFd = 3;
+
+/// An open engine: the store plus the run directory.
+pub struct Engine {
+    store: Store,
+    runroot: PathBuf,
+}
+
+/// How the caller of `start` wants the container's stdio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdio3 {
+    /// Detached: output only to the log.
+    Detached,
+    /// The caller's own stdin/stdout/stderr are handed to the monitor, which forwards container stdio
+    /// to them (and to the log) until the caller goes away.
+    Inherit,
+}
+
+/// What the monitor tells the process that started it, one line each on the status pipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorEvent {
+    /// The container runs with this host PID.
+    Started(i32),
+    /// The container could not be started.
+    Failed(i32, String),
+    /// The container exited with this status (after any restarts the policy made).
+    Exited(i32),
+    /// The attached caller pressed the detach keys.
+    Detached,
+}
+
+impl MonitorEvent {
+    /// The wire form.
+    pub fn to_line(&self) -> String {
+        match self {
+            MonitorEvent::Started(pid) => format!("started {pid}\n"),
+            MonitorEvent::Failed(code, msg) => {
+                format!("failed {code} {}\n", msg.replace('\n', " "))
+            }
+            MonitorEvent::Exited(code) => format!("exited {code}\n"),
+            MonitorEvent::Detached => "detached\n".to_string(),
+        }
+    }
+
+    /// Parses the wire form.
+    pub fn parse(line: &str) -> Option<Self> {
+        let line = line.trim_end();
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match word {
+            "started" => rest.parse().ok().map(MonitorEvent::Started),
+            "exited" => rest.parse().ok().map(MonitorEvent::Exited),
+            "detached" => Some(MonitorEvent::Detached),
+            "failed" => {
+                let (code, msg) = rest.split_once(' ').unwrap_or((rest, ""));
+                Some(MonitorEvent::Failed(code.parse().ok()?, msg.to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A started container: its PID, and for attached starts the pipe the monitor reports on.
+pub struct Started {
+    /// The container's init PID on the host.
+    pub pid: i32,
+    /// The monitor's PID.
+    pub monitor_pid: i32,
+    /// Remaining monitor events (exit, detach); None when detached.
+    pub events: Option<BufReader<File>>,
+}
+
+impl Engine {
+    /// Opens the store at `root` and the run directory at `runroot`.
+    pub fn open(root: &Path, runroot: &Path) -> Result<Self, RuntimeError> {
+        let store = Store::open(root)?;
+        fs::create_dir_all(runroot.join("containers")).map_err(|e| io_err(runroot.display(), e))?;
+        let runroot = fs::canonicalize(runroot).map_err(|e| io_err(runroot.display(), e))?;
+        Ok(Self { store, runroot })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The run directory.
+    pub fn runroot(&self) -> &Path {
+        &self.runroot
+    }
+
+    /// `runroot/containers/<id>`: the monitor's lock and sockets, the bundle.
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.runroot.join("containers").join(id)
+    }
+
+    /// Where libcontainer keeps its state.
+    pub fn libcontainer_root(&self) -> PathBuf {
+        self.runroot.join("libcontainer")
+    }
+
+    /// The json-file log of a container.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.store.container_dir(id).join(format!("{id}-json.log"))
+    }
+
+    /// Creates a container (record, snapshot, volumes, hosts files) without starting it.
+    pub fn create(&self, options: &RunOptions) -> Result<ContainerRecord, RuntimeError> {
+        let image = self.store.image(&options.image)?;
+        let id = format!(
+            "{}{}",
+            berth_store::random_hex(16),
+            berth_store::random_hex(16)
+        );
+        let explicit_name = options.name.is_some();
+        let mut name = options
+            .name
+            .clone()
+            .unwrap_or_else(|| crate::names::random_name(0));
+        let mut record = options::build_record(options, &image, &id, &name)?;
+        record.mounts = self.resolve_mounts(options, &record)?;
+        record.host_config.mounts = options
+            .mounts
+            .iter()
+            .map(|m| options::parse_mount_flag(m))
+            .chain(options.tmpfs.iter().map(|t| options::parse_tmpfs_flag(t)))
+            .collect::<Result<_, _>>()?;
+        self.store.snapshots().create_container(&id)?;
+        let files = self.store.container_dir(&id);
+        let result = (|| {
+            fs::create_dir_all(&files).map_err(|e| io_err(files.display(), e))?;
+            write_etc_files(&files, &record)?;
+            let mut attempt = 0;
+            loop {
+                match self.store.create_container(&record) {
+                    Err(StoreError::NameConflict { .. }) if !explicit_name && attempt < 10 => {
+                        attempt += 1;
+                        name = crate::names::random_name(attempt);
+                        record.name = name.clone();
+                    }
+                    other => return other.map_err(RuntimeError::from),
+                }
+            }
+        })();
+        if let Err(e) = result {
+            let _ = self.store.snapshots().remove_container(&id);
+            let _ = fs::remove_dir_all(&files);
+            self.remove_anonymous_volumes(&record.mounts);
+            return Err(e);
+        }
+        Ok(record)
+    }
+
+    fn resolve_mounts(
+        &self,
+        options: &RunOptions,
+        record: &ContainerRecord,
+    ) -> Result<Vec<MountPoint>, RuntimeError> {
+        let mut requests = Vec::new();
+        for v in &options.volumes {
+            requests.push((options::parse_volume_flag(v)?, true));
+        }
+        for m in &options.mounts {
+            requests.push((options::parse_mount_flag(m)?, false));
+        }
+        for t in &options.tmpfs {
+            requests.push((options::parse_tmpfs_flag(t)?, false));
+        }
+        let mut mounts: Vec<MountPoint> = Vec::new();
+        for from in &options.volumes_from {
+            let (name, mode) = from.split_once(':').unwrap_or((from.as_str(), ""));
+            let other = self.store.container(name)?;
+            for m in other.mounts.iter().filter(|m| m.kind != "tmpfs") {
+                let mut m = m.clone();
+                if mode == "ro" {
+                    m.rw = false;
+                    m.mode = "ro".into();
+                }
+                m.anonymous = false; // owned by the other container
+                mounts.push(m);
+            }
+        }
+        for (request, create_missing_bind) in requests {
+            if mounts.iter().any(|m| m.destination == request.target) {
+                return Err(RuntimeError::InvalidOption(format!(
+                    "Duplicate mount point: {}",
+                    request.target
+                )));
+            }
+            let point = match request.kind.as_str() {
+                "bind" => {
+                    let source = PathBuf::from(&request.source);
+                    if !source.exists() {
+                        if !create_missing_bind {
+                            return Err(RuntimeError::InvalidOption(format!(
+                                "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                                request.source
+                            )));
+                        }
+                        fs::create_dir_all(&source).map_err(|e| io_err(source.display(), e))?;
+                    }
+                    options::mount_point(&request, request.source.clone(), String::new(), false)
+                }
+                "volume" => {
+                    let anonymous = request.source.is_empty();
+                    let name = if anonymous {
+                        format!(
+                            "{}{}",
+                            berth_store::random_hex(16),
+                            berth_store::random_hex(16)
+                        )
+                    } else {
+                        request.source.clone()
+                    };
+                    let (volume, _) =
+                        self.store
+                            .create_volume(&name, &Default::default(), anonymous)?;
+                    options::mount_point(
+                        &request,
+                        volume.mountpoint.to_string_lossy().into_owned(),
+                        name,
+                        anonymous,
+                    )
+                }
+                _ => options::mount_point(&request, String::new(), String::new(), false),
+            };
+            mounts.push(point);
+        }
+        // Image VOLUMEs the user did not cover become anonymous volumes.
+        for target in record.config.volumes.keys() {
+            if mounts.iter().any(|m| &m.destination == target) {
+                continue;
+            }
+            let name = format!(
+                "{}{}",
+                berth_store::random_hex(16),
+                berth_store::random_hex(16)
+            );
+            let (volume, _) = self.store.create_volume(&name, &Default::default(), true)?;
+            let request = berth_store::container::MountRequest {
+                kind: "volume".into(),
+                source: String::new(),
+                target: target.clone(),
+                read_only: false,
+                options: Vec::new(),
+            };
+            mounts.push(options::mount_point(
+                &request,
+                volume.mountpoint.to_string_lossy().into_owned(),
+                name,
+                true,
+            ));
+        }
+        Ok(mounts)
+    }
+
+    fn remove_anonymous_volumes(&self, mounts: &[MountPoint]) {
+        for m in mounts.iter().filter(|m| m.anonymous) {
+            let _ = self.store.remove_volume(&m.name);
+        }
+    }
+
+    /// Whether the container's monitor process is alive (it holds its lock for its whole life).
+    pub fn monitor_alive(&self, id: &str) -> bool {
+        let path = self.run_dir(id).join("monitor.lock");
+        let Ok(file) = File::open(&path) else {
+            return false;
+        };
+        #[allow(deprecated)]
+        let locked = nix::fcntl::flock(file.as_raw_fd(), nix::fcntl::FlockArg::LockSharedNonblock);
+        locked.is_err()
+    }
+
+    /// Brings a record's state in line with reality: a container marked running whose monitor is gone
+    /// (killed, or the machine rebooted) is recorded as exited, and what it left is cleaned up.
+    fn reconcile(&self, record: ContainerRecord) -> Result<ContainerRecord, RuntimeError> {
+        let live_states = [
+            Status::Running,
+            Status::Paused,
+            Status::Restarting,
+            Status::Removing,
+        ];
+        if !live_states.contains(&record.state.status) || self.monitor_alive(&record.id) {
+            return Ok(record);
+        }
+        self.cleanup_runtime(&record.id);
+        let updated = self.store.update_container(&record.id, |r| {
+            if live_states.contains(&r.state.status) && r.state.status != Status::Removing {
+                r.state.status = Status::Exited;
+                r.state.running = false;
+                r.state.paused = false;
+                r.state.restarting = false;
+                r.state.pid = 0;
+                r.state.exit_code = 137;
+                r.state.error = "monitor process died".into();
+                r.state.finished_at = berth_store::now_rfc3339();
+            }
+            Ok::<(), ()>(())
+        })?;
+        Ok(updated.unwrap_or(record))
+    }
+
+    /// Kills what is left of a container whose monitor died and releases its cgroup and mounts.
+    fn cleanup_runtime(&self, id: &str) {
+        let state_dir = self.libcontainer_root().join(id);
+        if state_dir.exists() {
+            if let Ok(mut container) = libcontainer::container::Container::load(state_dir.clone()) {
+                let _ = container.kill(Signal::SIGKILL, true);
+                let _ = container.delete(true);
+            }
+            let _ = fs::remove_dir_all(&state_dir);
+        }
+        let _ = self.store.snapshots().unmount_container(id);
+    }
+
+    /// A container by name or ID, with its state reconciled.
+    pub fn container(&self, name_or_id: &str) -> Result<ContainerRecord, RuntimeError> {
+        let record = self.store.container(name_or_id)?;
+        self.reconcile(record)
+    }
+
+    /// All containers, newest first, with states reconciled.
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>, RuntimeError> {
+        self.store
+            .containers()?
+            .into_iter()
+            .map(|r| self.reconcile(r))
+            .collect()
+    }
+
+    /// Starts a created or exited container by spawning its monitor, and waits until it runs (or failed).
+    pub fn start(&self, name_or_id: &str, stdio: Stdio3) -> Result<Started, RuntimeError> {
+        let record = self.container(name_or_id)?;
+        match record.state.status {
+            Status::Running | Status::Restarting if self.monitor_alive(&record.id) => {
+                return Ok(Started {
+                    pid: record.state.pid,
+                    monitor_pid: record.state.monitor_pid,
+                    events: None,
+                })
+            }
+            Status::Paused => {
+                return Err(RuntimeError::InvalidOption(
+                    "cannot start a paused container, try unpause instead".to_string(),
+                ))
+            }
+            Status::Removing | Status::Dead => {
+                return Err(RuntimeError::InvalidOption(format!(
+                    "container {} is marked for removal and cannot be started",
+                    record.id
+                )))
+            }
+            _ => {}
+        }
+        let (read_end, write_end) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
+        let exe = std::env::current_exe().map_err(|e| io_err("locate the berth binary", e))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("--root")
+            .arg(self.store.root())
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .arg("monitor")
+            .arg(&record.id);
+        match stdio {
+            Stdio3::Detached => {
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+            }
+            Stdio3::Inherit => {
+                cmd.arg("--attached");
+                if !record.config.open_stdin {
+                    cmd.stdin(Stdio::null());
+                }
+            }
+        }
+        let status_fd = write_end.as_raw_fd();
+        // SAFETY: between fork and exec only async-signal-safe calls are made (setsid, dup2), and no
+        // memory is allocated; the closure captures a plain integer.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                if status_fd != STATUS_FD {
+                    nix::unistd::dup2(status_fd, STATUS_FD).map_err(std::io::Error::from)?;
+                } else {
+                    // dup2 onto itself keeps O_CLOEXEC; clear it so the monitor inherits the pipe.
+                    let flags = nix::fcntl::FdFlag::empty();
+                    nix::fcntl::fcntl(STATUS_FD, nix::fcntl::FcntlArg::F_SETFD(flags))
+                        .map_err(std::io::Error::from)?;
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| RuntimeError::Monitor(format!("spawn: {e}")))?;
+        drop(write_end);
+        let monitor_pid = child.id() as i32;
+        // The monitor outlives us; we never wait for it (it is reaped by init after we exit).
+        std::mem::forget(child);
+        let mut events = BufReader::new(File::from(read_end));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = events
+                .read_line(&mut line)
+                .map_err(|e| io_err("read monitor status", e))?;
+            if n == 0 {
+                return Err(RuntimeError::Monitor(
+                    "exited before starting the container".into(),
+                ));
+            }
+            match MonitorEvent::parse(&line) {
+                Some(MonitorEvent::Started(pid)) => {
+                    return Ok(Started {
+                        pid,
+                        monitor_pid,
+                        events: Some(events),
+                    })
+                }
+                Some(MonitorEvent::Failed(code, msg)) => {
+                    return Err(match code {
+                        127 => RuntimeError::CommandNotFound(msg),
+                        126 => RuntimeError::CommandNotExecutable(msg),
+                        _ => RuntimeError::Reported(msg),
+                    })
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends a signal to a running container's init process.
+    pub fn kill(&self, name_or_id: &str, signal: Signal) -> Result<ContainerRecord, RuntimeError> {
+        let record = self.container(name_or_id)?;
+        if !record.state.running || record.state.pid <= 0 {
+            return Err(RuntimeError::NotRunning(record.id[..12].to_string()));
+        }
+        if signal == Signal::SIGKILL || signal == Signal::SIGTERM {
+            self.mark_stopped_by_user(&record.id)?;
+        }
+        if record.state.paused && signal == Signal::SIGKILL {
+            // A frozen process cannot die; thaw it so SIGKILL is delivered.
+            let _ = self.set_paused(&record, false);
+        }
+        kill(Pid::from_raw(record.state.pid), signal).map_err(|e| io_err("kill", e))?;
+        Ok(record)
+    }
+
+    fn mark_stopped_by_user(&self, id: &str) -> Result<(), RuntimeError> {
+        self.store
+            .update_container(id, |r| {
+                r.state.stopped_by_user = true;
+                Ok::<(), ()>(())
+            })?
+            .map_err(|_| RuntimeError::Io("update".into()))?;
+        Ok(())
+    }
+
+    /// Stops a container: its stop signal, then SIGKILL after the timeout (default 10 s, or the
+    /// container's `--stop-timeout`). Returns once the monitor has recorded the exit.
+    pub fn stop(
+        &self,
+        name_or_id: &str,
+        timeout: Option<i64>,
+    ) -> Result<ContainerRecord, RuntimeError> {
+        let record = self.container(name_or_id)?;
+        self.mark_stopped_by_user(&record.id)?;
+        if !self.monitor_alive(&record.id) {
+            return Ok(record);
+        }
+        let timeout = timeout.or(record.config.stop_timeout).unwrap_or(10);
+        if record.state.paused {
+            let _ = self.set_paused(&record, false);
+        }
+        let signal = if record.config.stop_signal.is_empty() {
+            Signal::SIGTERM
+        } else {
+            crate::signal::parse_signal(&record.config.stop_signal)?
+        };
+        if record.state.pid > 0 {
+            let _ = kill(Pid::from_raw(record.state.pid), signal);
+        }
+        let deadline = Duration::from_secs(timeout.max(0) as u64);
+        if !self.wait_monitor_exit(&record.id, Some(deadline)) {
+            let current = self.store.container(&record.id)?;
+            if current.state.pid > 0 {
+                let _ = kill(Pid::from_raw(current.state.pid), Signal::SIGKILL);
+            }
+            self.wait_monitor_exit(&record.id, Some(Duration::from_secs(30)));
+        }
+        Ok(self.container(&record.id).unwrap_or(record))
+    }
+
+    /// Waits until the monitor of `id` exits (lock released); false on timeout.
+    fn wait_monitor_exit(&self, id: &str, timeout: Option<Duration>) -> bool {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        while self.monitor_alive(id) {
+            if timeout.is_some_and(|t| start.elapsed() >= t) {
+                return false;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+        true
+    }
+
+    /// Blocks until a container is not running, as `docker wait`, and returns its exit code.
+    pub fn wait(&self, name_or_id: &str) -> Result<i32, RuntimeError> {
+        let record = self.container(name_or_id)?;
+        let path = self.run_dir(&record.id).join("monitor.lock");
+        let mut code_from_monitor = None;
+        if let Ok(mut file) = File::open(&path) {
+            // Blocks while the monitor holds its exclusive lock; then the file holds the exit code (it stays
+            // readable through our fd even if `--rm` unlinked it meanwhile).
+            #[allow(deprecated)]
+            let _ = nix::fcntl::flock(file.as_raw_fd(), nix::fcntl::FlockArg::LockShared);
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut file, &mut text);
+            code_from_monitor = text.trim().parse::<i32>().ok();
+        }
+        match self.store.container(&record.id) {
+            Ok(r) => Ok(self.reconcile(r)?.state.exit_code),
+            Err(StoreError::ContainerNotFound(_)) => {
+                Ok(code_from_monitor.unwrap_or(record.state.exit_code))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a container: refused while running unless `force` (then killed first); with `volumes`, its
+    /// anonymous volumes go too.
+    pub fn remove(
+        &self,
+        name_or_id: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<ContainerRecord, RuntimeError> {
+        let record = self.container(name_or_id)?;
+        if self.monitor_alive(&record.id) {
+            if !force {
+                return Err(RuntimeError::RemoveRunning(record.name.clone()));
+            }
+            self.mark_stopped_by_user(&record.id)?;
+            if record.state.paused {
+                let _ = self.set_paused(&record, false);
+            }
+            if record.state.pid > 0 {
+                let _ = kill(Pid::from_raw(record.state.pid), Signal::SIGKILL);
+            }
+            if let Ok(r) = self.store.container(&record.id) {
+                if r.state.pid > 0 {
+                    let _ = kill(Pid::from_raw(r.state.pid), Signal::SIGKILL);
+                }
+            }
+            self.wait_monitor_exit(&record.id, Some(Duration::from_secs(30)));
+        }
+        self.remove_stopped(&record, volumes)?;
+        Ok(record)
+    }
+
+    /// Deletes a stopped container's files and record (used by `rm` and by the monitor for `--rm`).
+    pub fn remove_stopped(
+        &self,
+        record: &ContainerRecord,
+        volumes: bool,
+    ) -> Result<(), RuntimeError> {
+        self.cleanup_runtime(&record.id);
+        self.store.snapshots().remove_container(&record.id)?;
+        let files = self.store.container_dir(&record.id);
+        match fs::remove_dir_all(&files) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err(files.display(), e))
+            }
+            _ => {}
+        }
+        self.store.delete_container(&record.id)?;
+        if volumes {
+            self.remove_anonymous_volumes(&record.mounts);
+        }
+        // A monitor removing its own container still holds the lock fd; unlinking is fine.
+        let _ = fs::remove_dir_all(self.run_dir(&record.id));
+        Ok(())
+    }
+
+    /// Freezes or thaws a running container's processes (cgroup freezer).
+    pub fn set_paused(&self, record: &ContainerRecord, paused: bool) -> Result<(), RuntimeError> {
+        if !record.state.running {
+            return Err(RuntimeError::NotRunning(record.id[..12].to_string()));
+        }
+        let mut container =
+            libcontainer::container::Container::load(self.libcontainer_root().join(&record.id))
+                .map_err(|e| RuntimeError::Start(e.to_string()))?;
+        if paused {
+            if record.state.paused {
+                return Err(RuntimeError::InvalidOption(format!(
+                    "container {} is already paused",
+                    &record.id[..12]
+                )));
+            }
+            container
+                .pause()
+                .map_err(|e| RuntimeError::Start(format!("pause: {e}")))?;
+        } else {
+            if !record.state.paused {
+                return Err(RuntimeError::InvalidOption(format!(
+                    "container {} is not paused",
+                    &record.id[..12]
+                )));
+            }
+            container
+                .resume()
+                .map_err(|e| RuntimeError::Start(format!("unpause: {e}")))?;
+        }
+        self.store
+            .update_container(&record.id, |r| {
+                r.state.paused = paused;
+                r.state.status = if paused {
+                    Status::Paused
+                } else {
+                    Status::Running
+                };
+                Ok::<(), ()>(())
+            })?
+            .map_err(|_| RuntimeError::Io("update".into()))?;
+        Ok(())
+    }
+
+    /// Restarts a container: stop (if running) then start detached.
+    pub fn restart(
+        &self,
+        name_or_id: &str,
+        timeout: Option<i64>,
+    ) -> Result<ContainerRecord, RuntimeError> {
+        let record = self.container(name_or_id)?;
+        if self.monitor_alive(&record.id) {
+            self.stop(&record.id, timeout)?;
+        }
+        self.start(&record.id, Stdio3::Detached)?;
+        self.container(&record.id)
+    }
+}
+
+/// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf for the container into its files dir.
+fn write_etc_files(files: &Path, record: &ContainerRecord) -> Result<(), RuntimeError> {
+    let write = |name: &str, content: String| {
+        let path = files.join(name);
+        fs::write(&path, content).map_err(|e| io_err(path.display(), e))
+    };
+    let hostname = &record.config.hostname;
+    write("hostname", format!("{hostname}\n"))?;
+    if record.host_config.network_mode == "host" {
+        write("hosts", crate::user::read_host_file("/etc/hosts"))?;
+    } else {
+        write(
+            "hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+                 ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+            ),
+        )?;
+    }
+    write(
+        "resolv.conf",
+        crate::user::read_host_file("/etc/resolv.conf"),
+    )?;
+    Ok(())
+}
+
+/// Wraps a raw fd the caller owns.
+///
+/// # Safety
+/// `fd` must be open and owned by nobody else.
+pub(crate) unsafe fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: guaranteed by the caller.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

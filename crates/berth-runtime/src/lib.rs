@@ -1,0 +1,20 @@
+//! Berth's container runtime: container specs from image config and run options, the embedded runtime
+//! (youki's libcontainer), the per-container monitor, json-file logs, cgroup readings.
+
+pub mod cgroup;
+pub mod engine;
+pub mod error;
+pub mod logs;
+pub mod monitor;
+mod names;
+pub mod options;
+pub mod rootfs;
+mod seccomp;
+pub mod session;
+pub mod signal;
+pub mod spec;
+pub mod user;
+
+pub use engine::{Engine, MonitorEvent, Started, Stdio3};
+pub use error::RuntimeError;
+pub use options::RunOptions;

@@ -1,0 +1,861 @@
+//! The per-container monitor: `berth monitor <id>`, started by `start`/`run` in its own session. It creates and
+//! starts the container through the embedded libcontainer, owns the container's stdio (pipes or a pty), appends
+//! it to the json log, forwards it to an attached caller, reaps the exit status, records it, applies the
+//! restart policy and `--rm`. Single-threaded and without an async runtime, because libcontainer forks.
+
+use std::fs::{self, File};
+use std::io::{self, IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_store::container::{ContainerRecord, Status};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::engine::{Engine, MonitorEvent, STATUS_FD};
+use crate::error::{io_err, RuntimeError};
+use crate::logs::{JsonLogWriter, Stream};
+
+/// Docker's restart backoff: 100 ms doubling, reset after the container ran this long.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The status pipe back to the process that started the monitor; silently gone when that process is.
+struct StatusPipe(Option<File>);
+
+impl StatusPipe {
+    fn inherit() -> Self {
+        // fcntl tells whether fd 3 was handed to us at all.
+        if nix::fcntl::fcntl(STATUS_FD, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+            return Self(None);
+        }
+        let _ = nix::fcntl::fcntl(
+            STATUS_FD,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        // SAFETY: fd 3 is open (checked above) and was given to this process to own by its parent.
+        Self(Some(unsafe { File::from_raw_fd(STATUS_FD) }))
+    }
+
+    fn send(&mut self, event: &MonitorEvent) {
+        if let Some(f) = &mut self.0 {
+            if f.write_all(event.to_line().as_bytes()).is_err() {
+                self.0 = None;
+            }
+        }
+    }
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.0.as_ref().map(|f| f.as_fd())
+    }
+}
+
+/// What one run of the container ended with.
+struct Outcome {
+    exit_code: i32,
+    oom_killed: bool,
+    ran_for: Duration,
+}
+
+/// Runs the monitor for container `id` until the container is finally stopped; returns the process exit code.
+pub fn run(root: &Path, runroot: &Path, id: &str, attached: bool) -> i32 {
+    let mut status = StatusPipe::inherit();
+    set_monitor_signals(true);
+    let engine = match Engine::open(root, runroot) {
+        Ok(e) => e,
+        Err(e) => {
+            status.send(&MonitorEvent::Failed(125, e.to_string()));
+            return 125;
+        }
+    };
+    match supervise(&engine, id, attached, &mut status) {
+        Ok(code) => {
+            status.send(&MonitorEvent::Exited(code));
+            0
+        }
+        Err(e) => {
+            // 126/127 carry just the command; the starter words the message.
+            let detail = match &e {
+                RuntimeError::CommandNotFound(c) | RuntimeError::CommandNotExecutable(c) => {
+                    c.clone()
+                }
+                other => other.to_string(),
+            };
+            status.send(&MonitorEvent::Failed(e.exit_code(), detail));
+            e.exit_code()
+        }
+    }
+}
+
+fn supervise(
+    engine: &Engine,
+    id: &str,
+    attached: bool,
+    status: &mut StatusPipe,
+) -> Result<i32, RuntimeError> {
+    let record = engine.store().container(id)?;
+    let id = record.id.clone();
+    let run_dir = engine.run_dir(&id);
+    fs::create_dir_all(&run_dir).map_err(|e| io_err(run_dir.display(), e))?;
+    let lock_path = run_dir.join("monitor.lock");
+    let mut lock = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io_err(lock_path.display(), e))?;
+    #[allow(deprecated)]
+    if nix::fcntl::flock(
+        lock.as_raw_fd(),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .is_err()
+    {
+        return Err(RuntimeError::Monitor(format!(
+            "container {id} already has a monitor"
+        )));
+    }
+    let _ = lock.set_len(0);
+    let mut io = AttachedIo::new(attached && status.fd().is_some(), record.config.open_stdin);
+    let mut backoff = BACKOFF_START;
+    let mut first = true;
+    let final_code;
+    loop {
+        let record = engine.store().update_container(&id, |r| {
+            if first {
+                r.state.stopped_by_user = false;
+            }
+            Ok::<(), ()>(())
+        })?;
+        let record = record.map_err(|_| RuntimeError::Io("update".into()))?;
+        let log_path = engine.log_path(&id);
+        let result = run_once(engine, &record, &log_path, &mut io, status, first);
+        first = false;
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let code = e.exit_code();
+                let message = e.to_string();
+                let _ = engine.store().update_container(&id, |r| {
+                    r.state.status = if r.state.started_at == berth_store::container::ZERO_TIME {
+                        Status::Created
+                    } else {
+                        Status::Exited
+                    };
+                    r.state.running = false;
+                    r.state.restarting = false;
+                    r.state.pid = 0;
+                    r.state.exit_code = code;
+                    r.state.error = message.clone();
+                    Ok::<(), ()>(())
+                });
+                record_exit_code(&mut lock, code);
+                if record.host_config.auto_remove {
+                    let _ = engine.remove_stopped(&record, true);
+                }
+                return Err(e);
+            }
+        };
+        let updated = engine.store().update_container(&id, |r| {
+            r.state.running = false;
+            r.state.paused = false;
+            r.state.pid = 0;
+            r.state.exit_code = outcome.exit_code;
+            r.state.oom_killed = outcome.oom_killed;
+            r.state.finished_at = berth_store::now_rfc3339();
+            let policy = &r.host_config.restart_policy;
+            let restart = !r.state.stopped_by_user
+                && !r.host_config.auto_remove
+                && match policy.name.as_str() {
+                    "always" | "unless-stopped" => true,
+                    "on-failure" => {
+                        outcome.exit_code != 0
+                            && (policy.maximum_retry_count == 0
+                                || r.restart_count < policy.maximum_retry_count)
+                    }
+                    _ => false,
+                };
+            r.state.restarting = restart;
+            r.state.status = if restart {
+                Status::Restarting
+            } else {
+                Status::Exited
+            };
+            if restart {
+                r.restart_count += 1;
+            }
+            Ok::<(), ()>(())
+        })?;
+        let record = updated.map_err(|_| RuntimeError::Io("update".into()))?;
+        if !record.state.restarting {
+            final_code = outcome.exit_code;
+            break;
+        }
+        backoff = if outcome.ran_for >= BACKOFF_RESET_AFTER {
+            BACKOFF_START
+        } else {
+            backoff
+        };
+        if sleep_unless_stopped(engine, &id, backoff)? {
+            final_code = outcome.exit_code;
+            break;
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    record_exit_code(&mut lock, final_code);
+    let record = engine.store().container(&id)?;
+    if record.host_config.auto_remove {
+        engine.remove_stopped(&record, true)?;
+    }
+    drop(lock);
+    Ok(final_code)
+}
+
+/// The monitor ignores the signals that would kill it (it runs in its own session, but a stray SIGTERM or a
+/// write to a departed caller must not take the container's supervisor down). The container must not
+/// inherit that: ignored signals survive exec, and a shell cannot even trap a signal ignored on entry.
+/// So dispositions are reset to default around the fork that creates the container.
+fn set_monitor_signals(ignore: bool) {
+    let handler = if ignore {
+        nix::sys::signal::SigHandler::SigIgn
+    } else {
+        nix::sys::signal::SigHandler::SigDfl
+    };
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGQUIT,
+        Signal::SIGPIPE,
+    ] {
+        // SAFETY: SIG_IGN/SIG_DFL install no handler code; the monitor is single-threaded.
+        let _ = unsafe { nix::sys::signal::signal(sig, handler) };
+    }
+}
+
+/// Leaves the final exit code in the lock file, where a `wait` blocked on the lock reads it even after
+/// `--rm` has removed the container and unlinked the file.
+fn record_exit_code(lock: &mut File, code: i32) {
+    use std::io::Seek;
+    let _ = lock.set_len(0);
+    let _ = lock.seek(io::SeekFrom::Start(0));
+    let _ = lock.write_all(code.to_string().as_bytes());
+    let _ = lock.flush();
+}
+
+/// Sleeps for a restart backoff; returns true when the user stopped the container meanwhile.
+fn sleep_unless_stopped(engine: &Engine, id: &str, total: Duration) -> Result<bool, RuntimeError> {
+    let end = Instant::now() + total;
+    loop {
+        let record = engine.store().container(id)?;
+        if record.state.stopped_by_user {
+            engine
+                .store()
+                .update_container(id, |r| {
+                    r.state.restarting = false;
+                    r.state.status = Status::Exited;
+                    Ok::<(), ()>(())
+                })?
+                .map_err(|_| RuntimeError::Io("update".into()))?;
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= end {
+            return Ok(false);
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// The container's stdio as the monitor holds it.
+struct ContainerIo {
+    /// stdout pipe read end, or the pty master.
+    out: OwnedFd,
+    /// stderr pipe read end (None with a tty).
+    err: Option<OwnedFd>,
+    /// Where input for the container goes: stdin pipe write end, or a dup of the pty master.
+    input: Option<OwnedFd>,
+}
+
+/// The caller's terminal or pipes, handed to the monitor as its own fds 0/1/2 for an attached run.
+struct AttachedIo {
+    attached: bool,
+    forward_stdin: bool,
+    detach_pending: bool,
+}
+
+impl AttachedIo {
+    fn new(attached: bool, open_stdin: bool) -> Self {
+        Self {
+            attached,
+            forward_stdin: attached && open_stdin,
+            detach_pending: false,
+        }
+    }
+
+    /// Stops forwarding: the caller is gone or detached. Our fds 0-2 now point at /dev/null.
+    fn detach(&mut self) {
+        if !self.attached {
+            return;
+        }
+        self.attached = false;
+        self.forward_stdin = false;
+        if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+            for fd in 0..3 {
+                let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+            }
+        }
+    }
+}
+
+fn run_once(
+    engine: &Engine,
+    record: &ContainerRecord,
+    log_path: &Path,
+    attached: &mut AttachedIo,
+    status: &mut StatusPipe,
+    first: bool,
+) -> Result<Outcome, RuntimeError> {
+    let id = record.id.as_str();
+    let store = engine.store();
+    let rootfs = store.snapshots().mount_container(id, &record.layers)?;
+    let result = (|| {
+        fill_new_volumes(record, &rootfs)?;
+        let files = store.container_dir(id);
+        let spec = crate::spec::build_spec(
+            record,
+            &crate::spec::SpecPaths {
+                rootfs: &rootfs,
+                files: &files,
+            },
+        )?;
+        let bundle = engine.run_dir(id);
+        let spec_path = bundle.join("config.json");
+        fs::write(
+            &spec_path,
+            serde_json::to_vec(&spec).map_err(|e| io_err("spec", e))?,
+        )
+        .map_err(|e| io_err(spec_path.display(), e))?;
+        let lc_root = engine.libcontainer_root();
+        let stale = lc_root.join(id);
+        if stale.exists() {
+            if let Ok(mut old) = libcontainer::container::Container::load(stale.clone()) {
+                let _ = old.delete(true);
+            }
+            let _ = fs::remove_dir_all(&stale);
+        }
+        let max_size = record
+            .host_config
+            .log_config
+            .config
+            .get("max-size")
+            .map(|s| crate::options::parse_bytes(s))
+            .transpose()?
+            .unwrap_or(0) as u64;
+        let max_files = record
+            .host_config
+            .log_config
+            .config
+            .get("max-file")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let mut log = JsonLogWriter::open(log_path, max_size, max_files)
+            .map_err(|e| io_err(log_path.display(), e))?;
+
+        let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(&lc_root)
+            .map_err(|e| RuntimeError::Start(e.to_string()))?;
+        let console_path = bundle.join("console.sock");
+        let (builder, mut io, console) = if record.config.tty {
+            let _ = fs::remove_file(&console_path);
+            let listener =
+                UnixListener::bind(&console_path).map_err(|e| io_err(console_path.display(), e))?;
+            (
+                builder.with_console_socket(Some(&console_path)),
+                None,
+                Some(listener),
+            )
+        } else {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let (stdin_child, input): (OwnedFd, Option<OwnedFd>) = if record.config.open_stdin {
+                let (r, w) = pipe()?;
+                (r, Some(w))
+            } else {
+                (
+                    File::open("/dev/null")
+                        .map_err(|e| io_err("/dev/null", e))?
+                        .into(),
+                    None,
+                )
+            };
+            let builder = builder
+                .with_stdin(stdin_child)
+                .with_stdout(out_w)
+                .with_stderr(err_w);
+            (
+                builder,
+                Some(ContainerIo {
+                    out: out_r,
+                    err: Some(err_r),
+                    input,
+                }),
+                None,
+            )
+        };
+        let started_at = Instant::now();
+        set_monitor_signals(false);
+        let built = builder
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build();
+        set_monitor_signals(true);
+        let mut container = built.map_err(|e| classify_start_error(&e.to_string(), record))?;
+        if let Err(e) = container.start() {
+            let _ = container.delete(true);
+            return Err(classify_start_error(&e.to_string(), record));
+        }
+        let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
+        if let Some(listener) = console {
+            let master = receive_pty_master(&listener)?;
+            let _ = fs::remove_file(&console_path);
+            let input = nix::unistd::dup(master.as_raw_fd()).map_err(|e| io_err("dup", e))?;
+            // SAFETY: dup returned a fresh fd that nothing else owns.
+            let input = unsafe { crate::engine::owned(input) };
+            if attached.attached {
+                copy_window_size(0, master.as_raw_fd());
+            }
+            io = Some(ContainerIo {
+                out: master,
+                err: None,
+                input: record.config.open_stdin.then_some(input),
+            });
+        }
+        let Some(mut io) = io else {
+            return Err(RuntimeError::Start("no container stdio".into()));
+        };
+        store
+            .update_container(id, |r| {
+                r.state.status = Status::Running;
+                r.state.running = true;
+                r.state.paused = false;
+                r.state.restarting = false;
+                r.state.oom_killed = false;
+                r.state.dead = false;
+                r.state.pid = pid;
+                r.state.monitor_pid = std::process::id() as i32;
+                r.state.exit_code = 0;
+                r.state.error.clear();
+                r.state.started_at = berth_store::now_rfc3339();
+                Ok::<(), ()>(())
+            })?
+            .map_err(|_| RuntimeError::Io("update".into()))?;
+        if first {
+            status.send(&MonitorEvent::Started(pid));
+        }
+        let exit_code = pump(
+            Pid::from_raw(pid),
+            &mut io,
+            &mut log,
+            attached,
+            status,
+            record.config.tty,
+        )?;
+        let _ = log.finish();
+        let oom_killed = crate::cgroup::oom_kills(id) > 0
+            || (exit_code == 137 && record.host_config.memory > 0 && oom_in_state(id));
+        if let Ok(mut c) = libcontainer::container::Container::load(lc_root.join(id)) {
+            let _ = c.delete(true);
+        }
+        let _ = fs::remove_dir_all(lc_root.join(id));
+        Ok(Outcome {
+            exit_code,
+            oom_killed,
+            ran_for: started_at.elapsed(),
+        })
+    })();
+    let _ = store.snapshots().unmount_container(id);
+    result
+}
+
+fn oom_in_state(_id: &str) -> bool {
+    false
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))
+}
+
+/// Maps libcontainer's start errors onto Docker's exit codes and words.
+fn classify_start_error(message: &str, record: &ContainerRecord) -> RuntimeError {
+    let command = crate::spec::process_args(record)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    if message.contains("not found in $PATH")
+        || message.contains("No such file or directory") && message.contains("exec")
+    {
+        RuntimeError::CommandNotFound(command)
+    } else if message.contains("does not have correct permissions") || message.contains("EACCES") {
+        RuntimeError::CommandNotExecutable(command)
+    } else {
+        RuntimeError::Start(message.to_string())
+    }
+}
+
+/// Receives the pty master that libcontainer's init sends over the console socket.
+fn receive_pty_master(listener: &UnixListener) -> Result<OwnedFd, RuntimeError> {
+    let (stream, _) = listener.accept().map_err(|e| io_err("console socket", e))?;
+    let mut buf = [0u8; 4096];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| io_err("receive pty", e))?;
+    for c in msg.cmsgs().map_err(|e| io_err("receive pty", e))? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed this fd in our table for us.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(RuntimeError::Start("console socket sent no pty".into()))
+}
+
+fn copy_window_size(from: RawFd, to: RawFd) {
+    let mut ws: libc::winsize = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct we own; TIOCSWINSZ reads it. Bad fds just fail.
+    unsafe {
+        if libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(to, libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+fn decode_status(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
+    }
+}
+
+/// Moves bytes between the container and the log / attached caller until the container exits and its
+/// output is drained. Returns the exit status.
+fn pump(
+    pid: Pid,
+    io: &mut ContainerIo,
+    log: &mut JsonLogWriter,
+    attached: &mut AttachedIo,
+    status: &mut StatusPipe,
+    tty: bool,
+) -> Result<i32, RuntimeError> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.add(Signal::SIGWINCH);
+    mask.thread_block().map_err(|e| io_err("sigprocmask", e))?;
+    let result = pump_blocked(pid, io, log, attached, status, tty, &mask);
+    let _ = mask.thread_unblock();
+    result
+}
+
+fn pump_blocked(
+    pid: Pid,
+    io: &mut ContainerIo,
+    log: &mut JsonLogWriter,
+    attached: &mut AttachedIo,
+    status: &mut StatusPipe,
+    tty: bool,
+    mask: &SigSet,
+) -> Result<i32, RuntimeError> {
+    let sfd = SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| io_err("signalfd", e))?;
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut exit: Option<i32> = reap(pid);
+    let mut out_open = true;
+    let mut err_open = io.err.is_some();
+    let mut drain_deadline: Option<Instant> = None;
+    let stdin_fd = 0;
+    loop {
+        if exit.is_some() {
+            if !out_open && !err_open {
+                break;
+            }
+            let deadline =
+                *drain_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(2));
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        let _ = log.flush();
+        let timeout = if exit.is_some() {
+            PollTimeout::from(100u16)
+        } else {
+            PollTimeout::NONE
+        };
+        // Slots: 0 signals, 1 out, 2 err, 3 caller's stdin, 4 status pipe.
+        let none = PollFlags::empty();
+        let sig_b = sfd.as_fd();
+        let out_b = io.out.as_fd();
+        let err_b = io.err.as_ref().map(|f| f.as_fd());
+        // SAFETY: fd 0 stays open for the whole loop (detach dup2s /dev/null over it, never closes it).
+        let in_b = unsafe { BorrowedFd::borrow_raw(stdin_fd) };
+        let mut fds = vec![PollFd::new(sig_b, PollFlags::POLLIN)];
+        fds.push(PollFd::new(
+            out_b,
+            if out_open { PollFlags::POLLIN } else { none },
+        ));
+        fds.push(PollFd::new(
+            err_b.unwrap_or(out_b),
+            if err_open { PollFlags::POLLIN } else { none },
+        ));
+        let want_stdin = attached.forward_stdin && io.input.is_some();
+        fds.push(PollFd::new(
+            in_b,
+            if want_stdin { PollFlags::POLLIN } else { none },
+        ));
+        let watch_status = attached.attached;
+        if let (true, Some(s)) = (watch_status, status.fd()) {
+            fds.push(PollFd::new(s, none));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io_err("poll", e)),
+        }
+        let revents: Vec<PollFlags> = fds
+            .iter()
+            .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+            .collect();
+        drop(fds);
+        let ready = |i: usize| revents.get(i).is_some_and(|r| !r.is_empty());
+        if ready(0) {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                if info.ssi_signo == Signal::SIGWINCH as u32 && tty && attached.attached {
+                    copy_window_size(0, io.out.as_raw_fd());
+                }
+            }
+            if exit.is_none() {
+                exit = reap(pid);
+            }
+        }
+        if out_open && ready(1) {
+            match read_some(&io.out, &mut buf) {
+                Some(n) if n > 0 => {
+                    let data = &buf[..n];
+                    let _ = log.write(Stream::Stdout, data);
+                    if attached.attached && write_all_fd(1, data).is_err() {
+                        attached.detach();
+                    }
+                }
+                _ => out_open = false,
+            }
+        }
+        if err_open && ready(2) {
+            if let Some(err) = &io.err {
+                match read_some(err, &mut buf) {
+                    Some(n) if n > 0 => {
+                        let data = &buf[..n];
+                        let _ = log.write(Stream::Stderr, data);
+                        if attached.attached && write_all_fd(2, data).is_err() {
+                            attached.detach();
+                        }
+                    }
+                    _ => err_open = false,
+                }
+            }
+        }
+        if want_stdin && ready(3) {
+            // SAFETY: see in_b above.
+            let in_fd = unsafe { BorrowedFd::borrow_raw(stdin_fd) };
+            match read_some(&in_fd, &mut buf) {
+                Some(n) if n > 0 => {
+                    let (data, detach) = if tty {
+                        scan_detach_keys(&buf[..n], &mut attached.detach_pending)
+                    } else {
+                        (buf[..n].to_vec(), false)
+                    };
+                    if let Some(input) = &io.input {
+                        let _ = write_all_fd(input.as_raw_fd(), &data);
+                    }
+                    if detach {
+                        status.send(&MonitorEvent::Detached);
+                        attached.detach();
+                    }
+                }
+                _ => {
+                    // The caller's stdin ended: close the container's (a pty's master stays open).
+                    attached.forward_stdin = false;
+                    if !tty {
+                        io.input = None;
+                    }
+                }
+            }
+        }
+        if watch_status && ready(4) {
+            attached.detach();
+        }
+    }
+    let code = exit.unwrap_or(137);
+    Ok(code)
+}
+
+/// Reaps children; returns the container's exit status once it has exited.
+fn reap(pid: Pid) -> Option<i32> {
+    let mut found = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return found,
+            Ok(status) => {
+                if status.pid() == Some(pid) {
+                    found = decode_status(status);
+                }
+            }
+        }
+    }
+}
+
+/// Ctrl-P Ctrl-Q detaches (Docker's default detach keys); returns the bytes to forward and whether to detach.
+fn scan_detach_keys(input: &[u8], pending: &mut bool) -> (Vec<u8>, bool) {
+    const CTRL_P: u8 = 0x10;
+    const CTRL_Q: u8 = 0x11;
+    let mut out = Vec::with_capacity(input.len() + 1);
+    for &b in input {
+        if *pending {
+            *pending = false;
+            if b == CTRL_Q {
+                return (out, true);
+            }
+            out.push(CTRL_P);
+        }
+        if b == CTRL_P {
+            *pending = true;
+        } else {
+            out.push(b);
+        }
+    }
+    (out, false)
+}
+
+fn read_some(fd: &impl AsFd, buf: &mut [u8]) -> Option<usize> {
+    loop {
+        match nix::unistd::read(fd.as_fd().as_raw_fd(), buf) {
+            Ok(n) => return Some(n),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => {
+                return Some(usize::MAX)
+                    .filter(|_| false)
+                    .or(Some(0))
+                    .filter(|_| false)
+            }
+            Err(_) => return None, // EIO from a pty master whose slave closed = end of output
+        }
+    }
+}
+
+fn write_all_fd(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: fd is one of our open descriptors for the duration of the call.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        match nix::unistd::write(borrowed, data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Copies the image's content at each volume's mount point into a volume that is still empty (Docker
+/// fills new volumes this way).
+fn fill_new_volumes(record: &ContainerRecord, rootfs: &Path) -> Result<(), RuntimeError> {
+    for m in record.mounts.iter().filter(|m| m.kind == "volume") {
+        let data = PathBuf::from(&m.source);
+        let empty = fs::read_dir(&data)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            continue;
+        }
+        let source = crate::rootfs::resolve_in_root(rootfs, Path::new(&m.destination))
+            .map_err(|e| io_err(&m.destination, e))?;
+        if source.is_dir() {
+            copy_tree(&source, &data).map_err(|e| io_err(format!("fill volume {}", m.name), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies a directory tree preserving modes, owners, symlinks and times (not following symlinks).
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = fs::symlink_metadata(from)?;
+    fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let m = fs::symlink_metadata(&src)?;
+        let ft = m.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&dst)?;
+            copy_tree(&src, &dst)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+            std::os::unix::fs::lchown(&dst, Some(m.uid()), Some(m.gid()))?;
+        } else if ft.is_file() {
+            fs::copy(&src, &dst)?;
+            std::os::unix::fs::lchown(&dst, Some(m.uid()), Some(m.gid()))?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detach_keys() {
+        let mut pending = false;
+        assert_eq!(
+            scan_detach_keys(b"ab", &mut pending),
+            (b"ab".to_vec(), false)
+        );
+        assert_eq!(
+            scan_detach_keys(b"a\x10", &mut pending),
+            (b"a".to_vec(), false)
+        );
+        assert!(pending);
+        assert_eq!(scan_detach_keys(b"\x11", &mut pending), (vec![], true));
+        pending = false;
+        assert_eq!(
+            scan_detach_keys(b"\x10x", &mut pending),
+            (b"\x10x".to_vec(), false)
+        );
+    }
+}

@@ -1,0 +1,753 @@
+//! `RunOptions`: what `create`/`run` (and later the Engine API and Compose) ask for, and how it becomes a
+//! container record with the image's defaults merged in, as Docker merges them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use berth_store::container::{
+    ContainerConfig, ContainerRecord, ContainerState, HostConfig, LogConfig, MountPoint,
+    MountRequest, RestartPolicy, Ulimit,
+};
+use berth_store::image::HealthConfig;
+use berth_store::ImageRecord;
+
+use crate::error::RuntimeError;
+
+/// The default PATH Docker puts in a container's environment when the image sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything `create` and `run` accept, as plain data (the CLI fills it from flags).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Image reference or ID.
+    pub image: String,
+    /// `--name`.
+    pub name: Option<String>,
+    /// Arguments after the image (the command).
+    pub command: Vec<String>,
+    /// `--entrypoint` (`Some("")` resets the image's).
+    pub entrypoint: Option<String>,
+    /// `-e KEY=value` or `-e KEY` (taken from the caller's environment).
+    pub env: Vec<String>,
+    /// `--env-file` paths.
+    pub env_files: Vec<PathBuf>,
+    /// `-w`.
+    pub workdir: Option<String>,
+    /// `-u`.
+    pub user: Option<String>,
+    /// `-h`.
+    pub hostname: Option<String>,
+    /// `--label k=v`.
+    pub labels: Vec<String>,
+    /// `-t`.
+    pub tty: bool,
+    /// `-i`.
+    pub interactive: bool,
+    /// Whether the caller stays attached (run without -d).
+    pub attach: bool,
+    /// `--rm`.
+    pub auto_remove: bool,
+    /// `--restart`.
+    pub restart: Option<String>,
+    /// `--memory`.
+    pub memory: Option<String>,
+    /// `--memory-swap`.
+    pub memory_swap: Option<String>,
+    /// `--cpus`.
+    pub cpus: Option<String>,
+    /// `--cpu-shares`.
+    pub cpu_shares: Option<i64>,
+    /// `--cpuset-cpus`.
+    pub cpuset_cpus: Option<String>,
+    /// `--pids-limit`.
+    pub pids_limit: Option<i64>,
+    /// `--ulimit name=soft[:hard]`.
+    pub ulimits: Vec<String>,
+    /// `--cap-add`.
+    pub cap_add: Vec<String>,
+    /// `--cap-drop`.
+    pub cap_drop: Vec<String>,
+    /// `--privileged`.
+    pub privileged: bool,
+    /// `--read-only`.
+    pub read_only: bool,
+    /// `--security-opt`.
+    pub security_opt: Vec<String>,
+    /// `--init`.
+    pub init: bool,
+    /// `--stop-signal`.
+    pub stop_signal: Option<String>,
+    /// `--stop-timeout`.
+    pub stop_timeout: Option<i64>,
+    /// `--log-opt k=v`.
+    pub log_opts: Vec<String>,
+    /// `--health-cmd`.
+    pub health_cmd: Option<String>,
+    /// `--health-interval`.
+    pub health_interval: Option<String>,
+    /// `--health-timeout`.
+    pub health_timeout: Option<String>,
+    /// `--health-retries`.
+    pub health_retries: Option<i64>,
+    /// `--health-start-period`.
+    pub health_start_period: Option<String>,
+    /// `--no-healthcheck`.
+    pub no_healthcheck: bool,
+    /// `--network`.
+    pub network: Option<String>,
+    /// `-v`.
+    pub volumes: Vec<String>,
+    /// `--mount`.
+    pub mounts: Vec<String>,
+    /// `--tmpfs path[:opts]`.
+    pub tmpfs: Vec<String>,
+    /// `--volumes-from`.
+    pub volumes_from: Vec<String>,
+}
+
+/// Parses a Docker size (`512m`, `1g`, `100k`, `1024`, `1.5g`) into bytes, binary units as Docker's RAMInBytes.
+pub fn parse_bytes(input: &str) -> Result<i64, RuntimeError> {
+    let bad = || RuntimeError::InvalidOption(format!("invalid size: '{input}'"));
+    let s = input.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (num, mult): (&str, f64) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1024.0),
+        Some('m') => (&s[..s.len() - 1], 1024.0 * 1024.0),
+        Some('g') => (&s[..s.len() - 1], 1024.0 * 1024.0 * 1024.0),
+        Some('t') => (&s[..s.len() - 1], 1024f64.powi(4)),
+        Some(c) if c.is_ascii_digit() => (s, 1.0),
+        _ => return Err(bad()),
+    };
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(bad());
+    }
+    Ok((value * mult) as i64)
+}
+
+/// Parses a Go-style duration (`30s`, `1m30s`, `500ms`, `1h`) into nanoseconds.
+pub fn parse_duration(input: &str) -> Result<i64, RuntimeError> {
+    let bad = || RuntimeError::InvalidOption(format!("invalid duration: '{input}'"));
+    let mut total: f64 = 0.0;
+    let mut rest = input.trim();
+    if rest == "0" {
+        return Ok(0);
+    }
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        total += value * unit;
+        rest = &rest[unit_end..];
+    }
+    Ok(total as i64)
+}
+
+fn parse_key_values(
+    items: &[String],
+    what: &str,
+) -> Result<BTreeMap<String, String>, RuntimeError> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = item.split_once('=').unwrap_or((item.as_str(), ""));
+        if k.is_empty() {
+            return Err(RuntimeError::InvalidOption(format!(
+                "invalid {what}: '{item}'"
+            )));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// Reads `--env-file` files: `KEY=value` lines, `KEY` alone takes the caller's value, `#` comments.
+pub fn read_env_file(path: &std::path::Path) -> Result<Vec<String>, RuntimeError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| RuntimeError::InvalidOption(format!("open {}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        out.push(line.to_string());
+    }
+    Ok(out)
+}
+
+/// Resolves `KEY` (no `=`) from the caller's environment as Docker does; unset keys are dropped.
+fn expand_env(items: Vec<String>) -> Vec<String> {
+    items
+        .into_iter()
+        .filter_map(|item| {
+            if item.contains('=') {
+                Some(item)
+            } else {
+                std::env::var(&item).ok().map(|v| format!("{item}={v}"))
+            }
+        })
+        .collect()
+}
+
+/// Merges `overrides` into `base` by key (later wins), keeping first-seen order.
+pub fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = base.to_vec();
+    for item in overrides {
+        let key = item.split_once('=').map_or(item.as_str(), |(k, _)| k);
+        match out
+            .iter_mut()
+            .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+        {
+            Some(slot) => *slot = item.clone(),
+            None => out.push(item.clone()),
+        }
+    }
+    out
+}
+
+fn parse_restart(input: Option<&str>) -> Result<RestartPolicy, RuntimeError> {
+    let input = input.unwrap_or("no");
+    let (name, count) = match input.split_once(':') {
+        Some((n, c)) => (n, Some(c)),
+        None => (input, None),
+    };
+    let bad = || RuntimeError::InvalidOption(format!("invalid restart policy '{input}'"));
+    match (name, count) {
+        ("no" | "" | "always" | "unless-stopped", None) => Ok(RestartPolicy {
+            name: if name.is_empty() {
+                "no".into()
+            } else {
+                name.into()
+            },
+            maximum_retry_count: 0,
+        }),
+        ("on-failure", count) => Ok(RestartPolicy {
+            name: name.into(),
+            maximum_retry_count: match count {
+                Some(c) => c.parse().map_err(|_| bad())?,
+                None => 0,
+            },
+        }),
+        ("always" | "unless-stopped" | "no", Some(_)) => Err(RuntimeError::InvalidOption(format!(
+            "maximum retry count cannot be used with restart policy '{name}'"
+        ))),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_ulimit(input: &str) -> Result<Ulimit, RuntimeError> {
+    let bad = || RuntimeError::InvalidOption(format!("invalid ulimit argument: {input}"));
+    let (name, values) = input.split_once('=').ok_or_else(bad)?;
+    let (soft, hard) = match values.split_once(':') {
+        Some((s, h)) => (s.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?),
+        None => {
+            let v: i64 = values.parse().map_err(|_| bad())?;
+            (v, v)
+        }
+    };
+    const KNOWN: &[&str] = &[
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+        "as",
+    ];
+    if !KNOWN.contains(&name) {
+        return Err(RuntimeError::InvalidOption(format!(
+            "invalid ulimit type: {name}"
+        )));
+    }
+    if soft > hard {
+        return Err(RuntimeError::InvalidOption(format!(
+            "ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"
+        )));
+    }
+    Ok(Ulimit {
+        name: name.to_string(),
+        soft,
+        hard,
+    })
+}
+
+/// The pieces of a record that need the store (volumes) are filled by the engine; this builds the rest.
+pub(crate) fn build_record(
+    options: &RunOptions,
+    image: &ImageRecord,
+    id: &str,
+    name: &str,
+) -> Result<ContainerRecord, RuntimeError> {
+    let img = &image.config.config;
+    // Environment: image first, then --env-file, then -e (later wins).
+    let mut user_env = Vec::new();
+    for file in &options.env_files {
+        user_env.extend(read_env_file(file)?);
+    }
+    user_env.extend(options.env.iter().cloned());
+    let mut env = merge_env(&img.env, &expand_env(user_env));
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, format!("PATH={DEFAULT_PATH}"));
+    }
+    // ENTRYPOINT/CMD: --entrypoint replaces the image's and drops its CMD; arguments replace CMD.
+    let (entrypoint, cmd) = match &options.entrypoint {
+        Some(e) if e.is_empty() => (
+            None,
+            (!options.command.is_empty()).then(|| options.command.clone()),
+        ),
+        Some(e) => (
+            Some(vec![e.clone()]),
+            (!options.command.is_empty()).then(|| options.command.clone()),
+        ),
+        None => (
+            img.entrypoint.clone().filter(|e| !e.is_empty()),
+            if options.command.is_empty() {
+                img.cmd.clone()
+            } else {
+                Some(options.command.clone())
+            },
+        ),
+    };
+    if entrypoint.as_ref().is_none_or(Vec::is_empty) && cmd.as_ref().is_none_or(Vec::is_empty) {
+        return Err(RuntimeError::NoCommand);
+    }
+    let mut labels = img.labels.clone();
+    labels.extend(parse_key_values(&options.labels, "label")?);
+
+    let healthcheck = if options.no_healthcheck {
+        Some(HealthConfig {
+            test: vec!["NONE".into()],
+            ..HealthConfig::default()
+        })
+    } else {
+        let mut hc = img.healthcheck.clone();
+        if options.health_cmd.is_some()
+            || options.health_interval.is_some()
+            || options.health_timeout.is_some()
+            || options.health_retries.is_some()
+            || options.health_start_period.is_some()
+        {
+            let mut h = hc.unwrap_or_default();
+            if let Some(cmd) = &options.health_cmd {
+                h.test = vec!["CMD-SHELL".into(), cmd.clone()];
+            }
+            if let Some(v) = &options.health_interval {
+                h.interval = parse_duration(v)?;
+            }
+            if let Some(v) = &options.health_timeout {
+                h.timeout = parse_duration(v)?;
+            }
+            if let Some(v) = &options.health_start_period {
+                h.start_period = parse_duration(v)?;
+            }
+            if let Some(v) = options.health_retries {
+                h.retries = v;
+            }
+            hc = Some(h);
+        }
+        hc
+    };
+
+    let memory = options
+        .memory
+        .as_deref()
+        .map(parse_bytes)
+        .transpose()?
+        .unwrap_or(0);
+    if memory > 0 && memory < 6 * 1024 * 1024 {
+        return Err(RuntimeError::InvalidOption(
+            "Minimum memory limit allowed is 6MB".into(),
+        ));
+    }
+    let memory_swap = match options.memory_swap.as_deref() {
+        Some("-1") => -1,
+        Some(v) => parse_bytes(v)?,
+        None => 0,
+    };
+    if memory_swap > 0 && memory == 0 {
+        return Err(RuntimeError::InvalidOption(
+            "You should always set the Memory limit when using Memoryswap limit, see usage".into(),
+        ));
+    }
+    if memory_swap > 0 && memory_swap < memory {
+        return Err(RuntimeError::InvalidOption(
+            "Minimum memoryswap limit should be larger than memory limit, see usage".into(),
+        ));
+    }
+    let nano_cpus = match options.cpus.as_deref() {
+        Some(v) => {
+            let cpus: f64 = v.parse().map_err(|_| {
+                RuntimeError::InvalidOption(format!("invalid argument \"{v}\" for \"--cpus\" flag"))
+            })?;
+            let online = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1) as f64;
+            if cpus.is_nan() || cpus <= 0.0 || !cpus.is_finite() {
+                return Err(RuntimeError::InvalidOption(format!(
+                    "invalid argument \"{v}\" for \"--cpus\" flag"
+                )));
+            }
+            if cpus > online {
+                return Err(RuntimeError::InvalidOption(format!(
+                    "range of CPUs is from 0.01 to {online:.2}, as there are only {online} CPUs available"
+                )));
+            }
+            (cpus * 1e9) as i64
+        }
+        None => 0,
+    };
+    let network_mode = options.network.clone().unwrap_or_else(|| "none".into());
+    if !matches!(network_mode.as_str(), "none" | "host") {
+        return Err(RuntimeError::InvalidOption(format!(
+            "network {network_mode} not found (this version of Berth supports --network none and host)"
+        )));
+    }
+    let mut log_config = LogConfig {
+        kind: "json-file".into(),
+        config: parse_key_values(&options.log_opts, "log-opt")?,
+    };
+    for key in log_config.config.keys() {
+        if !matches!(
+            key.as_str(),
+            "max-size" | "max-file" | "compress" | "labels" | "env" | "tag"
+        ) {
+            return Err(RuntimeError::InvalidOption(format!(
+                "unknown log opt '{key}' for json-file log driver"
+            )));
+        }
+    }
+    if let Some(size) = log_config.config.get("max-size") {
+        parse_bytes(size)?;
+    }
+    if let Some(n) = log_config.config.get("max-file") {
+        let n: u32 = n
+            .parse()
+            .map_err(|_| RuntimeError::InvalidOption(format!("invalid max-file: {n}")))?;
+        if n == 0 {
+            return Err(RuntimeError::InvalidOption(
+                "max-file cannot be less than 1".into(),
+            ));
+        }
+    }
+    log_config.config.retain(|_, v| !v.is_empty());
+    for cap in options.cap_add.iter().chain(&options.cap_drop) {
+        crate::spec::normalize_capability(cap)?;
+    }
+    if let Some(sig) = &options.stop_signal {
+        crate::signal::parse_signal(sig)?;
+    }
+
+    let hostname = options
+        .hostname
+        .clone()
+        .unwrap_or_else(|| id[..12].to_string());
+    let config = ContainerConfig {
+        hostname,
+        domainname: String::new(),
+        user: options.user.clone().unwrap_or_else(|| img.user.clone()),
+        attach_stdin: options.attach && options.interactive,
+        attach_stdout: options.attach,
+        attach_stderr: options.attach,
+        exposed_ports: img.exposed_ports.clone(),
+        tty: options.tty,
+        open_stdin: options.interactive,
+        stdin_once: options.attach && options.interactive,
+        env,
+        cmd,
+        healthcheck,
+        image: options.image.clone(),
+        volumes: img.volumes.clone(),
+        working_dir: options
+            .workdir
+            .clone()
+            .unwrap_or_else(|| img.working_dir.clone()),
+        entrypoint,
+        labels,
+        stop_signal: options
+            .stop_signal
+            .clone()
+            .unwrap_or_else(|| img.stop_signal.clone()),
+        stop_timeout: options.stop_timeout,
+    };
+    if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
+        return Err(RuntimeError::InvalidOption(format!(
+            "the working directory '{}' is invalid, it needs to be an absolute path",
+            config.working_dir
+        )));
+    }
+    let host_config = HostConfig {
+        binds: options.volumes.clone(),
+        network_mode,
+        restart_policy: parse_restart(options.restart.as_deref())?,
+        auto_remove: options.auto_remove,
+        cap_add: options.cap_add.clone(),
+        cap_drop: options.cap_drop.clone(),
+        privileged: options.privileged,
+        readonly_rootfs: options.read_only,
+        security_opt: options.security_opt.clone(),
+        memory,
+        memory_swap,
+        nano_cpus,
+        cpu_shares: options.cpu_shares.unwrap_or(0),
+        cpuset_cpus: options.cpuset_cpus.clone().unwrap_or_default(),
+        pids_limit: options.pids_limit.unwrap_or(0),
+        ulimits: options
+            .ulimits
+            .iter()
+            .map(|u| parse_ulimit(u))
+            .collect::<Result<_, _>>()?,
+        init: options.init,
+        log_config,
+        mounts: Vec::new(),
+        volumes_from: options.volumes_from.clone(),
+    };
+    if host_config.auto_remove && host_config.restart_policy.name != "no" {
+        return Err(RuntimeError::InvalidOption(
+            "Conflicting options: --restart and --rm".into(),
+        ));
+    }
+    Ok(ContainerRecord {
+        id: id.to_string(),
+        name: name.to_string(),
+        image_id: image.id.clone(),
+        layers: image.config.rootfs.diff_ids.clone(),
+        created: berth_store::now_rfc3339(),
+        config,
+        host_config,
+        mounts: Vec::new(),
+        state: ContainerState::created(),
+        restart_count: 0,
+    })
+}
+
+/// A mount request parsed from `-v`, `--mount` or `--tmpfs`.
+pub(crate) fn parse_volume_flag(spec: &str) -> Result<MountRequest, RuntimeError> {
+    let bad = |why: &str| {
+        RuntimeError::InvalidOption(format!("invalid volume specification: '{spec}': {why}"))
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (source, target, mode) = match parts.as_slice() {
+        [target] => ("", *target, ""),
+        [source, target] => (*source, *target, ""),
+        [source, target, mode] => (*source, *target, *mode),
+        _ => return Err(bad("too many colons")),
+    };
+    if !target.starts_with('/') {
+        return Err(bad("the container path must be absolute"));
+    }
+    if target == "/" {
+        return Err(bad("invalid mount destination '/'"));
+    }
+    let mut read_only = false;
+    for m in mode.split(',').filter(|m| !m.is_empty()) {
+        match m {
+            "ro" => read_only = true,
+            "rw" | "z" | "Z" | "private" | "rprivate" | "shared" | "rshared" | "slave"
+            | "rslave" | "nocopy" => {}
+            other => return Err(bad(&format!("invalid mode: {other}"))),
+        }
+    }
+    let kind = if source.is_empty() || !source.starts_with(['/', '.']) {
+        "volume"
+    } else {
+        "bind"
+    };
+    if kind == "volume" && !source.is_empty() {
+        berth_store::validate_name(source)
+            .map_err(|_| bad("volume names must match [a-zA-Z0-9][a-zA-Z0-9_.-]"))?;
+    }
+    if kind == "bind" && !source.starts_with('/') {
+        return Err(bad("bind source path must be absolute"));
+    }
+    Ok(MountRequest {
+        kind: kind.into(),
+        source: source.into(),
+        target: target.into(),
+        read_only,
+        options: Vec::new(),
+    })
+}
+
+/// Parses `--mount type=bind,source=/a,target=/b,readonly` (also `src`, `dst`, `destination`, `ro`).
+pub(crate) fn parse_mount_flag(spec: &str) -> Result<MountRequest, RuntimeError> {
+    let bad = |why: String| {
+        RuntimeError::InvalidOption(format!(
+            "invalid argument \"{spec}\" for \"--mount\" flag: {why}"
+        ))
+    };
+    let mut kind = "volume".to_string();
+    let mut source = String::new();
+    let mut target = String::new();
+    let mut read_only = false;
+    let mut options = Vec::new();
+    for field in spec.split(',') {
+        let (k, v) = field.split_once('=').unwrap_or((field, ""));
+        match k {
+            "type" => kind = v.to_string(),
+            "source" | "src" => source = v.to_string(),
+            "target" | "destination" | "dst" => target = v.to_string(),
+            "readonly" | "ro" => read_only = v.is_empty() || v == "true" || v == "1",
+            "tmpfs-size" => options.push(format!(
+                "size={}",
+                parse_bytes(v).map_err(|e| bad(e.to_string()))?
+            )),
+            "tmpfs-mode" => options.push(format!("mode={v}")),
+            "bind-propagation" | "volume-nocopy" | "consistency" => {}
+            other => return Err(bad(format!("unexpected key '{other}' in '{field}'"))),
+        }
+    }
+    if !matches!(kind.as_str(), "bind" | "volume" | "tmpfs") {
+        return Err(bad(format!("invalid mount type '{kind}'")));
+    }
+    if target.is_empty() {
+        return Err(bad("target is required".into()));
+    }
+    if !target.starts_with('/') {
+        return Err(bad("target must be an absolute path".into()));
+    }
+    if kind == "bind" && !source.starts_with('/') {
+        return Err(bad("bind source must be an absolute path".into()));
+    }
+    if kind == "tmpfs" && !source.is_empty() {
+        return Err(bad("source is not allowed for tmpfs mounts".into()));
+    }
+    Ok(MountRequest {
+        kind,
+        source,
+        target,
+        read_only,
+        options,
+    })
+}
+
+/// Parses `--tmpfs /path[:opts]`.
+pub(crate) fn parse_tmpfs_flag(spec: &str) -> Result<MountRequest, RuntimeError> {
+    let (target, opts) = spec.split_once(':').unwrap_or((spec, ""));
+    if !target.starts_with('/') {
+        return Err(RuntimeError::InvalidOption(format!(
+            "invalid tmpfs destination: {target}"
+        )));
+    }
+    let mut options: Vec<String> = Vec::new();
+    let mut read_only = false;
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        if o == "ro" {
+            read_only = true;
+        } else if o != "rw" {
+            options.push(o.to_string());
+        }
+    }
+    Ok(MountRequest {
+        kind: "tmpfs".into(),
+        source: String::new(),
+        target: target.into(),
+        read_only,
+        options,
+    })
+}
+
+/// A mount point as it will be set up, before volumes get their host paths.
+pub(crate) fn mount_point(
+    request: &MountRequest,
+    source: String,
+    name: String,
+    anonymous: bool,
+) -> MountPoint {
+    MountPoint {
+        kind: request.kind.clone(),
+        name,
+        source,
+        destination: request.target.clone(),
+        driver: if request.kind == "volume" {
+            "local".into()
+        } else {
+            String::new()
+        },
+        mode: if request.read_only {
+            "ro".into()
+        } else {
+            String::new()
+        },
+        rw: !request.read_only,
+        propagation: if request.kind == "bind" {
+            "rprivate".into()
+        } else {
+            String::new()
+        },
+        anonymous,
+        options: request.options.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_bytes("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("1.5k").unwrap(), 1536);
+        assert_eq!(parse_bytes("100").unwrap(), 100);
+        assert!(parse_bytes("12x").is_err());
+        assert!(parse_bytes("-1m").is_err());
+        assert_eq!(parse_duration("1m30s").unwrap(), 90_000_000_000);
+        assert_eq!(parse_duration("500ms").unwrap(), 500_000_000);
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn env_merge_and_restart() {
+        let merged = merge_env(&["A=1".into(), "B=2".into()], &["B=3".into(), "C=4".into()]);
+        assert_eq!(merged, vec!["A=1", "B=3", "C=4"]);
+        assert_eq!(
+            parse_restart(Some("on-failure:3"))
+                .unwrap()
+                .maximum_retry_count,
+            3
+        );
+        assert!(parse_restart(Some("always:3")).is_err());
+        assert!(parse_restart(Some("sometimes")).is_err());
+    }
+
+    #[test]
+    fn volume_flags() {
+        let m = parse_volume_flag("/host:/ctr:ro").unwrap();
+        assert_eq!((m.kind.as_str(), m.read_only), ("bind", true));
+        let m = parse_volume_flag("data:/data").unwrap();
+        assert_eq!((m.kind.as_str(), m.source.as_str()), ("volume", "data"));
+        let m = parse_volume_flag("/anon").unwrap();
+        assert_eq!((m.kind.as_str(), m.source.as_str()), ("volume", ""));
+        assert!(parse_volume_flag("relative").is_err());
+        assert!(parse_volume_flag("/a:/b:bogus").is_err());
+        let m = parse_mount_flag("type=tmpfs,target=/t,tmpfs-size=1m").unwrap();
+        assert_eq!(m.options, vec!["size=1048576"]);
+        assert!(parse_mount_flag("type=nfs,target=/x").is_err());
+    }
+}

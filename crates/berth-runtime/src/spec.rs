@@ -1,0 +1,357 @@
+//! The OCI runtime spec of a container, built from its record (image defaults already merged at create) and
+//! Docker's defaults: namespaces, capabilities, mounts, masked paths, devices, resources.
+
+use std::path::{Path, PathBuf};
+
+use berth_store::container::{ContainerRecord, MountPoint};
+use serde_json::{json, Value};
+
+use crate::error::RuntimeError;
+use crate::user::resolve_user;
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Every capability the kernel knows (for `--privileged` and `--cap-add ALL`).
+pub const ALL_CAPABILITIES: &[&str] = &[
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_READ",
+    "CAP_AUDIT_WRITE",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_KILL",
+    "CAP_LEASE",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MKNOD",
+    "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_RAW",
+    "CAP_PERFMON",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYSLOG",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_NICE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_WAKE_ALARM",
+];
+
+const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Normalises a capability name (`net_admin`, `NET_ADMIN`, `CAP_NET_ADMIN`) to `CAP_NET_ADMIN`, or refuses it.
+pub fn normalize_capability(name: &str) -> Result<String, RuntimeError> {
+    let upper = name.to_ascii_uppercase();
+    if upper == "ALL" {
+        return Ok(upper);
+    }
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    if ALL_CAPABILITIES.contains(&full.as_str()) {
+        Ok(full)
+    } else {
+        Err(RuntimeError::InvalidOption(format!(
+            "invalid capability: {name}"
+        )))
+    }
+}
+
+/// The effective capability set: Docker's defaults (or all, when privileged), plus adds, minus drops.
+pub fn capabilities(record: &ContainerRecord) -> Result<Vec<String>, RuntimeError> {
+    let hc = &record.host_config;
+    let mut caps: Vec<String> = if hc.privileged {
+        ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect()
+    } else {
+        DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect()
+    };
+    for add in &hc.cap_add {
+        let add = normalize_capability(add)?;
+        if add == "ALL" {
+            caps = ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        } else if !caps.contains(&add) {
+            caps.push(add);
+        }
+    }
+    for drop in &hc.cap_drop {
+        let drop = normalize_capability(drop)?;
+        if drop == "ALL" {
+            caps.clear();
+        } else {
+            caps.retain(|c| c != &drop);
+        }
+    }
+    caps.sort();
+    Ok(caps)
+}
+
+/// Where the files Berth writes for a container live and are mounted from.
+pub struct SpecPaths<'a> {
+    /// The mounted overlay root filesystem.
+    pub rootfs: &'a Path,
+    /// `containers/<id>/` with hosts, hostname, resolv.conf.
+    pub files: &'a Path,
+}
+
+/// The process arguments: entrypoint then command, as Docker combines them at create.
+pub fn process_args(record: &ContainerRecord) -> Vec<String> {
+    let mut args = record.config.entrypoint.clone().unwrap_or_default();
+    args.extend(record.config.cmd.clone().unwrap_or_default());
+    args
+}
+
+/// Builds the OCI runtime spec (config.json) of a container.
+pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Value, RuntimeError> {
+    let config = &record.config;
+    let hc = &record.host_config;
+    let args = process_args(record);
+    if args.is_empty() {
+        return Err(RuntimeError::NoCommand);
+    }
+    let user = resolve_user(paths.rootfs, &config.user)?;
+    let mut env = config.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.insert(0, format!("HOSTNAME={}", config.hostname));
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    if config.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".to_string());
+    }
+    let caps = capabilities(record)?;
+    let cwd = if config.working_dir.is_empty() {
+        "/".to_string()
+    } else {
+        config.working_dir.clone()
+    };
+    // Docker creates a missing working directory in the container.
+    let cwd_host = crate::rootfs::resolve_in_root(paths.rootfs, Path::new(&cwd))
+        .map_err(|e| RuntimeError::Io(format!("working directory {cwd}: {e}")))?;
+    if !cwd_host.exists() {
+        std::fs::create_dir_all(&cwd_host)
+            .map_err(|e| RuntimeError::Io(format!("create working directory {cwd}: {e}")))?;
+        let _ = std::os::unix::fs::chown(&cwd_host, Some(user.uid), Some(user.gid));
+    }
+    let no_new_privileges = hc.security_opt.iter().any(|o| {
+        let o = o.replace('=', ":");
+        o == "no-new-privileges" || o == "no-new-privileges:true"
+    });
+
+    let mut process = json!({
+        "terminal": config.tty,
+        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {
+            "bounding": caps, "effective": caps, "permitted": caps,
+        },
+    });
+    // Only present when true: libcontainer 0.7 treats any present value (even false) as "load seccomp after
+    // dropping capabilities", which fails without CAP_SYS_ADMIN.
+    if no_new_privileges {
+        process["noNewPrivileges"] = json!(true);
+    }
+    if !hc.ulimits.is_empty() {
+        // Only what the user asks for: raising a limit fails without CAP_SYS_RESOURCE, so Berth sets none by default.
+        let rlimits: Vec<Value> = hc
+            .ulimits
+            .iter()
+            .map(|u| json!({"type": format!("RLIMIT_{}", u.name.to_ascii_uppercase()), "soft": u.soft, "hard": u.hard}))
+            .collect();
+        process["rlimits"] = Value::Array(rlimits);
+    }
+
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if hc.privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+    ];
+    for (file, dest) in [
+        ("hosts", "/etc/hosts"),
+        ("hostname", "/etc/hostname"),
+        ("resolv.conf", "/etc/resolv.conf"),
+    ] {
+        let source = paths.files.join(file);
+        if source.exists() && !user_mounts_cover(&record.mounts, dest) {
+            mounts.push(json!({"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate"]}));
+        }
+    }
+    for m in &record.mounts {
+        mounts.push(mount_json(m));
+    }
+
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    if hc.network_mode != "host" {
+        namespaces.push(json!({"type": "network"}));
+    }
+
+    let mut resources = json!({"devices": device_rules(hc.privileged)});
+    if hc.memory > 0 {
+        let swap = match hc.memory_swap {
+            0 => hc.memory * 2,
+            -1 => -1,
+            s => s,
+        };
+        resources["memory"] = json!({"limit": hc.memory, "swap": swap});
+    }
+    let mut cpu = serde_json::Map::new();
+    if hc.nano_cpus > 0 {
+        cpu.insert("period".into(), json!(100_000u64));
+        cpu.insert(
+            "quota".into(),
+            json!(hc.nano_cpus * 100_000 / 1_000_000_000),
+        );
+    }
+    if hc.cpu_shares > 0 {
+        cpu.insert("shares".into(), json!(hc.cpu_shares));
+    }
+    if !hc.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(hc.cpuset_cpus));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = Value::Object(cpu);
+    }
+    if hc.pids_limit > 0 {
+        resources["pids"] = json!({"limit": hc.pids_limit});
+    }
+
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "resources": resources,
+        "cgroupsPath": crate::cgroup::cgroups_path(&record.id),
+    });
+    if !hc.privileged {
+        linux["maskedPaths"] = json!(MASKED_PATHS);
+        linux["readonlyPaths"] = json!(READONLY_PATHS);
+    }
+    if let Some(seccomp) = crate::seccomp::profile_for(record)? {
+        linux["seccomp"] = seccomp;
+    }
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": paths.rootfs, "readonly": hc.readonly_rootfs},
+        "hostname": config.hostname,
+        "mounts": mounts,
+        "linux": linux,
+    }))
+}
+
+fn user_mounts_cover(mounts: &[MountPoint], dest: &str) -> bool {
+    mounts.iter().any(|m| m.destination == dest)
+}
+
+fn mount_json(m: &MountPoint) -> Value {
+    match m.kind.as_str() {
+        "tmpfs" => {
+            let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+            options.extend(m.options.iter().cloned());
+            if !m.rw {
+                options.push("ro".into());
+            }
+            json!({"destination": m.destination, "type": "tmpfs", "source": "tmpfs", "options": options})
+        }
+        _ => {
+            let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+            if !m.rw {
+                options.push("ro".into());
+            }
+            json!({"destination": m.destination, "type": "bind", "source": PathBuf::from(&m.source), "options": options})
+        }
+    }
+}
+
+fn device_rules(privileged: bool) -> Value {
+    if privileged {
+        return json!([{"allow": true, "access": "rwm"}]);
+    }
+    let rule = |t: &str, major: i64, minor: Option<i64>| {
+        let mut r = json!({"allow": true, "type": t, "major": major, "access": "rwm"});
+        if let Some(minor) = minor {
+            r["minor"] = json!(minor);
+        }
+        r
+    };
+    json!([
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "access": "m"},
+        {"allow": true, "type": "b", "access": "m"},
+        rule("c", 1, Some(3)),
+        rule("c", 1, Some(5)),
+        rule("c", 1, Some(7)),
+        rule("c", 1, Some(8)),
+        rule("c", 1, Some(9)),
+        rule("c", 5, Some(0)),
+        rule("c", 5, Some(1)),
+        rule("c", 5, Some(2)),
+        rule("c", 136, None),
+        rule("c", 10, Some(200)),
+    ])
+}

@@ -1,0 +1,492 @@
+//! Image records, tags, layers and their garbage collection.
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+use crate::digest::{Digest, DigestReader};
+use crate::error::StoreError;
+use crate::image::{ImageConfig, Manifest};
+use crate::reference::Reference;
+use crate::Store;
+
+/// A layer known to the store: its blob and its unpacked snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerRecord {
+    /// Digest of the uncompressed tar (the snapshot key).
+    pub diff_id: Digest,
+    /// Digest of the blob as stored (compressed or not).
+    pub blob_digest: Digest,
+    /// Media type of the blob.
+    pub media_type: String,
+    /// Size of the blob in bytes.
+    pub blob_size: u64,
+    /// Size of the uncompressed tar in bytes.
+    pub size: u64,
+}
+
+/// An image in the store.
+#[derive(Debug, Clone)]
+pub struct ImageRecord {
+    /// The config digest, Docker's image ID.
+    pub id: Digest,
+    /// The manifest blob.
+    pub manifest_digest: Digest,
+    /// The parsed config.
+    pub config: ImageConfig,
+    /// Full references tagging it (`docker.io/library/busybox:latest`), sorted.
+    pub tags: Vec<String>,
+    /// Sum of uncompressed layer sizes.
+    pub size: u64,
+    /// Unix time the image entered this store.
+    pub added: i64,
+}
+
+impl ImageRecord {
+    /// The config's creation time, or the time it was added.
+    pub fn created(&self) -> chrono::DateTime<chrono::Utc> {
+        self.config
+            .created
+            .as_deref()
+            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+            .map(|d| d.with_timezone(&chrono::Utc))
+            .or_else(|| chrono::DateTime::from_timestamp(self.added, 0))
+            .unwrap_or_default()
+    }
+}
+
+/// What an image is made of, for [`Store::add_image`]; the blobs must already be in the store.
+pub struct NewImage {
+    /// The manifest blob.
+    pub manifest_digest: Digest,
+    /// The config blob.
+    pub config_digest: Digest,
+    /// The layers, bottom first, already created with [`Store::add_layer`].
+    pub layers: Vec<LayerRecord>,
+}
+
+/// What `rmi` did, line by line as Docker prints it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemovedImage {
+    /// A tag was removed.
+    Untagged(String),
+    /// An image was deleted.
+    Deleted(Digest),
+}
+
+impl Store {
+    /// Stores a layer from a blob already in the blob store: verifies the uncompressed digest against
+    /// `expected_diff_id` (when given) and unpacks it once into its snapshot. Safe against concurrent callers.
+    pub fn add_layer(
+        &self,
+        blob_digest: &Digest,
+        media_type: &str,
+        expected_diff_id: Option<&Digest>,
+    ) -> Result<LayerRecord, StoreError> {
+        let _lock = self.lock(false)?;
+        if let Some(diff_id) = expected_diff_id {
+            if let Some(existing) = self.layer(diff_id)? {
+                if self.snapshots.has_layer(diff_id) {
+                    return Ok(existing);
+                }
+            }
+        }
+        let blob = self.blobs.open_blob(blob_digest)?;
+        let blob_size = blob.metadata().map(|m| m.len()).unwrap_or(0);
+        let (_, stream) = berth_archive::decompress(io::BufReader::with_capacity(1 << 20, blob))?;
+        let mut hashed = DigestReader::new(stream);
+        let staging = self.snapshots.staging_dir()?;
+        let result = (|| {
+            let options = berth_archive::UnpackOptions {
+                whiteouts: berth_archive::WhiteoutMode::Overlay,
+                allow_devices: false,
+            };
+            berth_archive::unpack_layer(&mut hashed, &staging.join("diff"), &options)?;
+            // The tar reader stops at the end-of-archive marker; hash any padding after it too.
+            io::copy(&mut hashed, &mut io::sink()).map_err(|source| StoreError::Io {
+                op: "read layer",
+                path: self.blobs.path(blob_digest),
+                source,
+            })?;
+            Ok::<_, StoreError>(())
+        })();
+        if let Err(e) = result {
+            let _ = crate::snapshot::remove_tree(&staging);
+            return Err(e);
+        }
+        let (diff_id, size) = hashed.finish();
+        if let Some(expected) = expected_diff_id {
+            if expected != &diff_id {
+                let _ = crate::snapshot::remove_tree(&staging);
+                return Err(StoreError::DigestMismatch {
+                    expected: expected.to_string(),
+                    actual: diff_id.to_string(),
+                });
+            }
+        }
+        self.snapshots.commit_layer(&staging, &diff_id)?;
+        let record = LayerRecord {
+            diff_id,
+            blob_digest: blob_digest.clone(),
+            media_type: media_type.to_string(),
+            blob_size,
+            size,
+        };
+        self.db.execute(
+            "INSERT OR IGNORE INTO layers (diff_id, blob_digest, media_type, blob_size, size) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                record.diff_id.as_str(),
+                record.blob_digest.as_str(),
+                record.media_type,
+                record.blob_size as i64,
+                record.size as i64
+            ],
+        )?;
+        Ok(record)
+    }
+
+    /// Stores a layer from a tar stream (any compression): the blob is written as given and unpacked.
+    pub fn add_layer_from_reader(
+        &self,
+        reader: impl Read,
+        media_type: &str,
+    ) -> Result<LayerRecord, StoreError> {
+        let (blob_digest, _) = self.blobs.put(reader, None)?;
+        self.add_layer(&blob_digest, media_type, None)
+    }
+
+    /// A layer by its uncompressed digest.
+    pub fn layer(&self, diff_id: &Digest) -> Result<Option<LayerRecord>, StoreError> {
+        self.db
+            .query_row(
+                "SELECT blob_digest, media_type, blob_size, size FROM layers WHERE diff_id = ?1",
+                [diff_id.as_str()],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()?
+            .map(|(blob, media_type, blob_size, size)| {
+                Ok(LayerRecord {
+                    diff_id: diff_id.clone(),
+                    blob_digest: Digest::parse(&blob)?,
+                    media_type,
+                    blob_size: blob_size as u64,
+                    size: size as u64,
+                })
+            })
+            .transpose()
+    }
+
+    /// Records an image whose blobs and layers are in the store, and points `tags` at it (moving them from
+    /// any other image). Returns the record.
+    pub fn add_image(
+        &self,
+        image: &NewImage,
+        tags: &[Reference],
+    ) -> Result<ImageRecord, StoreError> {
+        let config_bytes = self.blobs.read(&image.config_digest)?;
+        let config: ImageConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|e| StoreError::InvalidImage(format!("image config: {e}")))?;
+        let manifest_bytes = self.blobs.read(&image.manifest_digest)?;
+        let _: Manifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| StoreError::InvalidImage(format!("image manifest: {e}")))?;
+        if config.rootfs.diff_ids.len() != image.layers.len()
+            || config
+                .rootfs
+                .diff_ids
+                .iter()
+                .zip(&image.layers)
+                .any(|(a, b)| a != &b.diff_id)
+        {
+            return Err(StoreError::InvalidImage(
+                "the config's rootfs.diff_ids do not match the layers".into(),
+            ));
+        }
+        let size: u64 = image.layers.iter().map(|l| l.size).sum();
+        let config_text = String::from_utf8_lossy(&config_bytes).into_owned();
+        let tx = self.write_transaction()?;
+        tx.execute(
+            "INSERT INTO images (id, manifest_digest, config, size, added) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET manifest_digest = excluded.manifest_digest",
+            params![
+                image.config_digest.as_str(),
+                image.manifest_digest.as_str(),
+                config_text,
+                size as i64,
+                chrono::Utc::now().timestamp()
+            ],
+        )?;
+        for tag in tags {
+            tx.execute(
+                "INSERT INTO tags (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+                params![tag.to_string(), image.config_digest.as_str()],
+            )?;
+        }
+        tx.commit()?;
+        self.image_by_id(&image.config_digest)?
+            .ok_or_else(|| StoreError::ImageNotFound(image.config_digest.to_string()))
+    }
+
+    /// All images, newest first.
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT i.id, i.manifest_digest, i.config, i.size, i.added, group_concat(t.name, char(10))
+             FROM images i LEFT JOIN tags t ON t.image_id = i.id GROUP BY i.id ORDER BY i.added DESC",
+        )?;
+        let rows = stmt.query_map([], row_to_raw_image)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(raw_to_image(row?)?);
+        }
+        out.sort_by_key(|i| std::cmp::Reverse(i.created()));
+        Ok(out)
+    }
+
+    fn image_by_id(&self, id: &Digest) -> Result<Option<ImageRecord>, StoreError> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT i.id, i.manifest_digest, i.config, i.size, i.added, group_concat(t.name, char(10))
+             FROM images i LEFT JOIN tags t ON t.image_id = i.id WHERE i.id = ?1 GROUP BY i.id",
+        )?;
+        stmt.query_row([id.as_str()], row_to_raw_image)
+            .optional()?
+            .map(raw_to_image)
+            .transpose()
+    }
+
+    /// Finds an image by reference (`busybox`, `busybox:1`, `repo@sha256:…`), full ID (`sha256:…`), or a
+    /// unique ID prefix, as `docker` does.
+    pub fn image(&self, name_or_id: &str) -> Result<ImageRecord, StoreError> {
+        let not_found = || StoreError::ImageNotFound(name_or_id.to_string());
+        // IDs first: a 64-hex string, sha256:…, or a short hex prefix that is not a tagged name.
+        let hex = name_or_id.strip_prefix("sha256:").unwrap_or(name_or_id);
+        let looks_like_id =
+            !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        if looks_like_id {
+            if let Ok(reference) = Reference::parse(name_or_id) {
+                if let Some(image) = self.image_by_tag(&reference)? {
+                    return Ok(image);
+                }
+            }
+            let mut stmt = self
+                .db
+                .prepare_cached("SELECT id FROM images WHERE id >= ?1 AND id < ?2 LIMIT 2")?;
+            let lo = format!("sha256:{hex}");
+            let hi = format!("sha256:{hex}\u{7f}");
+            let ids: Vec<String> = stmt
+                .query_map([&lo, &hi], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            return match ids.as_slice() {
+                [one] => self
+                    .image_by_id(&Digest::parse(one)?)?
+                    .ok_or_else(not_found),
+                [] => Err(not_found()),
+                _ => Err(StoreError::Ambiguous(name_or_id.to_string())),
+            };
+        }
+        let reference = Reference::parse(name_or_id)?;
+        if let Some(digest) = reference.digest() {
+            // name@digest: the manifest digest or the config digest of an image in that repository.
+            let mut stmt = self.db.prepare_cached(
+                "SELECT id FROM images WHERE manifest_digest = ?1 OR id = ?1 LIMIT 1",
+            )?;
+            let id: Option<String> = stmt.query_row([digest.as_str()], |r| r.get(0)).optional()?;
+            return match id {
+                Some(id) => self
+                    .image_by_id(&Digest::parse(&id)?)?
+                    .ok_or_else(not_found),
+                None => Err(not_found()),
+            };
+        }
+        self.image_by_tag(&reference)?.ok_or_else(not_found)
+    }
+
+    fn image_by_tag(&self, reference: &Reference) -> Result<Option<ImageRecord>, StoreError> {
+        let id: Option<String> = self
+            .db
+            .query_row(
+                "SELECT image_id FROM tags WHERE name = ?1",
+                [reference.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match id {
+            Some(id) => self.image_by_id(&Digest::parse(&id)?),
+            None => Ok(None),
+        }
+    }
+
+    /// Points `reference` at an image (moving it from any other).
+    pub fn tag(&self, image_id: &Digest, reference: &Reference) -> Result<(), StoreError> {
+        self.db.execute(
+            "INSERT INTO tags (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+            params![reference.to_string(), image_id.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// Removes an image, as `rmi` does: a tag reference removes that tag and, when it was the last, the
+    /// image; an ID removes the image with all its tags (refused for several tags unless `force`). Images
+    /// used by containers are refused unless `force`, in which case only the tags go and the image stays
+    /// for its containers, as Docker does.
+    pub fn remove_image(
+        &self,
+        name_or_id: &str,
+        force: bool,
+    ) -> Result<Vec<RemovedImage>, StoreError> {
+        let image = self.image(name_or_id)?;
+        let by_tag = Reference::parse(name_or_id)
+            .ok()
+            .filter(|r| image.tags.contains(&r.to_string()));
+        let mut out = Vec::new();
+        let tx = self.write_transaction()?;
+        let user: Option<String> = tx
+            .query_row(
+                "SELECT id FROM containers WHERE image_id = ?1 LIMIT 1",
+                [image.id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let tags_to_remove: Vec<String> = match &by_tag {
+            Some(reference) if image.tags.len() > 1 || force => vec![reference.to_string()],
+            Some(reference) => vec![reference.to_string()],
+            None if image.tags.len() > 1 && !force => {
+                return Err(StoreError::MultipleTags(image.id.short().to_string()))
+            }
+            None => image.tags.clone(),
+        };
+        let remaining = image.tags.len() - tags_to_remove.len();
+        if remaining == 0 {
+            if let Some(container) = &user {
+                if !force {
+                    return Err(StoreError::ImageInUse {
+                        image: name_or_id.to_string(),
+                        container: container[..12].to_string(),
+                    });
+                }
+            }
+        }
+        for tag in &tags_to_remove {
+            tx.execute("DELETE FROM tags WHERE name = ?1", [tag])?;
+            out.push(RemovedImage::Untagged(crate::reference::familiar_name(tag)));
+        }
+        if remaining == 0 && user.is_none() {
+            tx.execute("DELETE FROM images WHERE id = ?1", [image.id.as_str()])?;
+            out.push(RemovedImage::Deleted(image.id.clone()));
+        }
+        tx.commit()?;
+        if out.iter().any(|r| matches!(r, RemovedImage::Deleted(_))) {
+            self.collect_garbage()?;
+        }
+        Ok(out)
+    }
+
+    /// Deletes layers, blobs and snapshots no image or container references any more.
+    pub fn collect_garbage(&self) -> Result<(), StoreError> {
+        let _lock = self.lock(true)?;
+        let mut referenced_layers: HashSet<String> = HashSet::new();
+        let mut referenced_blobs: HashSet<String> = HashSet::new();
+        {
+            let mut stmt = self
+                .db
+                .prepare("SELECT manifest_digest, config FROM images")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (manifest_digest, config) = row?;
+                referenced_blobs.insert(manifest_digest.clone());
+                if let Ok(m) = Digest::parse(&manifest_digest).and_then(|d| self.blobs.read(&d)) {
+                    if let Ok(manifest) = serde_json::from_slice::<Manifest>(&m) {
+                        referenced_blobs.insert(manifest.config.digest.to_string());
+                        referenced_blobs
+                            .extend(manifest.layers.iter().map(|l| l.digest.to_string()));
+                    }
+                }
+                let config: ImageConfig = serde_json::from_str(&config)?;
+                referenced_layers.extend(config.rootfs.diff_ids.iter().map(|d| d.to_string()));
+            }
+            for record in self.containers()? {
+                referenced_layers.extend(record.layers.iter().map(|d| d.to_string()));
+            }
+        }
+        let mut stmt = self.db.prepare("SELECT diff_id, blob_digest FROM layers")?;
+        let layers: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (diff_id, blob) in &layers {
+            if referenced_layers.contains(diff_id) {
+                referenced_blobs.insert(blob.clone());
+            }
+        }
+        for (diff_id, _) in layers {
+            if !referenced_layers.contains(&diff_id) {
+                self.db
+                    .execute("DELETE FROM layers WHERE diff_id = ?1", [&diff_id])?;
+                self.snapshots.remove_layer(&Digest::parse(&diff_id)?)?;
+            }
+        }
+        for blob in self.blobs.list()? {
+            if !referenced_blobs.contains(blob.as_str()) {
+                self.blobs.remove(&blob)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The manifest of an image.
+    pub fn manifest(&self, image: &ImageRecord) -> Result<Manifest, StoreError> {
+        let bytes = self.blobs.read(&image.manifest_digest)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::InvalidImage(format!("manifest: {e}")))
+    }
+
+    /// The config bytes exactly as stored (their digest is the image ID).
+    pub fn config_bytes(&self, image: &ImageRecord) -> Result<Vec<u8>, StoreError> {
+        self.blobs.read(&image.id)
+    }
+
+    /// Starts a write transaction that takes SQLite's write lock at once, so read-modify-write sequences of
+    /// concurrent processes never interleave.
+    pub(crate) fn write_transaction(&self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        Ok(rusqlite::Transaction::new_unchecked(
+            &self.db,
+            TransactionBehavior::Immediate,
+        )?)
+    }
+}
+
+type RawImage = (String, String, String, i64, i64, Option<String>);
+
+fn row_to_raw_image(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawImage> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+fn raw_to_image(
+    (id, manifest, config, size, added, tags): RawImage,
+) -> Result<ImageRecord, StoreError> {
+    let mut tags: Vec<String> = tags
+        .map(|t| t.split('\n').map(str::to_string).collect())
+        .unwrap_or_default();
+    tags.sort();
+    Ok(ImageRecord {
+        id: Digest::parse(&id)?,
+        manifest_digest: Digest::parse(&manifest)?,
+        config: serde_json::from_str(&config)?,
+        tags,
+        size: size as u64,
+        added,
+    })
+}

@@ -1,0 +1,222 @@
+//! Overlay snapshots: each layer unpacked once into `snapshots/layers/<diff-id>/diff`, shared by every image
+//! and container using it; each container gets `snapshots/containers/<id>/{diff,work,merged}`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::digest::Digest;
+use crate::error::{IoContext, StoreError};
+
+/// Owner of the snapshot directories and of the overlay mounts made from them.
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    layers: PathBuf,
+    containers: PathBuf,
+    tmp: PathBuf,
+    empty: PathBuf,
+}
+
+impl Snapshotter {
+    /// Opens (and creates) the snapshot directories under `root`.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let base = root.join("snapshots");
+        let s = Self {
+            layers: base.join("layers"),
+            containers: base.join("containers"),
+            tmp: base.join("tmp"),
+            empty: base.join("empty"),
+        };
+        for dir in [&s.layers, &s.containers, &s.tmp, &s.empty] {
+            fs::create_dir_all(dir).ctx("create", dir)?;
+        }
+        Ok(s)
+    }
+
+    /// The unpacked content of a layer.
+    pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
+        self.layers.join(diff_id.hex()).join("diff")
+    }
+
+    /// Whether a layer is unpacked.
+    pub fn has_layer(&self, diff_id: &Digest) -> bool {
+        self.layer_dir(diff_id).is_dir()
+    }
+
+    /// A fresh private directory to unpack a layer into; publish it with [`Snapshotter::commit_layer`].
+    pub fn staging_dir(&self) -> Result<PathBuf, StoreError> {
+        let dir = self.tmp.join(crate::random_hex(8));
+        fs::create_dir_all(dir.join("diff")).ctx("create", &dir)?;
+        Ok(dir)
+    }
+
+    /// Publishes a staging dir as the layer `diff_id`. When another process published it first, ours is
+    /// discarded: both have the same content by definition of the digest.
+    pub fn commit_layer(&self, staging: &Path, diff_id: &Digest) -> Result<(), StoreError> {
+        let dest = self.layers.join(diff_id.hex());
+        match fs::rename(staging, &dest) {
+            Ok(()) => Ok(()),
+            Err(e) if dest.join("diff").is_dir() => {
+                let _ = e;
+                remove_tree(staging)
+            }
+            Err(e) => Err(e).ctx("publish layer", dest),
+        }
+    }
+
+    /// Removes an unpacked layer.
+    pub fn remove_layer(&self, diff_id: &Digest) -> Result<(), StoreError> {
+        remove_tree(&self.layers.join(diff_id.hex()))
+    }
+
+    /// The directory of a container's snapshot.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.containers.join(id)
+    }
+
+    /// The writable upper dir of a container.
+    pub fn upper_dir(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("diff")
+    }
+
+    /// The mount point of a container's root filesystem.
+    pub fn merged_dir(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("merged")
+    }
+
+    /// Creates a container's empty upper, work and mount-point directories.
+    pub fn create_container(&self, id: &str) -> Result<(), StoreError> {
+        let dir = self.container_dir(id);
+        for sub in ["diff", "work", "merged"] {
+            fs::create_dir_all(dir.join(sub)).ctx("create", dir.join(sub))?;
+        }
+        Ok(())
+    }
+
+    /// The lower dirs of an image's layers in overlayfs order (top-most first).
+    pub fn lower_dirs(&self, layers: &[Digest]) -> Vec<PathBuf> {
+        layers.iter().rev().map(|d| self.layer_dir(d)).collect()
+    }
+
+    /// Mounts a container's root filesystem (idempotent) and returns the mount point.
+    pub fn mount_container(&self, id: &str, layers: &[Digest]) -> Result<PathBuf, StoreError> {
+        let dir = self.container_dir(id);
+        let merged = dir.join("merged");
+        if is_mount_point(&merged) {
+            return Ok(merged);
+        }
+        let mut lowers: Vec<String> = self
+            .lower_dirs(layers)
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        if lowers.is_empty() {
+            lowers.push(self.empty.to_string_lossy().into_owned());
+        }
+        // index=off and redirect_dir=off keep the upper dir a plain, portable diff for `commit`.
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={},index=off,redirect_dir=off",
+            lowers.join(":"),
+            dir.join("diff").display(),
+            dir.join("work").display(),
+        );
+        mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .map_err(|source| StoreError::Mount {
+            op: "mount overlay on",
+            path: merged.clone(),
+            source,
+        })?;
+        Ok(merged)
+    }
+
+    /// Unmounts a container's root filesystem; not mounted is not an error.
+    pub fn unmount_container(&self, id: &str) -> Result<(), StoreError> {
+        let merged = self.merged_dir(id);
+        unmount(&merged)
+    }
+
+    /// Unmounts and deletes a container's snapshot.
+    pub fn remove_container(&self, id: &str) -> Result<(), StoreError> {
+        self.unmount_container(id)?;
+        remove_tree(&self.container_dir(id))
+    }
+
+    /// Disk bytes used by a container's writable layer.
+    pub fn container_size(&self, id: &str) -> u64 {
+        dir_size(&self.upper_dir(id))
+    }
+}
+
+/// Unmounts `path` (detaching if busy); a path that is not a mount point is fine.
+pub fn unmount(path: &Path) -> Result<(), StoreError> {
+    loop {
+        match umount2(path, MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) => continue, // stacked mounts: unmount until nothing is left
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(nix::errno::Errno::EBUSY) => {
+                return umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).map_err(
+                    |source| StoreError::Mount {
+                        op: "unmount",
+                        path: path.to_path_buf(),
+                        source,
+                    },
+                )
+            }
+            Err(source) => {
+                return Err(StoreError::Mount {
+                    op: "unmount",
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Whether something is mounted on `path` (its device differs from its parent's, or it is listed).
+pub fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta), Some(parent)) = (fs::symlink_metadata(path), path.parent()) else {
+        return false;
+    };
+    match fs::metadata(parent) {
+        Ok(parent_meta) => meta.dev() != parent_meta.dev() || meta.ino() == parent_meta.ino(),
+        Err(_) => false,
+    }
+}
+
+/// Removes a directory tree; missing is fine. Immutable files cannot stop it since we are root.
+pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).ctx("remove", path),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes used by regular files under `dir` (hard links counted once is not attempted).
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}

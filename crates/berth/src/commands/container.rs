@@ -1,0 +1,1193 @@
+//! Container commands: run, create, start, stop, kill, rm, ps, logs, wait, inspect, …
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use berth_runtime::logs::{self, LogRecord};
+use berth_runtime::session::{wait_attached, SessionEnd};
+use berth_runtime::{Engine, RunOptions, Stdio3};
+use berth_store::container::{ContainerRecord, Status};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::Failed;
+use crate::format::{human_duration, human_size, print_rows, seconds_since};
+
+/// Flags shared by `create` and `run`.
+#[derive(Args, Clone)]
+pub struct CreateArgs {
+    /// Print help (-h is --hostname, as in Docker)
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// Assign a name to the container
+    #[arg(long)]
+    name: Option<String>,
+    /// Set environment variables
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Read in a file of environment variables
+    #[arg(long = "env-file")]
+    env_file: Vec<std::path::PathBuf>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Overwrite the default ENTRYPOINT of the image
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Container host name
+    #[arg(short = 'h', long)]
+    hostname: Option<String>,
+    /// Set meta data on a container
+    #[arg(short = 'l', long = "label")]
+    label: Vec<String>,
+    /// Allocate a pseudo-TTY
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Keep STDIN open even if not attached
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Automatically remove the container when it exits
+    #[arg(long)]
+    rm: bool,
+    /// Restart policy to apply when a container exits (no, always, unless-stopped, on-failure[:max-retries])
+    #[arg(long)]
+    restart: Option<String>,
+    /// Memory limit
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap
+    #[arg(long = "memory-swap")]
+    memory_swap: Option<String>,
+    /// Number of CPUs
+    #[arg(long)]
+    cpus: Option<String>,
+    /// CPU shares (relative weight)
+    #[arg(short = 'c', long = "cpu-shares")]
+    cpu_shares: Option<i64>,
+    /// CPUs in which to allow execution (0-3, 0,1)
+    #[arg(long = "cpuset-cpus")]
+    cpuset_cpus: Option<String>,
+    /// Tune container pids limit (set -1 for unlimited)
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<i64>,
+    /// Ulimit options
+    #[arg(long)]
+    ulimit: Vec<String>,
+    /// Add Linux capabilities
+    #[arg(long = "cap-add")]
+    cap_add: Vec<String>,
+    /// Drop Linux capabilities
+    #[arg(long = "cap-drop")]
+    cap_drop: Vec<String>,
+    /// Give extended privileges to this container
+    #[arg(long)]
+    privileged: bool,
+    /// Mount the container's root filesystem as read only
+    #[arg(long = "read-only")]
+    read_only: bool,
+    /// Security Options
+    #[arg(long = "security-opt")]
+    security_opt: Vec<String>,
+    /// Run an init inside the container that forwards signals and reaps processes
+    #[arg(long)]
+    init: bool,
+    /// Signal to stop the container
+    #[arg(long = "stop-signal")]
+    stop_signal: Option<String>,
+    /// Timeout (in seconds) to stop a container
+    #[arg(long = "stop-timeout")]
+    stop_timeout: Option<i64>,
+    /// Log driver options
+    #[arg(long = "log-opt")]
+    log_opt: Vec<String>,
+    /// Logging driver for the container (only json-file)
+    #[arg(long = "log-driver")]
+    log_driver: Option<String>,
+    /// Command to run to check health
+    #[arg(long = "health-cmd")]
+    health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h)
+    #[arg(long = "health-interval")]
+    health_interval: Option<String>,
+    /// Maximum time to allow one check to run (ms|s|m|h)
+    #[arg(long = "health-timeout")]
+    health_timeout: Option<String>,
+    /// Consecutive failures needed to report unhealthy
+    #[arg(long = "health-retries")]
+    health_retries: Option<i64>,
+    /// Start period for the container to initialize before starting health-retries countdown (ms|s|m|h)
+    #[arg(long = "health-start-period")]
+    health_start_period: Option<String>,
+    /// Disable any container-specified HEALTHCHECK
+    #[arg(long = "no-healthcheck")]
+    no_healthcheck: bool,
+    /// Connect a container to a network (none, host)
+    #[arg(long = "network", alias = "net")]
+    network: Option<String>,
+    /// Bind mount a volume
+    #[arg(short = 'v', long = "volume")]
+    volume: Vec<String>,
+    /// Attach a filesystem mount to the container
+    #[arg(long)]
+    mount: Vec<String>,
+    /// Mount a tmpfs directory
+    #[arg(long)]
+    tmpfs: Vec<String>,
+    /// Mount volumes from the specified container(s)
+    #[arg(long = "volumes-from")]
+    volumes_from: Vec<String>,
+    /// Image to run
+    image: String,
+    /// Command and arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+impl CreateArgs {
+    fn options(&self, attach: bool) -> anyhow::Result<RunOptions> {
+        if let Some(driver) = &self.log_driver {
+            if driver != "json-file" {
+                bail!("logging driver {driver:?} is not supported (json-file is)");
+            }
+        }
+        Ok(RunOptions {
+            image: self.image.clone(),
+            name: self.name.clone(),
+            command: self.command.clone(),
+            entrypoint: self.entrypoint.clone(),
+            env: self.env.clone(),
+            env_files: self.env_file.clone(),
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
+            hostname: self.hostname.clone(),
+            labels: self.label.clone(),
+            tty: self.tty,
+            interactive: self.interactive,
+            attach,
+            auto_remove: self.rm,
+            restart: self.restart.clone(),
+            memory: self.memory.clone(),
+            memory_swap: self.memory_swap.clone(),
+            cpus: self.cpus.clone(),
+            cpu_shares: self.cpu_shares,
+            cpuset_cpus: self.cpuset_cpus.clone(),
+            pids_limit: self.pids_limit,
+            ulimits: self.ulimit.clone(),
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
+            privileged: self.privileged,
+            read_only: self.read_only,
+            security_opt: self.security_opt.clone(),
+            init: self.init,
+            stop_signal: self.stop_signal.clone(),
+            stop_timeout: self.stop_timeout,
+            log_opts: self.log_opt.clone(),
+            health_cmd: self.health_cmd.clone(),
+            health_interval: self.health_interval.clone(),
+            health_timeout: self.health_timeout.clone(),
+            health_retries: self.health_retries,
+            health_start_period: self.health_start_period.clone(),
+            no_healthcheck: self.no_healthcheck,
+            network: self.network.clone(),
+            volumes: self.volume.clone(),
+            mounts: self.mount.clone(),
+            tmpfs: self.tmpfs.clone(),
+            volumes_from: self.volumes_from.clone(),
+        })
+    }
+}
+
+/// `run` flags: create's plus detach and signal proxying.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Run container in background and print container ID
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Proxy received signals to the process
+    #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
+    sig_proxy: bool,
+    #[command(flatten)]
+    create: CreateArgs,
+}
+
+/// `start` flags.
+#[derive(Args)]
+pub struct StartArgs {
+    /// Attach STDOUT/STDERR and forward signals
+    #[arg(short = 'a', long)]
+    attach: bool,
+    /// Attach container's STDIN
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Containers
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `stop` and `restart` flags.
+#[derive(Args)]
+pub struct StopArgs {
+    /// Seconds to wait before killing the container
+    #[arg(short = 't', long = "time", alias = "timeout")]
+    time: Option<i64>,
+    /// Signal to send to the container
+    #[arg(short = 's', long)]
+    signal: Option<String>,
+    /// Containers
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `kill` flags.
+#[derive(Args)]
+pub struct KillArgs {
+    /// Signal to send to the container
+    #[arg(short = 's', long, default_value = "KILL")]
+    signal: String,
+    /// Containers
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `rm` flags.
+#[derive(Args)]
+pub struct RmArgs {
+    /// Force the removal of a running container (uses SIGKILL)
+    #[arg(short = 'f', long)]
+    force: bool,
+    /// Remove anonymous volumes associated with the container
+    #[arg(short = 'v', long)]
+    volumes: bool,
+    /// Containers
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// Commands that take only container names.
+#[derive(Args)]
+pub struct NamesArgs {
+    /// Containers
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `ps` flags.
+#[derive(Args)]
+pub struct PsArgs {
+    /// Show all containers (default shows just running)
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Only display container IDs
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Show n last created containers (includes all states)
+    #[arg(short = 'n', long = "last", default_value_t = -1)]
+    last: i64,
+    /// Show the latest created container (includes all states)
+    #[arg(short = 'l', long)]
+    latest: bool,
+    /// Display total file sizes
+    #[arg(short = 's', long)]
+    size: bool,
+    /// Filter output based on conditions provided
+    #[arg(short = 'f', long)]
+    filter: Vec<String>,
+    /// Format output using a Go template
+    #[arg(long)]
+    format: Option<String>,
+    /// Don't truncate output
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+}
+
+/// `logs` flags.
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Follow log output
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Number of lines to show from the end of the logs
+    #[arg(short = 'n', long, default_value = "all")]
+    tail: String,
+    /// Show logs since timestamp (RFC 3339) or relative (42m)
+    #[arg(long)]
+    since: Option<String>,
+    /// Show logs before a timestamp (RFC 3339) or relative (42m)
+    #[arg(long)]
+    until: Option<String>,
+    /// Show timestamps
+    #[arg(short = 't', long)]
+    timestamps: bool,
+    /// Container
+    container: String,
+}
+
+/// `inspect` flags.
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Format output using a Go template
+    #[arg(short = 'f', long)]
+    format: Option<String>,
+    /// Display total file sizes
+    #[arg(short = 's', long)]
+    size: bool,
+    /// Only inspect objects of this type (container, image, volume)
+    #[arg(long = "type")]
+    kind: Option<String>,
+    /// Names or IDs
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+/// `rename` arguments.
+#[derive(Args)]
+pub struct RenameArgs {
+    /// Container
+    container: String,
+    /// New name
+    new_name: String,
+}
+
+/// `stats` flags.
+#[derive(Args)]
+pub struct StatsArgs {
+    /// Show all containers (default shows just running)
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Disable streaming stats and only pull the first result
+    #[arg(long = "no-stream")]
+    no_stream: bool,
+    /// Format output using a Go template
+    #[arg(long)]
+    format: Option<String>,
+    /// Don't truncate output
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// Containers
+    containers: Vec<String>,
+}
+
+/// `top` arguments.
+#[derive(Args)]
+pub struct TopArgs {
+    /// Container
+    container: String,
+    /// ps options
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    ps_args: Vec<String>,
+}
+
+/// The hidden `monitor` command.
+#[derive(Args)]
+pub struct MonitorArgs {
+    /// Container ID
+    pub id: String,
+    /// The starter's stdio is attached
+    #[arg(long)]
+    pub attached: bool,
+}
+
+/// `container` subcommands.
+#[derive(Subcommand)]
+pub enum ContainerCommand {
+    /// List containers
+    #[command(alias = "ps", name = "ls")]
+    Ls(PsArgs),
+    /// Create and run a new container
+    #[command(disable_help_flag = true)]
+    Run(RunArgs),
+    /// Create a new container
+    #[command(disable_help_flag = true)]
+    Create(CreateArgs),
+    /// Start containers
+    Start(StartArgs),
+    /// Stop containers
+    Stop(StopArgs),
+    /// Restart containers
+    Restart(StopArgs),
+    /// Kill containers
+    Kill(KillArgs),
+    /// Remove containers
+    Rm(RmArgs),
+    /// Fetch logs
+    Logs(LogsArgs),
+    /// Wait for containers
+    Wait(NamesArgs),
+    /// Inspect containers
+    Inspect(InspectArgs),
+    /// Rename a container
+    Rename(RenameArgs),
+    /// Pause containers
+    Pause(NamesArgs),
+    /// Unpause containers
+    Unpause(NamesArgs),
+    /// Resource usage
+    Stats(StatsArgs),
+    /// Processes of a container
+    Top(TopArgs),
+    /// Remove all stopped containers
+    Prune(PruneArgs),
+}
+
+/// `container prune` flags.
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Do not prompt for confirmation
+    #[arg(short = 'f', long)]
+    force: bool,
+    /// Provide filter values
+    #[arg(long)]
+    filter: Vec<String>,
+}
+
+pub fn container_command(engine: &Engine, command: ContainerCommand) -> anyhow::Result<i32> {
+    match command {
+        ContainerCommand::Ls(a) => ps(engine, a),
+        ContainerCommand::Run(a) => run(engine, a),
+        ContainerCommand::Create(a) => create(engine, a),
+        ContainerCommand::Start(a) => start(engine, a),
+        ContainerCommand::Stop(a) => stop(engine, a),
+        ContainerCommand::Restart(a) => restart(engine, a),
+        ContainerCommand::Kill(a) => kill(engine, a),
+        ContainerCommand::Rm(a) => rm(engine, a),
+        ContainerCommand::Logs(a) => logs(engine, a),
+        ContainerCommand::Wait(a) => wait(engine, a),
+        ContainerCommand::Inspect(a) => inspect(
+            engine,
+            InspectArgs {
+                kind: Some("container".into()),
+                ..a
+            },
+        ),
+        ContainerCommand::Rename(a) => rename(engine, a),
+        ContainerCommand::Pause(a) => pause(engine, a, true),
+        ContainerCommand::Unpause(a) => pause(engine, a, false),
+        ContainerCommand::Stats(a) => stats(engine, a),
+        ContainerCommand::Top(a) => top(engine, a),
+        ContainerCommand::Prune(a) => prune(engine, a),
+    }
+}
+
+pub fn create(engine: &Engine, args: CreateArgs) -> anyhow::Result<i32> {
+    let record = engine.create(&args.options(false)?)?;
+    println!("{}", record.id);
+    Ok(0)
+}
+
+pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
+    let attach = !args.detach;
+    let record = engine.create(&args.create.options(attach)?)?;
+    let stdio = if attach {
+        Stdio3::Inherit
+    } else {
+        Stdio3::Detached
+    };
+    let started = engine.start(&record.id, stdio)?;
+    if args.detach {
+        println!("{}", record.id);
+        return Ok(0);
+    }
+    match wait_attached(started, record.config.tty, args.sig_proxy)? {
+        SessionEnd::Exited(code) => Ok(code),
+        SessionEnd::Detached => Ok(0),
+    }
+}
+
+pub fn start(engine: &Engine, args: StartArgs) -> anyhow::Result<i32> {
+    if args.attach && args.containers.len() > 1 {
+        bail!("you cannot start and attach multiple containers at once");
+    }
+    let mut failed = false;
+    for name in &args.containers {
+        if args.attach {
+            let record = engine.container(name)?;
+            let started = engine.start(name, Stdio3::Inherit)?;
+            return match wait_attached(started, record.config.tty, true)? {
+                SessionEnd::Exited(code) => Ok(code),
+                SessionEnd::Detached => Ok(0),
+            };
+        }
+        match engine.start(name, Stdio3::Detached) {
+            Ok(_) => println!("{name}"),
+            Err(e) => {
+                eprintln!("Error response from daemon: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        eprintln!("Error: failed to start containers");
+        return Err(Failed(1).into());
+    }
+    Ok(0)
+}
+
+fn for_each(
+    names: &[String],
+    mut f: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<i32> {
+    let mut failed = false;
+    for name in names {
+        match f(name) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("Error response from daemon: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+pub fn stop(engine: &Engine, args: StopArgs) -> anyhow::Result<i32> {
+    for_each(&args.containers, |name| {
+        if let Some(sig) = &args.signal {
+            let record = engine.container(name)?;
+            if record.state.running {
+                let sig = berth_runtime::signal::parse_signal(sig)?;
+                engine.kill(name, sig)?;
+            }
+        }
+        engine.stop(name, args.time)?;
+        Ok(())
+    })
+}
+
+pub fn restart(engine: &Engine, args: StopArgs) -> anyhow::Result<i32> {
+    for_each(&args.containers, |name| {
+        engine.restart(name, args.time)?;
+        Ok(())
+    })
+}
+
+pub fn kill(engine: &Engine, args: KillArgs) -> anyhow::Result<i32> {
+    let signal = berth_runtime::signal::parse_signal(&args.signal)?;
+    for_each(&args.containers, |name| {
+        engine.kill(name, signal)?;
+        Ok(())
+    })
+}
+
+pub fn rm(engine: &Engine, args: RmArgs) -> anyhow::Result<i32> {
+    for_each(&args.containers, |name| {
+        engine.remove(name, args.force, args.volumes)?;
+        Ok(())
+    })
+}
+
+pub fn wait(engine: &Engine, args: NamesArgs) -> anyhow::Result<i32> {
+    let mut failed = false;
+    for name in &args.containers {
+        match engine.wait(name) {
+            Ok(code) => println!("{code}"),
+            Err(e) => {
+                eprintln!("Error response from daemon: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+pub fn rename(engine: &Engine, args: RenameArgs) -> anyhow::Result<i32> {
+    let record = engine.container(&args.container)?;
+    engine
+        .store()
+        .rename_container(&record.id, &args.new_name)?;
+    Ok(0)
+}
+
+pub fn pause(engine: &Engine, args: NamesArgs, paused: bool) -> anyhow::Result<i32> {
+    for_each(&args.containers, |name| {
+        let record = engine.container(name)?;
+        engine.set_paused(&record, paused)?;
+        Ok(())
+    })
+}
+
+/// Docker's STATUS column text.
+fn status_text(record: &ContainerRecord) -> String {
+    let s = &record.state;
+    match s.status {
+        Status::Created => "Created".into(),
+        Status::Running => {
+            let mut text = format!("Up {}", human_duration(seconds_since(&s.started_at)));
+            if let Some(h) = &s.health {
+                text.push_str(&format!(
+                    " ({})",
+                    if h.status == "starting" {
+                        "health: starting".to_string()
+                    } else {
+                        h.status.clone()
+                    }
+                ));
+            }
+            text
+        }
+        Status::Paused => format!(
+            "Up {} (Paused)",
+            human_duration(seconds_since(&s.started_at))
+        ),
+        Status::Restarting => format!(
+            "Restarting ({}) {} ago",
+            s.exit_code,
+            human_duration(seconds_since(&s.finished_at))
+        ),
+        Status::Removing => "Removal In Progress".into(),
+        Status::Exited => format!(
+            "Exited ({}) {} ago",
+            s.exit_code,
+            human_duration(seconds_since(&s.finished_at))
+        ),
+        Status::Dead => "Dead".into(),
+    }
+}
+
+fn command_text(record: &ContainerRecord, no_trunc: bool) -> String {
+    let args = berth_runtime::spec::process_args(record);
+    let text = args.join(" ");
+    if no_trunc || text.chars().count() <= 20 {
+        format!("\"{text}\"")
+    } else {
+        format!("\"{}…\"", text.chars().take(19).collect::<String>())
+    }
+}
+
+fn image_text(engine: &Engine, record: &ContainerRecord) -> String {
+    // Docker shows the name used at create while it still points at the same image, else the short ID.
+    match engine.store().image(&record.config.image) {
+        Ok(image) if image.id == record.image_id => record.config.image.clone(),
+        _ => record.image_id.short().to_string(),
+    }
+}
+
+fn matches_filter(engine: &Engine, record: &ContainerRecord, filter: &str) -> anyhow::Result<bool> {
+    let (key, value) = filter
+        .split_once('=')
+        .with_context(|| format!("bad format of filter (expected name=value): {filter}"))?;
+    Ok(match key {
+        "id" => record.id.starts_with(value),
+        "name" => record.name.contains(value),
+        "status" => record.state.status.as_str() == value,
+        "exited" => {
+            record.state.status == Status::Exited && record.state.exit_code.to_string() == value
+        }
+        "label" => match value.split_once('=') {
+            Some((k, v)) => record.config.labels.get(k).is_some_and(|x| x == v),
+            None => record.config.labels.contains_key(value),
+        },
+        "ancestor" => engine
+            .store()
+            .image(value)
+            .is_ok_and(|i| i.id == record.image_id),
+        "health" => {
+            record
+                .state
+                .health
+                .as_ref()
+                .map_or("none", |h| h.status.as_str())
+                == value
+        }
+        "volume" => record
+            .mounts
+            .iter()
+            .any(|m| m.name == value || m.destination == value),
+        other => bail!("invalid filter '{other}'"),
+    })
+}
+
+pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<i32> {
+    let mut records = engine.containers()?;
+    let show_all = args.all || args.last >= 0 || args.latest || !args.filter.is_empty();
+    if !show_all {
+        records.retain(|r| {
+            matches!(
+                r.state.status,
+                Status::Running | Status::Paused | Status::Restarting
+            )
+        });
+    }
+    for f in &args.filter {
+        let mut kept = Vec::new();
+        for r in records {
+            if matches_filter(engine, &r, f)? {
+                kept.push(r);
+            }
+        }
+        records = kept;
+    }
+    let last = if args.latest { 1 } else { args.last };
+    if last >= 0 {
+        records.truncate(last as usize);
+    }
+    if args.quiet {
+        for r in &records {
+            println!(
+                "{}",
+                if args.no_trunc {
+                    r.id.as_str()
+                } else {
+                    &r.id[..12]
+                }
+            );
+        }
+        return Ok(0);
+    }
+    let rows: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            let size = if args.size {
+                human_size(engine.store().snapshots().container_size(&r.id))
+            } else {
+                String::new()
+            };
+            json!({
+                "ID": if args.no_trunc { r.id.clone() } else { r.id[..12].to_string() },
+                "Image": image_text(engine, r),
+                "Command": command_text(r, args.no_trunc),
+                "CreatedAt": r.created,
+                "RunningFor": format!("{} ago", human_duration(seconds_since(&r.created))),
+                "Status": status_text(r),
+                "State": r.state.status.as_str(),
+                "Ports": "",
+                "Names": r.name,
+                "Labels": r.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                "Mounts": r.mounts.iter().map(|m| if m.name.is_empty() { m.source.clone() } else { m.name.clone() }).collect::<Vec<_>>().join(","),
+                "Size": size,
+            })
+        })
+        .collect();
+    let (header, fields): (Vec<&str>, Vec<&str>) = if args.size {
+        (
+            vec![
+                "CONTAINER ID",
+                "IMAGE",
+                "COMMAND",
+                "CREATED",
+                "STATUS",
+                "PORTS",
+                "NAMES",
+                "SIZE",
+            ],
+            vec![
+                "ID",
+                "Image",
+                "Command",
+                "RunningFor",
+                "Status",
+                "Ports",
+                "Names",
+                "Size",
+            ],
+        )
+    } else {
+        (
+            vec![
+                "CONTAINER ID",
+                "IMAGE",
+                "COMMAND",
+                "CREATED",
+                "STATUS",
+                "PORTS",
+                "NAMES",
+            ],
+            vec![
+                "ID",
+                "Image",
+                "Command",
+                "RunningFor",
+                "Status",
+                "Ports",
+                "Names",
+            ],
+        )
+    };
+    print_rows(args.format.as_deref(), &header, &fields, &rows)?;
+    Ok(0)
+}
+
+/// Parses `--since`/`--until`: RFC 3339, a Unix timestamp, or a duration before now (`10m`).
+fn parse_time_bound(value: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    if let Ok(secs) = value.parse::<f64>() {
+        return chrono::DateTime::from_timestamp(secs as i64, ((secs.fract()) * 1e9) as u32)
+            .context("timestamp out of range");
+    }
+    let ns = berth_runtime::options::parse_duration(value).map_err(|_| {
+        anyhow::anyhow!(
+            "invalid time value {value:?}: use RFC 3339, a Unix timestamp or a duration like 10m"
+        )
+    })?;
+    Ok(chrono::Utc::now() - chrono::Duration::nanoseconds(ns))
+}
+
+pub fn logs(engine: &Engine, args: LogsArgs) -> anyhow::Result<i32> {
+    let record = engine.container(&args.container)?;
+    let path = engine.log_path(&record.id);
+    let since = args.since.as_deref().map(parse_time_bound).transpose()?;
+    let until = args.until.as_deref().map(parse_time_bound).transpose()?;
+    let tail: Option<usize> = match args.tail.as_str() {
+        "all" | "-1" => None,
+        n => Some(
+            n.parse()
+                .with_context(|| format!("invalid value for --tail: {n}"))?,
+        ),
+    };
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+    let print = |r: &LogRecord,
+                 out: &mut std::io::BufWriter<std::io::StdoutLock<'_>>|
+     -> std::io::Result<()> {
+        let prefix = if args.timestamps {
+            format!("{} ", r.time)
+        } else {
+            String::new()
+        };
+        if r.stream == "stderr" {
+            out.flush()?;
+            let mut e = stderr.lock();
+            write!(e, "{prefix}{}", r.log)
+        } else {
+            write!(out, "{prefix}{}", r.log)
+        }
+    };
+    let in_range = |r: &LogRecord| {
+        let t = r.timestamp();
+        since.is_none_or(|s| t.is_some_and(|t| t >= s))
+            && until.is_none_or(|u| t.is_some_and(|t| t <= u))
+    };
+    // Follow from the current end before reading the backlog, so nothing written meanwhile is lost.
+    let mut follower = if args.follow {
+        logs::LogFollower::at_end(&path).ok()
+    } else {
+        None
+    };
+    let mut records: Vec<LogRecord> = logs::read_all(&path).unwrap_or_default();
+    records.retain(|r| in_range(r));
+    let skip = tail.map_or(0, |n| records.len().saturating_sub(n));
+    for r in &records[skip..] {
+        if print(r, &mut out).is_err() {
+            return Ok(0);
+        }
+    }
+    out.flush().ok();
+    if let Some(follower) = follower.as_mut() {
+        loop {
+            let batch = follower.poll()?;
+            for r in &batch {
+                if until.is_some_and(|u| r.timestamp().is_some_and(|t| t > u)) {
+                    return Ok(0);
+                }
+                if print(r, &mut out).is_err() {
+                    return Ok(0);
+                }
+            }
+            if out.flush().is_err() {
+                return Ok(0);
+            }
+            if batch.is_empty() {
+                if !engine.monitor_alive(&record.id) {
+                    // Read what the monitor wrote last, then stop.
+                    for r in follower.poll()? {
+                        let _ = print(&r, &mut out);
+                    }
+                    out.flush().ok();
+                    return Ok(0);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Docker's container inspect document.
+pub fn container_json(engine: &Engine, r: &ContainerRecord, size: bool) -> Value {
+    let args = berth_runtime::spec::process_args(r);
+    let files = engine.store().container_dir(&r.id);
+    let snap = engine.store().snapshots();
+    let lower: Vec<String> = snap
+        .lower_dirs(&r.layers)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut v = json!({
+        "Id": r.id,
+        "Created": r.created,
+        "Path": args.first().cloned().unwrap_or_default(),
+        "Args": args.iter().skip(1).collect::<Vec<_>>(),
+        "State": r.state,
+        "Image": r.image_id,
+        "ResolvConfPath": files.join("resolv.conf"),
+        "HostnamePath": files.join("hostname"),
+        "HostsPath": files.join("hosts"),
+        "LogPath": engine.log_path(&r.id),
+        "Name": format!("/{}", r.name),
+        "RestartCount": r.restart_count,
+        "Driver": "overlay",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": Value::Null,
+        "HostConfig": r.host_config,
+        "GraphDriver": {
+            "Name": "overlay",
+            "Data": {
+                "LowerDir": lower.join(":"),
+                "UpperDir": snap.upper_dir(&r.id),
+                "MergedDir": snap.merged_dir(&r.id),
+                "WorkDir": snap.container_dir(&r.id).join("work"),
+            }
+        },
+        "Mounts": r.mounts,
+        "Config": r.config,
+        "NetworkSettings": {
+            "Bridge": "", "SandboxID": "", "HairpinMode": false, "Ports": {}, "IPAddress": "", "Gateway": "",
+            "MacAddress": "", "Networks": { r.host_config.network_mode.clone(): {} }
+        },
+    });
+    if size {
+        let rw = snap.container_size(&r.id);
+        v["SizeRw"] = json!(rw);
+        v["SizeRootFs"] = json!(
+            rw + engine
+                .store()
+                .image(r.image_id.as_str())
+                .map(|i| i.size)
+                .unwrap_or(0)
+        );
+    }
+    v
+}
+
+pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<i32> {
+    let mut docs = Vec::new();
+    let mut failed = false;
+    for name in &args.names {
+        let want = args.kind.as_deref();
+        let found: Option<Value> = (|| {
+            if want.is_none() || want == Some("container") {
+                if let Ok(r) = engine.container(name) {
+                    return Some(container_json(engine, &r, args.size));
+                }
+            }
+            if want.is_none() || want == Some("image") {
+                if let Ok(i) = engine.store().image(name) {
+                    return Some(super::image::image_json(engine, &i));
+                }
+            }
+            if want.is_none() || want == Some("volume") {
+                if let Ok(v) = engine.store().volume(name) {
+                    return Some(super::volume::volume_json(&v));
+                }
+            }
+            None
+        })();
+        match found {
+            Some(doc) => docs.push(doc),
+            None => {
+                eprintln!("Error: No such object: {name}");
+                failed = true;
+            }
+        }
+    }
+    match &args.format {
+        Some(f) => {
+            let t = crate::format::Template::parse(f)?;
+            for d in &docs {
+                println!("{}", t.render(d));
+            }
+        }
+        None => println!("{}", serde_json::to_string_pretty(&docs)?),
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+pub fn stats(engine: &Engine, args: StatsArgs) -> anyhow::Result<i32> {
+    let pick = |engine: &Engine| -> anyhow::Result<Vec<ContainerRecord>> {
+        if args.containers.is_empty() {
+            Ok(engine
+                .containers()?
+                .into_iter()
+                .filter(|r| args.all || r.state.running)
+                .collect())
+        } else {
+            args.containers
+                .iter()
+                .map(|n| Ok(engine.container(n)?))
+                .collect()
+        }
+    };
+    let sample = |records: &[ContainerRecord]| -> Vec<(u64, berth_runtime::cgroup::Usage)> {
+        records
+            .iter()
+            .map(|r| (now_ns(), berth_runtime::cgroup::usage(&r.id)))
+            .collect()
+    };
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let total_mem = host_memory();
+    loop {
+        let records = pick(engine)?;
+        let before = sample(&records);
+        std::thread::sleep(Duration::from_millis(500));
+        let after = sample(&records);
+        let rows: Vec<Value> = records
+            .iter()
+            .zip(before.iter().zip(after.iter()))
+            .map(|(r, ((t0, u0), (t1, u1)))| {
+                let cpu = if r.state.running && t1 > t0 {
+                    (u1.cpu_ns.saturating_sub(u0.cpu_ns)) as f64 / (t1 - t0) as f64 * 100.0
+                } else {
+                    0.0
+                };
+                let limit = if u1.memory_limit > 0 { u1.memory_limit } else { total_mem };
+                let mem_pct = if limit > 0 { u1.memory as f64 / limit as f64 * 100.0 } else { 0.0 };
+                let _ = cpus;
+                json!({
+                    "ID": if args.no_trunc { r.id.clone() } else { r.id[..12].to_string() },
+                    "Container": if args.no_trunc { r.id.clone() } else { r.id[..12].to_string() },
+                    "Name": r.name,
+                    "CPUPerc": format!("{cpu:.2}%"),
+                    "MemUsage": format!("{} / {}", binary_size(u1.memory), binary_size(limit)),
+                    "MemPerc": format!("{mem_pct:.2}%"),
+                    "NetIO": "0B / 0B",
+                    "BlockIO": format!("{} / {}", human_size(u1.block_read), human_size(u1.block_write)),
+                    "PIDs": u1.pids.to_string(),
+                })
+            })
+            .collect();
+        if !args.no_stream {
+            print!("\x1b[2J\x1b[H");
+        }
+        print_rows(
+            args.format.as_deref(),
+            &[
+                "CONTAINER ID",
+                "NAME",
+                "CPU %",
+                "MEM USAGE / LIMIT",
+                "MEM %",
+                "NET I/O",
+                "BLOCK I/O",
+                "PIDS",
+            ],
+            &[
+                "ID", "Name", "CPUPerc", "MemUsage", "MemPerc", "NetIO", "BlockIO", "PIDs",
+            ],
+            &rows,
+        )?;
+        std::io::stdout().flush().ok();
+        if args.no_stream {
+            return Ok(0);
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Binary sizes as Docker's stats prints them (`1.5MiB`).
+fn binary_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.4}")
+            .chars()
+            .take(5)
+            .collect::<String>()
+            .trim_end_matches('.')
+            .to_string()
+            + UNITS[u]
+    }
+}
+
+pub fn top(engine: &Engine, args: TopArgs) -> anyhow::Result<i32> {
+    let record = engine.container(&args.container)?;
+    if !record.state.running {
+        bail!("container {} is not running", args.container);
+    }
+    let pids = berth_runtime::cgroup::pids(&record.id);
+    let ps_args = if args.ps_args.is_empty() {
+        vec!["-ef".to_string()]
+    } else {
+        args.ps_args.clone()
+    };
+    let output = std::process::Command::new("ps")
+        .args(&ps_args)
+        .output()
+        .context("running ps")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return Ok(0);
+    };
+    let pid_col = header
+        .split_whitespace()
+        .position(|h| h == "PID")
+        .context("ps output has no PID column")?;
+    println!("{header}");
+    for line in lines {
+        let pid: Option<i32> = line
+            .split_whitespace()
+            .nth(pid_col)
+            .and_then(|p| p.parse().ok());
+        if pid.is_some_and(|p| pids.contains(&p)) {
+            println!("{line}");
+        }
+    }
+    Ok(0)
+}
+
+pub fn prune(engine: &Engine, _args: PruneArgs) -> anyhow::Result<i32> {
+    let mut reclaimed = 0;
+    println!("Deleted Containers:");
+    for r in engine.containers()? {
+        if matches!(
+            r.state.status,
+            Status::Exited | Status::Created | Status::Dead
+        ) && !engine.monitor_alive(&r.id)
+        {
+            reclaimed += engine.store().snapshots().container_size(&r.id);
+            engine.remove(&r.id, false, false)?;
+            println!("{}", r.id);
+        }
+    }
+    println!("\nTotal reclaimed space: {}", human_size(reclaimed));
+    Ok(0)
+}

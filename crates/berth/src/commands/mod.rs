@@ -1,0 +1,176 @@
+//! One module per command group; each command is a short mapping from flags to a library call.
+
+mod container;
+mod image;
+mod system;
+mod volume;
+
+use std::path::Path;
+
+use berth_runtime::{Engine, RuntimeError};
+use clap::Subcommand;
+
+/// Every `berth` command.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create and run a new container from an image
+    #[command(disable_help_flag = true)]
+    Run(container::RunArgs),
+    /// Create a new container
+    #[command(disable_help_flag = true)]
+    Create(container::CreateArgs),
+    /// Start one or more stopped containers
+    Start(container::StartArgs),
+    /// Stop one or more running containers
+    Stop(container::StopArgs),
+    /// Restart one or more containers
+    Restart(container::StopArgs),
+    /// Kill one or more running containers
+    Kill(container::KillArgs),
+    /// Remove one or more containers
+    Rm(container::RmArgs),
+    /// List containers
+    #[command(alias = "ls")]
+    Ps(container::PsArgs),
+    /// Fetch the logs of a container
+    Logs(container::LogsArgs),
+    /// Block until one or more containers stop, then print their exit codes
+    Wait(container::NamesArgs),
+    /// Return low-level information on containers or images
+    Inspect(container::InspectArgs),
+    /// Rename a container
+    Rename(container::RenameArgs),
+    /// Pause all processes within one or more containers
+    Pause(container::NamesArgs),
+    /// Unpause all processes within one or more containers
+    Unpause(container::NamesArgs),
+    /// Display a live stream of container(s) resource usage statistics
+    Stats(container::StatsArgs),
+    /// Display the running processes of a container
+    Top(container::TopArgs),
+    /// Manage containers
+    #[command(subcommand)]
+    Container(container::ContainerCommand),
+    /// List images
+    Images(image::ImagesArgs),
+    /// Import the contents from a tarball to create a filesystem image
+    Import(image::ImportArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag(image::TagArgs),
+    /// Remove one or more images
+    Rmi(image::RmiArgs),
+    /// Show the history of an image
+    History(image::HistoryArgs),
+    /// Manage images
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
+    /// Manage Berth
+    #[command(subcommand)]
+    System(system::SystemCommand),
+    /// Show the Berth version information
+    Version,
+    /// Display system-wide information
+    Info,
+    /// Supervise one container (started by berth itself)
+    #[command(hide = true)]
+    Monitor(container::MonitorArgs),
+}
+
+/// Runs a command and returns the process exit code.
+pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
+    if let Command::Monitor(args) = &command {
+        // BERTH_DEBUG=1 makes the monitor log libcontainer's steps to <runroot>/containers/<id>/monitor.log.
+        if std::env::var_os("BERTH_DEBUG").is_some() {
+            let dir = runroot.join("containers").join(&args.id);
+            let _ = std::fs::create_dir_all(&dir);
+            if let Ok(file) = std::fs::File::create(dir.join("monitor.log")) {
+                let _ = tracing_subscriber::fmt()
+                    .with_writer(std::sync::Mutex::new(file))
+                    .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+                    .with_ansi(false)
+                    .try_init();
+            }
+        }
+        return berth_runtime::monitor::run(root, runroot, &args.id, args.attached);
+    }
+    // Docker's engine errors for container-starting commands are 125; lookups of missing objects are 1.
+    let engine_error_code = match &command {
+        Command::Run(_) | Command::Create(_) | Command::Start(_) => 125,
+        _ => 1,
+    };
+    let result = (|| -> anyhow::Result<i32> {
+        let engine = Engine::open(root, runroot)?;
+        match command {
+            Command::Run(a) => container::run(&engine, a),
+            Command::Create(a) => container::create(&engine, a),
+            Command::Start(a) => container::start(&engine, a),
+            Command::Stop(a) => container::stop(&engine, a),
+            Command::Restart(a) => container::restart(&engine, a),
+            Command::Kill(a) => container::kill(&engine, a),
+            Command::Rm(a) => container::rm(&engine, a),
+            Command::Ps(a) => container::ps(&engine, a),
+            Command::Logs(a) => container::logs(&engine, a),
+            Command::Wait(a) => container::wait(&engine, a),
+            Command::Inspect(a) => container::inspect(&engine, a),
+            Command::Rename(a) => container::rename(&engine, a),
+            Command::Pause(a) => container::pause(&engine, a, true),
+            Command::Unpause(a) => container::pause(&engine, a, false),
+            Command::Stats(a) => container::stats(&engine, a),
+            Command::Top(a) => container::top(&engine, a),
+            Command::Container(c) => container::container_command(&engine, c),
+            Command::Images(a) => image::images(&engine, a),
+            Command::Import(a) => image::import(&engine, a),
+            Command::Tag(a) => image::tag(&engine, a),
+            Command::Rmi(a) => image::rmi(&engine, a),
+            Command::History(a) => image::history(&engine, a),
+            Command::Image(c) => image::image_command(&engine, c),
+            Command::Volume(c) => volume::volume_command(&engine, c),
+            Command::System(c) => system::system_command(&engine, c),
+            Command::Version => system::version(&engine),
+            Command::Info => system::info(&engine),
+            Command::Monitor(_) => Ok(0),
+        }
+    })();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {}", error_chain(&e));
+            e.downcast_ref::<RuntimeError>()
+                .map(|r| {
+                    if r.exit_code() != 125 {
+                        r.exit_code()
+                    } else {
+                        engine_error_code
+                    }
+                })
+                .or_else(|| e.downcast_ref::<Failed>().map(|f| f.0))
+                .unwrap_or(engine_error_code)
+        }
+    }
+}
+
+/// An error that has already been reported and carries its exit code.
+#[derive(Debug)]
+pub struct Failed(pub i32);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}

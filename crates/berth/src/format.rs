@@ -1,0 +1,345 @@
+//! Output formatting as Docker prints it: human sizes and durations, tables, and `--format` templates.
+
+use serde_json::Value;
+
+/// Decimal sizes as Docker prints them (`4.26MB`, `1.2GB`, `512B`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    // Go's %.4g: four significant digits, rounded; trailing zeros dropped.
+    let int_digits = if value < 1.0 {
+        1
+    } else {
+        (value.log10().floor() as usize) + 1
+    };
+    let text = format!("{:.*}", 4usize.saturating_sub(int_digits), value);
+    let trimmed = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    };
+    format!("{trimmed}{}", UNITS[unit])
+}
+
+/// Go's `units.HumanDuration`, which Docker uses for "Up 5 minutes" and "2 hours ago".
+pub fn human_duration(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".into(),
+        120..=3599 => format!("{} minutes", s / 60),
+        3600..=7199 => "About an hour".into(),
+        7200..=172_799 => format!("{} hours", s / 3600),
+        172_800..=1_209_599 => format!("{} days", s / 86_400),
+        1_209_600..=5_183_999 => format!("{} weeks", s / 604_800),
+        5_184_000..=63_071_999 => format!("{} months", s / 2_592_000),
+        _ => format!("{} years", s / 31_536_000),
+    }
+}
+
+/// Seconds since an RFC 3339 time (0 for unparsable).
+pub fn seconds_since(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())
+        .unwrap_or(0)
+}
+
+/// Prints rows as a table with columns padded like Docker's tabwriter (3 spaces between columns).
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(cell);
+                s.push_str(&" ".repeat(widths[i] - cell.chars().count() + 3));
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for row in rows {
+        line(row);
+    }
+    print!("{out}");
+}
+
+/// A `--format` template in Go's text/template subset that Docker users write: `{{.Field}}`,
+/// `{{.A.B}}`, `{{json .}}`, `{{json .Field}}`, `{{index .Labels "k"}}`, `{{upper .X}}`, `{{lower .X}}`,
+/// `{{.X | json}}`, and a leading `table` for a header row. `\t` and `\n` escapes are honoured.
+pub struct Template {
+    parts: Vec<Part>,
+    /// Whether it started with `table`.
+    pub table: bool,
+}
+
+enum Part {
+    Text(String),
+    Action(Action),
+}
+
+struct Action {
+    func: Option<String>,
+    path: Vec<String>,
+    arg: Option<String>,
+}
+
+impl Template {
+    /// Parses a template; an unterminated or unknown action is an error.
+    pub fn parse(input: &str) -> anyhow::Result<Self> {
+        let (table, body) = match input.strip_prefix("table") {
+            Some(rest) => (true, rest.trim_start()),
+            None => (false, input),
+        };
+        let body = body.replace("\\t", "\t").replace("\\n", "\n");
+        let mut parts = Vec::new();
+        let mut rest = body.as_str();
+        while let Some(start) = rest.find("{{") {
+            if start > 0 {
+                parts.push(Part::Text(rest[..start].to_string()));
+            }
+            let end = rest[start..]
+                .find("}}")
+                .ok_or_else(|| anyhow::anyhow!("template: unclosed action in {input:?}"))?;
+            let inner = rest[start + 2..start + end]
+                .trim()
+                .trim_start_matches('-')
+                .trim_end_matches('-')
+                .trim();
+            parts.push(Part::Action(parse_action(inner)?));
+            rest = &rest[start + end + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        Ok(Self { parts, table })
+    }
+
+    /// Renders against one value.
+    pub fn render(&self, value: &Value) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Action(a) => {
+                    let mut v = lookup(value, &a.path);
+                    if let (Some("index"), Some(key)) = (a.func.as_deref(), &a.arg) {
+                        v = v.get(key).cloned().unwrap_or(Value::Null);
+                    }
+                    let text = match a.func.as_deref() {
+                        Some("json") => serde_json::to_string(&v).unwrap_or_default(),
+                        Some("upper") => to_text(&v).to_uppercase(),
+                        Some("lower") => to_text(&v).to_lowercase(),
+                        _ => to_text(&v),
+                    };
+                    out.push_str(&text);
+                }
+            }
+        }
+        out
+    }
+
+    /// The header row for `table` templates: each field's name in upper case, Docker's way.
+    pub fn header(&self, names: &dyn Fn(&str) -> String) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Action(a) => out.push_str(&names(&a.path.join("."))),
+            }
+        }
+        out
+    }
+}
+
+fn parse_action(inner: &str) -> anyhow::Result<Action> {
+    let (inner, piped) = match inner.split_once('|') {
+        Some((a, f)) => (a.trim(), Some(f.trim().to_string())),
+        None => (inner, None),
+    };
+    let words: Vec<&str> = inner.split_whitespace().collect();
+    let (func, path_word, arg) = match words.as_slice() {
+        [path] if path.starts_with('.') => (piped, *path, None),
+        [f @ ("json" | "upper" | "lower" | "println"), path] => (Some(f.to_string()), *path, None),
+        ["index", path, key] => (
+            Some("index".to_string()),
+            *path,
+            Some(key.trim_matches('"').to_string()),
+        ),
+        _ => anyhow::bail!("template: unsupported action {{{{{inner}}}}}"),
+    };
+    if !path_word.starts_with('.') {
+        anyhow::bail!("template: unsupported action {{{{{inner}}}}}");
+    }
+    let path = path_word
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
+    Ok(Action { func, path, arg })
+}
+
+fn lookup(value: &Value, path: &[String]) -> Value {
+    let mut v = value;
+    for key in path {
+        match v.get(key) {
+            Some(next) => v = next,
+            None => return Value::Null,
+        }
+    }
+    v.clone()
+}
+
+fn to_text(v: &Value) -> String {
+    match v {
+        Value::Null => "<no value>".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(to_text).collect::<Vec<_>>().join(" ")
+        ),
+        Value::Object(map) => format!(
+            "map[{}]",
+            map.iter()
+                .map(|(k, v)| format!("{k}:{}", to_text(v)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Prints `rows` with a `--format` template, or as a table with the given default columns.
+pub fn print_rows(
+    format: Option<&str>,
+    header: &[&str],
+    fields: &[&str],
+    rows: &[Value],
+) -> anyhow::Result<()> {
+    match format {
+        Some("json") => {
+            for row in rows {
+                println!("{}", serde_json::to_string(row)?);
+            }
+        }
+        Some(f) if f != "table" => {
+            let t = Template::parse(f)?;
+            let mut lines = Vec::new();
+            if t.table {
+                let name_of = |field: &str| {
+                    fields
+                        .iter()
+                        .position(|x| *x == field)
+                        .map(|i| header[i].to_string())
+                        .unwrap_or_else(|| field.to_uppercase())
+                };
+                lines.push(t.header(&name_of));
+            }
+            for row in rows {
+                lines.push(t.render(row));
+            }
+            if t.table {
+                print_tabbed(&lines);
+            } else {
+                for l in lines {
+                    println!("{l}");
+                }
+            }
+        }
+        _ => {
+            let table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    fields
+                        .iter()
+                        .map(|f| to_text(&lookup(r, &[f.to_string()])))
+                        .collect()
+                })
+                .collect();
+            print_table(header, &table);
+        }
+    }
+    Ok(())
+}
+
+/// Aligns tab-separated lines into columns (Docker's tabwriter for `table` templates).
+fn print_tabbed(lines: &[String]) {
+    let rows: Vec<Vec<String>> = lines
+        .iter()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect();
+    let Some((head, rest)) = rows.split_first() else {
+        return;
+    };
+    let head: Vec<&str> = head.iter().map(String::as_str).collect();
+    print_table(&head, rest);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(4_260_000), "4.26MB");
+        assert_eq!(human_size(1_000_000), "1MB");
+        assert_eq!(human_size(12_345_678), "12.35MB");
+        assert_eq!(human_size(123_456_789), "123.5MB");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(5), "5 seconds");
+        assert_eq!(human_duration(90), "About a minute");
+        assert_eq!(human_duration(3 * 3600), "3 hours");
+    }
+
+    #[test]
+    fn templates() {
+        let v = json!({"ID": "abc", "State": {"Status": "running"}, "Labels": {"k": "v"}});
+        assert_eq!(
+            Template::parse("{{.ID}}\\t{{.State.Status}}")
+                .unwrap()
+                .render(&v),
+            "abc\trunning"
+        );
+        assert_eq!(
+            Template::parse("{{json .State}}").unwrap().render(&v),
+            r#"{"Status":"running"}"#
+        );
+        assert_eq!(
+            Template::parse(r#"{{index .Labels "k"}}"#)
+                .unwrap()
+                .render(&v),
+            "v"
+        );
+        assert_eq!(
+            Template::parse("{{.Missing}}").unwrap().render(&v),
+            "<no value>"
+        );
+        assert!(Template::parse("{{.ID").is_err());
+        assert!(Template::parse("{{range .X}}").is_err());
+    }
+}

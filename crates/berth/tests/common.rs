@@ -1,0 +1,135 @@
+//! Shared fixtures for the CLI integration tests: every test gets its own store and run dir, a busybox
+//! image made from Debian's busybox-static, and a guard that removes every container and mount it left.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// A private Berth installation for one test.
+pub struct Berth {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub runroot: PathBuf,
+}
+
+/// The busybox rootfs tarball, built once per test binary.
+pub fn busybox_tar() -> &'static Path {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("berth-test-busybox-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tar = dir.join("busybox.tar");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs.sh");
+        let status = Command::new(script)
+            .arg(&tar)
+            .status()
+            .expect("run busybox-rootfs.sh");
+        assert!(status.success(), "building the busybox rootfs failed");
+        tar
+    })
+}
+
+impl Berth {
+    /// A fresh store with `busybox:latest` imported.
+    pub fn with_busybox() -> Self {
+        let b = Self::empty();
+        let out = b.run(&[
+            "import",
+            "-c",
+            r#"CMD ["sh"]"#,
+            busybox_tar().to_str().unwrap(),
+            "busybox:latest",
+        ]);
+        assert!(
+            out.status.success(),
+            "import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b
+    }
+
+    /// A fresh, empty store.
+    pub fn empty() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-test-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().join("root");
+        let runroot = dir.path().join("run");
+        Self { dir, root, runroot }
+    }
+
+    /// A `berth` command bound to this store.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a command to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("spawn berth")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed ({:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        // Remove every container (kills them, unmounts rootfs, deletes cgroups), then any stray mount.
+        if let Ok(out) = self.cmd(&["ps", "-aq", "--no-trunc"]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = self.cmd(&["rm", "-fv", id]).output();
+            }
+        }
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let prefix = self.dir.path().to_string_lossy().into_owned();
+            let mut points: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|m| m.starts_with(&prefix))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for p in points {
+                let _ = nix_umount(p);
+            }
+        }
+    }
+}
+
+fn nix_umount(path: &str) -> std::io::Result<()> {
+    let status = Command::new("umount").arg("-l").arg(path).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("umount failed"))
+    }
+}
+
+/// stdout as a string.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// stderr as a string.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,352 @@
+//! Containers, end to end: real containers as root, each test with its own store.
+
+mod common;
+
+use common::{stderr, stdout, Berth};
+
+#[test]
+fn run_prints_output_and_returns_exit_codes() {
+    let b = Berth::with_busybox();
+    let out = b.run(&["run", "--rm", "busybox", "echo", "hello from berth"]);
+    assert_eq!(stdout(&out), "hello from berth\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        b.run(&["run", "--rm", "busybox", "sh", "-c", "exit 3"])
+            .status
+            .code(),
+        Some(3)
+    );
+    let out = b.run(&["run", "--rm", "busybox", "no-such-command"]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    assert!(stderr(&out).contains("executable file not found"));
+    assert_eq!(
+        b.run(&["run", "--rm", "busybox", "/etc/passwd"])
+            .status
+            .code(),
+        Some(126)
+    );
+    let out = b.run(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2",
+    ]);
+    assert_eq!(stdout(&out), "out\n");
+    assert_eq!(stderr(&out), "err\n");
+    assert_eq!(b.ok(&["ps", "-aq"]), "", "--rm left a container");
+}
+
+#[test]
+fn bad_input_exits_125_with_a_clear_error() {
+    let b = Berth::with_busybox();
+    let out = b.run(&["run", "--no-such-flag", "busybox"]);
+    assert_eq!(out.status.code(), Some(125));
+    let out = b.run(&["run", "--rm", "nosuchimage"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("No such image"), "{}", stderr(&out));
+    let out = b.run(&["run", "--rm", "Bad:Reference::x"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("invalid reference format"),
+        "{}",
+        stderr(&out)
+    );
+    let out = b.run(&["run", "--rm", "--memory", "12parsecs", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("invalid size"), "{}", stderr(&out));
+    let out = b.run(&["run", "--rm", "--cpus", "abc", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    let out = b.run(&["run", "--rm", "--memory", "1m", "busybox", "true"]);
+    assert!(
+        stderr(&out).contains("Minimum memory limit"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        b.ok(&["ps", "-aq"]),
+        "",
+        "failed runs must not leave containers"
+    );
+}
+
+#[test]
+fn name_conflicts_are_refused() {
+    let b = Berth::with_busybox();
+    b.ok(&["create", "--name", "twin", "busybox", "true"]);
+    let out = b.run(&["create", "--name", "twin", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("is already in use"),
+        "{}",
+        stderr(&out)
+    );
+    let out = b.run(&["create", "--name", "bad/name", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+}
+
+#[test]
+fn detached_lifecycle_logs_stop_rm() {
+    let b = Berth::with_busybox();
+    let id = b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        "busybox",
+        "sh",
+        "-c",
+        "echo started; trap 'exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
+    assert_eq!(id.trim().len(), 64);
+    let ps = b.ok(&["ps"]);
+    assert!(ps.contains("ticker") && ps.contains("Up "), "{ps}");
+    let mut logs = String::new();
+    for _ in 0..50 {
+        logs = b.ok(&["logs", "ticker"]);
+        if !logs.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(logs, "started\n");
+    let out = b.run(&["rm", "ticker"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("container is running"),
+        "{}",
+        stderr(&out)
+    );
+    b.ok(&["stop", "ticker"]);
+    assert_eq!(
+        b.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "ticker"
+        ]),
+        "exited 0\n"
+    );
+    assert_eq!(b.ok(&["wait", "ticker"]), "0\n");
+    b.ok(&["start", "ticker"]);
+    assert_eq!(
+        b.ok(&["inspect", "-f", "{{.State.Running}}", "ticker"]),
+        "true\n"
+    );
+    b.ok(&["kill", "ticker"]);
+    assert_eq!(b.ok(&["wait", "ticker"]), "137\n");
+    b.ok(&["rm", "ticker"]);
+    assert_eq!(b.ok(&["ps", "-aq"]), "");
+}
+
+#[test]
+fn rm_force_kills_and_wait_sees_rm_exit_code() {
+    let b = Berth::with_busybox();
+    b.ok(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "100"]);
+    b.ok(&["rm", "-f", "sleeper"]);
+    assert_eq!(b.ok(&["ps", "-aq"]), "");
+    let id = b.ok(&[
+        "run",
+        "-d",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 0.3; exit 7",
+    ]);
+    assert_eq!(b.ok(&["wait", id.trim()]), "7\n");
+    assert_eq!(b.ok(&["ps", "-aq"]), "");
+}
+
+#[test]
+fn env_workdir_user_hostname_entrypoint() {
+    let b = Berth::with_busybox();
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hi",
+        "-w",
+        "/srv/app",
+        "-u",
+        "www-data",
+        "-h",
+        "box",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $GREETING $(pwd) $(id -u):$(id -g) $(hostname) $HOME; id -G",
+    ]);
+    assert_eq!(out, "hi /srv/app 33:33 box /var/www\n33 50\n");
+    let out = b.ok(&["run", "--rm", "--entrypoint", "echo", "busybox", "a", "b"]);
+    assert_eq!(out, "a b\n");
+    let out = b.run(&["run", "--rm", "-u", "nosuchuser", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("unable to find user nosuchuser"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn isolation_defaults() {
+    let b = Berth::with_busybox();
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "ps -o pid | wc -l; cat /proc/self/status | grep CapEff; ls /dev | sort | tr '\\n' ' '",
+    ]);
+    let mut lines = out.lines();
+    let procs: i32 = lines.next().unwrap().trim().parse().unwrap();
+    assert!(procs <= 4, "container sees host processes: {out}");
+    assert_eq!(
+        lines.next().unwrap(),
+        "CapEff:\t00000000a80425fb",
+        "Docker's default capability set"
+    );
+    let devs = lines.next().unwrap();
+    assert!(
+        devs.contains("null")
+            && devs.contains("zero")
+            && devs.contains("shm")
+            && !devs.contains("sda"),
+        "{devs}"
+    );
+    // The default seccomp profile and capability set refuse mount and friends.
+    let out = b.run(&[
+        "run", "--rm", "busybox", "mount", "-t", "tmpfs", "t", "/mnt",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    // /proc/sys is read-only.
+    let out = b.run(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo x > /proc/sys/kernel/domainname",
+    ]);
+    assert_ne!(out.status.code(), Some(0), "/proc/sys was writable");
+}
+
+#[test]
+fn volumes_and_binds() {
+    let b = Berth::with_busybox();
+    b.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    assert_eq!(
+        b.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "data:/data",
+            "busybox",
+            "cat",
+            "/data/f"
+        ]),
+        "kept\n"
+    );
+    assert!(b.ok(&["volume", "ls", "-q"]).contains("data"));
+    let host = b.dir.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("in"), "from host\n").unwrap();
+    let spec = format!("{}:/h:ro", host.display());
+    assert_eq!(
+        b.ok(&["run", "--rm", "-v", &spec, "busybox", "cat", "/h/in"]),
+        "from host\n"
+    );
+    let out = b.run(&[
+        "run",
+        "--rm",
+        "-v",
+        &spec,
+        "busybox",
+        "sh",
+        "-c",
+        "echo x > /h/new",
+    ]);
+    assert_ne!(out.status.code(), Some(0), "read-only bind was writable");
+    b.ok(&[
+        "run",
+        "--rm",
+        "--tmpfs",
+        "/scratch",
+        "busybox",
+        "sh",
+        "-c",
+        "echo t > /scratch/t",
+    ]);
+    b.ok(&["volume", "rm", "data"]);
+}
+
+#[test]
+fn ps_filters_and_inspect_fields() {
+    let b = Berth::with_busybox();
+    b.ok(&[
+        "create", "--name", "one", "--label", "tier=web", "busybox", "true",
+    ]);
+    b.ok(&["create", "--name", "two", "busybox", "true"]);
+    assert_eq!(
+        b.ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=tier=web",
+            "--format",
+            "{{.Names}}"
+        ]),
+        "one\n"
+    );
+    assert_eq!(
+        b.ok(&["ps", "-a", "--filter", "status=created", "-q"])
+            .lines()
+            .count(),
+        2
+    );
+    assert_eq!(b.ok(&["ps", "-q"]), "");
+    let doc: serde_json::Value = serde_json::from_str(&b.ok(&["inspect", "one"])).unwrap();
+    let c = &doc[0];
+    assert_eq!(c["Name"], "/one");
+    assert_eq!(c["State"]["Status"], "created");
+    assert_eq!(c["Config"]["Labels"]["tier"], "web");
+    assert_eq!(c["Config"]["Cmd"][0], "true");
+    assert_eq!(c["HostConfig"]["NetworkMode"], "none");
+    b.ok(&["rename", "two", "three"]);
+    assert!(b.ok(&["ps", "-a"]).contains("three"));
+}
+
+#[test]
+fn memory_limit_oom_is_recorded() {
+    let b = Berth::with_busybox();
+    let out = b.run(&[
+        "run",
+        "--name",
+        "hog",
+        "--memory",
+        "16m",
+        "--memory-swap",
+        "16m",
+        "busybox",
+        "sh",
+        "-c",
+        "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "{}", stdout(&out));
+    assert_eq!(
+        b.ok(&["inspect", "-f", "{{.State.OOMKilled}}", "hog"]),
+        "true\n"
+    );
+}
