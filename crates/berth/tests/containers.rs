@@ -350,3 +350,68 @@ fn memory_limit_oom_is_recorded() {
         "true\n"
     );
 }
+
+#[test]
+fn restart_policy_on_failure_counts_restarts() {
+    let b = Berth::with_busybox();
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        "busybox",
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    assert_eq!(b.ok(&["wait", "flaky"]), "1\n");
+    assert_eq!(
+        b.ok(&[
+            "inspect",
+            "-f",
+            "{{.RestartCount}} {{.State.Status}}",
+            "flaky"
+        ]),
+        "2 exited\n"
+    );
+}
+
+#[test]
+fn a_killed_monitor_leaves_an_exited_container_not_a_ghost() {
+    let b = Berth::with_busybox();
+    b.ok(&["run", "-d", "--name", "orphan", "busybox", "sleep", "300"]);
+    let pid: i32 = b
+        .ok(&["inspect", "-f", "{{.State.Pid}}", "orphan"])
+        .trim()
+        .parse()
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let monitor: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &monitor.to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let status = b.ok(&["ps", "-a", "--format", "{{.State}}"]);
+    assert_eq!(status, "exited\n");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true),
+        "container process survived its monitor's cleanup"
+    );
+    b.ok(&["rm", "orphan"]);
+    let again = b.ok(&["run", "--rm", "busybox", "echo", "ok"]);
+    assert_eq!(again, "ok\n");
+}
