@@ -30,7 +30,9 @@ pub enum ArchiveError {
     },
     /// A parent directory of the entry is a symlink that leads nowhere (or to a non-directory), so
     /// the directory would have to be created through it.
-    #[error("archive entry {path:?} would have to be written through the dangling symlink {link:?}")]
+    #[error(
+        "archive entry {path:?} would have to be written through the dangling symlink {link:?}"
+    )]
     ThroughSymlink {
         /// The entry.
         path: String,

@@ -16,9 +16,25 @@
 //! * refuses hardlinks whose target is not an archive path, relative symlinks that climb above the
 //!   root, and (unless allowed) device nodes and fifos;
 //! * treats a stream that ends early as an error, never as a partial success.
+//!
+//! Walking a tree to archive it ([`write_tree`], [`write_path_in_root`],
+//! [`write_layer_from_upper`], [`changes`]) is descriptor-based as well (`openat` with
+//! `O_NOFOLLOW` from the parent), so a running container that swaps a directory for a symlink
+//! cannot make us read a host directory.
+//!
+//! # Tar dialects
+//!
+//! The reader (our own, see `reader.rs` for why not the `tar` crate's) understands V7, ustar, GNU
+//! (long names and link targets) and PAX (`path`, `linkpath`, `size`, `uid`, `gid`, `mtime`,
+//! `SCHILY.xattr.*`) headers, following Go's `archive/tar` (and so Docker) where tools disagree.
+//! GNU sparse files and multi-volume archives are refused ([`ArchiveError::Unsupported`]). The
+//! writer emits GNU headers (long names as GNU extensions) with PAX records for xattrs.
+
+#![warn(missing_docs)]
 
 mod changes;
 mod error;
+mod reader;
 mod sys;
 mod unpack;
 mod write;
@@ -93,13 +109,12 @@ pub fn decompress<'a, R: Read + 'a>(
             Box::new(flate2::read::MultiGzDecoder::new(stream)),
         )),
         Compression::Zstd => {
-            let decoder =
-                zstd::stream::read::Decoder::with_buffer(stream).map_err(|source| {
-                    ArchiveError::Io {
-                        path: "<zstd stream>".into(),
-                        source,
-                    }
-                })?;
+            let decoder = zstd::stream::read::Decoder::with_buffer(stream).map_err(|source| {
+                ArchiveError::Io {
+                    path: "<zstd stream>".into(),
+                    source,
+                }
+            })?;
             Ok((compression, Box::new(decoder)))
         }
         Compression::None => Ok((compression, Box::new(stream))),
