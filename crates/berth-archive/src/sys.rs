@@ -98,6 +98,17 @@ pub(crate) fn lstatat<P: ?Sized + nix::NixPath>(dir: &File, name: &P) -> nix::Re
     )
 }
 
+/// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`: owns the entry itself, never a link's target.
+pub(crate) fn lchownat(dir: &File, name: &std::ffi::OsStr, uid: u32, gid: u32) -> nix::Result<()> {
+    nix::unistd::fchownat(
+        Some(dir.as_raw_fd()),
+        name,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+}
+
 /// The file type bits of a stat result.
 pub(crate) fn kind(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())

@@ -605,14 +605,7 @@ impl<'o> Extractor<'o> {
         meta: &Header,
         name: &str,
     ) -> Result<(), ArchiveError> {
-        nix::unistd::fchownat(
-            Some(dir.as_raw_fd()),
-            file_name,
-            Some(Uid::from_raw(meta.uid)),
-            Some(Gid::from_raw(meta.gid)),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| ArchiveError::io(name, e))?;
+        sys::lchownat(dir, file_name, meta.uid, meta.gid).map_err(|e| ArchiveError::io(name, e))?;
         set_path_xattrs(&sys::proc_path(dir, file_name), meta, name)?;
         set_times_at(dir, file_name, meta, name)
     }
@@ -669,14 +662,8 @@ impl<'o> Extractor<'o> {
                     }
                     Err(e) => return Err(ArchiveError::io(name, e)),
                 }
-                nix::unistd::fchownat(
-                    Some(dir.as_raw_fd()),
-                    hidden,
-                    Some(Uid::from_raw(header.uid)),
-                    Some(Gid::from_raw(header.gid)),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| ArchiveError::io(name, e))?;
+                sys::lchownat(&dir, hidden, header.uid, header.gid)
+                    .map_err(|e| ArchiveError::io(name, e))?;
                 Ok(())
             }
             WhiteoutMode::Apply => {

@@ -4,7 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,7 +29,7 @@ pub struct Engine {
 
 /// How the caller of `start` wants the container's stdio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stdio3 {
+pub enum StdioMode {
     /// Detached: output only to the log.
     Detached,
     /// The caller's own stdin/stdout/stderr are handed to the monitor, which forwards container stdio
@@ -349,7 +349,7 @@ impl Engine {
     }
 
     /// Starts a created or exited container by spawning its monitor, and waits until it runs (or failed).
-    pub fn start(&self, name_or_id: &str, stdio: Stdio3) -> Result<Started, RuntimeError> {
+    pub fn start(&self, name_or_id: &str, stdio: StdioMode) -> Result<Started, RuntimeError> {
         let record = self.container(name_or_id)?;
         match record.state.status {
             Status::Running | Status::Restarting if self.monitor_alive(&record.id) => {
@@ -383,12 +383,12 @@ impl Engine {
             .arg("monitor")
             .arg(&record.id);
         match stdio {
-            Stdio3::Detached => {
+            StdioMode::Detached => {
                 cmd.stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null());
             }
-            Stdio3::Inherit => {
+            StdioMode::Inherit => {
                 cmd.arg("--attached");
                 if !record.config.open_stdin {
                     cmd.stdin(Stdio::null());
@@ -658,9 +658,14 @@ impl Engine {
         if self.monitor_alive(&record.id) {
             self.stop(&record.id, timeout)?;
         }
-        self.start(&record.id, Stdio3::Detached)?;
+        self.start(&record.id, StdioMode::Detached)?;
         self.container(&record.id)
     }
+}
+
+/// A host file the container gets a copy of; a missing one gives an empty copy.
+fn host_file(path: &str) -> String {
+    fs::read_to_string(path).unwrap_or_default()
 }
 
 /// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf for the container into its files dir.
@@ -672,7 +677,7 @@ fn write_etc_files(files: &Path, record: &ContainerRecord) -> Result<(), Runtime
     let hostname = &record.config.hostname;
     write("hostname", format!("{hostname}\n"))?;
     if record.host_config.network_mode == "host" {
-        write("hosts", crate::user::read_host_file("/etc/hosts"))?;
+        write("hosts", host_file("/etc/hosts"))?;
     } else {
         write(
             "hosts",
@@ -682,18 +687,6 @@ fn write_etc_files(files: &Path, record: &ContainerRecord) -> Result<(), Runtime
             ),
         )?;
     }
-    write(
-        "resolv.conf",
-        crate::user::read_host_file("/etc/resolv.conf"),
-    )?;
+    write("resolv.conf", host_file("/etc/resolv.conf"))?;
     Ok(())
-}
-
-/// Wraps a raw fd the caller owns.
-///
-/// # Safety
-/// `fd` must be open and owned by nobody else.
-pub(crate) unsafe fn owned(fd: RawFd) -> OwnedFd {
-    // SAFETY: guaranteed by the caller.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }

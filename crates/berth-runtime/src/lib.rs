@@ -15,6 +15,6 @@ pub mod signal;
 pub mod spec;
 pub mod user;
 
-pub use engine::{Engine, MonitorEvent, Started, Stdio3};
+pub use engine::{Engine, MonitorEvent, Started, StdioMode};
 pub use error::RuntimeError;
 pub use options::RunOptions;

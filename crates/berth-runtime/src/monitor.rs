@@ -430,9 +430,9 @@ fn run_once(
         if let Some(listener) = console {
             let master = receive_pty_master(&listener)?;
             let _ = fs::remove_file(&console_path);
-            let input = nix::unistd::dup(master.as_raw_fd()).map_err(|e| io_err("dup", e))?;
-            // SAFETY: dup returned a fresh fd that nothing else owns.
-            let input = unsafe { crate::engine::owned(input) };
+            let input = master
+                .try_clone()
+                .map_err(|e| io_err("dup pty master", e))?;
             if attached.attached {
                 copy_window_size(0, master.as_raw_fd());
             }
@@ -473,8 +473,7 @@ fn run_once(
             record.config.tty,
         )?;
         let _ = log.finish();
-        let oom_killed = crate::cgroup::oom_kills(id) > 0
-            || (exit_code == 137 && record.host_config.memory > 0 && oom_in_state(id));
+        let oom_killed = crate::cgroup::oom_kills(id) > 0;
         if let Ok(mut c) = libcontainer::container::Container::load(lc_root.join(id)) {
             let _ = c.delete(true);
         }
@@ -487,10 +486,6 @@ fn run_once(
     })();
     let _ = store.snapshots().unmount_container(id);
     result
-}
-
-fn oom_in_state(_id: &str) -> bool {
-    false
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
@@ -758,18 +753,15 @@ fn scan_detach_keys(input: &[u8], pending: &mut bool) -> (Vec<u8>, bool) {
     (out, false)
 }
 
+/// Reads what one ready descriptor has; `None` (or `Some(0)`) is the end of that stream. The
+/// descriptors are blocking and read only after poll reports them ready, so any error but EINTR — EIO
+/// from a pty master whose slave closed, above all — means the stream is over.
 fn read_some(fd: &impl AsFd, buf: &mut [u8]) -> Option<usize> {
     loop {
         match nix::unistd::read(fd.as_fd().as_raw_fd(), buf) {
             Ok(n) => return Some(n),
             Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => {
-                return Some(usize::MAX)
-                    .filter(|_| false)
-                    .or(Some(0))
-                    .filter(|_| false)
-            }
-            Err(_) => return None, // EIO from a pty master whose slave closed = end of output
+            Err(_) => return None,
         }
     }
 }

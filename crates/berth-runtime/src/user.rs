@@ -1,6 +1,5 @@
 //! Resolving `-u name[:group]` against the container's own /etc/passwd and /etc/group, as Docker does.
 
-use std::fs;
 use std::path::Path;
 
 use crate::error::RuntimeError;
@@ -129,14 +128,10 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, RuntimeEr
     })
 }
 
-/// Reads a file of the host (for resolv.conf and the like); missing is empty.
-pub(crate) fn read_host_file(path: &str) -> String {
-    fs::read_to_string(path).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn resolves_names_and_numbers() {

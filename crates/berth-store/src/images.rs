@@ -354,7 +354,6 @@ impl Store {
             )
             .optional()?;
         let tags_to_remove: Vec<String> = match &by_tag {
-            Some(reference) if image.tags.len() > 1 || force => vec![reference.to_string()],
             Some(reference) => vec![reference.to_string()],
             None if image.tags.len() > 1 && !force => {
                 return Err(StoreError::MultipleTags(image.id.short().to_string()))

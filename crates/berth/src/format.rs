@@ -281,6 +281,20 @@ pub fn print_rows(
     Ok(())
 }
 
+/// Prints `inspect` documents: each through a `--format` template, or all as one pretty JSON array.
+pub fn print_documents(format: Option<&str>, docs: &[Value]) -> anyhow::Result<()> {
+    match format {
+        Some(f) => {
+            let t = Template::parse(f)?;
+            for d in docs {
+                println!("{}", t.render(d));
+            }
+        }
+        None => println!("{}", serde_json::to_string_pretty(docs)?),
+    }
+    Ok(())
+}
+
 /// Aligns tab-separated lines into columns (Docker's tabwriter for `table` templates).
 fn print_tabbed(lines: &[String]) {
     let rows: Vec<Vec<String>> = lines

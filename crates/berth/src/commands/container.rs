@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use berth_runtime::logs::{self, LogRecord};
 use berth_runtime::session::{wait_attached, SessionEnd};
-use berth_runtime::{Engine, RunOptions, Stdio3};
+use berth_runtime::{Engine, RunOptions, StdioMode};
 use berth_store::container::{ContainerRecord, Status};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -482,9 +482,9 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
     let attach = !args.detach;
     let record = engine.create(&args.create.options(attach)?)?;
     let stdio = if attach {
-        Stdio3::Inherit
+        StdioMode::Inherit
     } else {
-        Stdio3::Detached
+        StdioMode::Detached
     };
     let started = engine.start(&record.id, stdio)?;
     if args.detach {
@@ -505,13 +505,13 @@ pub fn start(engine: &Engine, args: StartArgs) -> anyhow::Result<i32> {
     for name in &args.containers {
         if args.attach {
             let record = engine.container(name)?;
-            let started = engine.start(name, Stdio3::Inherit)?;
+            let started = engine.start(name, StdioMode::Inherit)?;
             return match wait_attached(started, record.config.tty, true)? {
                 SessionEnd::Exited(code) => Ok(code),
                 SessionEnd::Detached => Ok(0),
             };
         }
-        match engine.start(name, Stdio3::Detached) {
+        match engine.start(name, StdioMode::Detached) {
             Ok(_) => println!("{name}"),
             Err(e) => {
                 eprintln!("Error response from daemon: {e}");
@@ -657,11 +657,26 @@ fn command_text(record: &ContainerRecord, no_trunc: bool) -> String {
     }
 }
 
-fn image_text(engine: &Engine, record: &ContainerRecord) -> String {
-    // Docker shows the name used at create while it still points at the same image, else the short ID.
-    match engine.store().image(&record.config.image) {
-        Ok(image) if image.id == record.image_id => record.config.image.clone(),
-        _ => record.image_id.short().to_string(),
+/// Docker shows the name used at create while it still points at the same image, else the short ID.
+/// `resolved` caches name lookups across the rows of one listing.
+fn image_text(
+    engine: &Engine,
+    record: &ContainerRecord,
+    resolved: &mut std::collections::HashMap<String, Option<berth_store::Digest>>,
+) -> String {
+    let current = resolved
+        .entry(record.config.image.clone())
+        .or_insert_with(|| {
+            engine
+                .store()
+                .image(&record.config.image)
+                .ok()
+                .map(|i| i.id)
+        });
+    if current.as_ref() == Some(&record.image_id) {
+        record.config.image.clone()
+    } else {
+        record.image_id.short().to_string()
     }
 }
 
@@ -737,6 +752,7 @@ pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
+    let mut resolved = std::collections::HashMap::new();
     let rows: Vec<Value> = records
         .iter()
         .map(|r| {
@@ -747,7 +763,7 @@ pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<i32> {
             };
             json!({
                 "ID": if args.no_trunc { r.id.clone() } else { r.id[..12].to_string() },
-                "Image": image_text(engine, r),
+                "Image": image_text(engine, r, &mut resolved),
                 "Command": command_text(r, args.no_trunc),
                 "CreatedAt": r.created,
                 "RunningFor": format!("{} ago", human_duration(seconds_since(&r.created))),
@@ -999,15 +1015,7 @@ pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    match &args.format {
-        Some(f) => {
-            let t = crate::format::Template::parse(f)?;
-            for d in &docs {
-                println!("{}", t.render(d));
-            }
-        }
-        None => println!("{}", serde_json::to_string_pretty(&docs)?),
-    }
+    crate::format::print_documents(args.format.as_deref(), &docs)?;
     Ok(if failed { 1 } else { 0 })
 }
 
@@ -1032,9 +1040,6 @@ pub fn stats(engine: &Engine, args: StatsArgs) -> anyhow::Result<i32> {
             .map(|r| (now_ns(), berth_runtime::cgroup::usage(&r.id)))
             .collect()
     };
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as f64;
     let total_mem = host_memory();
     loop {
         let records = pick(engine)?;
@@ -1052,7 +1057,6 @@ pub fn stats(engine: &Engine, args: StatsArgs) -> anyhow::Result<i32> {
                 };
                 let limit = if u1.memory_limit > 0 { u1.memory_limit } else { total_mem };
                 let mem_pct = if limit > 0 { u1.memory as f64 / limit as f64 * 100.0 } else { 0.0 };
-                let _ = cpus;
                 json!({
                     "ID": if args.no_trunc { r.id.clone() } else { r.id[..12].to_string() },
                     "Container": if args.no_trunc { r.id.clone() } else { r.id[..12].to_string() },

@@ -372,15 +372,7 @@ fn inspect(engine: &Engine, args: ImageInspectArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    match &args.format {
-        Some(f) => {
-            let t = crate::format::Template::parse(f)?;
-            for d in &docs {
-                println!("{}", t.render(d));
-            }
-        }
-        None => println!("{}", serde_json::to_string_pretty(&docs)?),
-    }
+    crate::format::print_documents(args.format.as_deref(), &docs)?;
     Ok(if failed { 1 } else { 0 })
 }
 

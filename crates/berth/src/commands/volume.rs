@@ -174,15 +174,7 @@ pub fn volume_command(engine: &Engine, command: VolumeCommand) -> anyhow::Result
                     }
                 }
             }
-            match &a.format {
-                Some(f) => {
-                    let t = crate::format::Template::parse(f)?;
-                    for d in &docs {
-                        println!("{}", t.render(d));
-                    }
-                }
-                None => println!("{}", serde_json::to_string_pretty(&docs)?),
-            }
+            crate::format::print_documents(a.format.as_deref(), &docs)?;
             Ok(if failed { 1 } else { 0 })
         }
         VolumeCommand::Rm(a) => {
