@@ -134,3 +134,49 @@ pub fn pids(id: &str) -> Vec<i32> {
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
+
+/// The `cgroup.procs` files of every hierarchy process `pid` belongs to (v1 controllers and the v2
+/// tree alike): writing a PID to each moves that process into the same cgroups, as `exec` needs.
+pub fn procs_files_of(pid: i32) -> Vec<PathBuf> {
+    let membership = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // mountinfo: id parent major:minor root mount-point options... - fstype source super-options
+    let cgroup_mounts: Vec<(String, String, Vec<String>)> = mounts
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut r = right.split_whitespace();
+            let fstype = r.next()?.to_string();
+            let super_opts: Vec<String> = r.nth(1)?.split(',').map(str::to_string).collect();
+            let mount_point = left.split_whitespace().nth(4)?.to_string();
+            fstype
+                .starts_with("cgroup")
+                .then_some((fstype, mount_point, super_opts))
+        })
+        .collect();
+    let mut files = Vec::new();
+    for line in membership.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let mount = if controllers.is_empty() {
+            cgroup_mounts.iter().find(|(t, _, _)| t == "cgroup2")
+        } else {
+            // "name=systemd" style hierarchies carry the name in the super options too.
+            let wanted: Vec<&str> = controllers.split(',').collect();
+            cgroup_mounts.iter().find(|(t, _, opts)| {
+                t == "cgroup" && wanted.iter().all(|w| opts.iter().any(|o| o == w))
+            })
+        };
+        if let Some((_, mount_point, _)) = mount {
+            let file = Path::new(mount_point)
+                .join(path.trim_start_matches('/'))
+                .join("cgroup.procs");
+            if file.exists() && !files.contains(&file) {
+                files.push(file);
+            }
+        }
+    }
+    files
+}

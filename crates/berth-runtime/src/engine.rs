@@ -88,6 +88,9 @@ pub struct Started {
     pub monitor_pid: i32,
     /// Remaining monitor events (exit, detach); None when detached.
     pub events: Option<BufReader<File>>,
+    /// For `attach`: the monitor's socket, where window-size changes are announced. None: the monitor
+    /// holds our terminal from the start and is sent SIGWINCH instead.
+    pub control: Option<File>,
 }
 
 impl Engine {
@@ -357,6 +360,7 @@ impl Engine {
                     pid: record.state.pid,
                     monitor_pid: record.state.monitor_pid,
                     events: None,
+                    control: None,
                 })
             }
             Status::Paused => {
@@ -381,7 +385,9 @@ impl Engine {
             .arg("--runroot")
             .arg(&self.runroot)
             .arg("monitor")
-            .arg(&record.id);
+            .arg(&record.id)
+            // The monitor outlives the caller's working directory, which may go away.
+            .current_dir("/");
         match stdio {
             StdioMode::Detached => {
                 cmd.stdin(Stdio::null())
@@ -437,6 +443,7 @@ impl Engine {
                         pid,
                         monitor_pid,
                         events: Some(events),
+                        control: None,
                     })
                 }
                 Some(MonitorEvent::Failed(code, msg)) => {

@@ -26,6 +26,9 @@ pub enum RuntimeError {
     /// The embedded runtime failed to create or start the container.
     #[error("failed to start container: {0}")]
     Start(String),
+    /// `exec` could not start its process (exit 126, as Docker).
+    #[error("OCI runtime exec failed: {0}: unknown")]
+    Exec(String),
     /// An operation that needs a running container.
     #[error("container {0} is not running")]
     NotRunning(String),
@@ -54,7 +57,7 @@ impl RuntimeError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RuntimeError::CommandNotFound(_) => 127,
-            RuntimeError::CommandNotExecutable(_) => 126,
+            RuntimeError::CommandNotExecutable(_) | RuntimeError::Exec(_) => 126,
             _ => 125,
         }
     }

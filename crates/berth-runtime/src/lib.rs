@@ -1,9 +1,11 @@
 //! Berth's container runtime: container specs from image config and run options, the embedded runtime
 //! (youki's libcontainer), the per-container monitor, json-file logs, cgroup readings.
 
+pub mod attach;
 pub mod cgroup;
 pub mod engine;
 pub mod error;
+pub mod exec;
 pub mod logs;
 pub mod monitor;
 mod names;

@@ -20,9 +20,11 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::attach::Attachment;
 use crate::engine::{Engine, MonitorEvent, STATUS_FD};
 use crate::error::{io_err, RuntimeError};
 use crate::logs::{JsonLogWriter, Stream};
+use crate::session::{copy_window_size, scan_detach_keys};
 
 /// Docker's restart backoff: 100 ms doubling, reset after the container ran this long.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -126,7 +128,15 @@ fn supervise(
         )));
     }
     let _ = lock.set_len(0);
-    let mut io = AttachedIo::new(attached && status.fd().is_some(), record.config.open_stdin);
+    let mut attachments = Attachments {
+        listener: Some(crate::attach::listen(&run_dir)?),
+        list: Vec::new(),
+    };
+    if attached && status.fd().is_some() {
+        attachments
+            .list
+            .extend(Attachment::from_inherited_stdio(record.config.open_stdin));
+    }
     let mut backoff = BACKOFF_START;
     let mut first = true;
     let final_code;
@@ -139,7 +149,7 @@ fn supervise(
         })?;
         let record = record.map_err(|_| RuntimeError::Io("update".into()))?;
         let log_path = engine.log_path(&id);
-        let result = run_once(engine, &record, &log_path, &mut io, status, first);
+        let result = run_once(engine, &record, &log_path, &mut attachments, status, first);
         first = false;
         let outcome = match result {
             Ok(outcome) => outcome,
@@ -160,6 +170,7 @@ fn supervise(
                     Ok::<(), ()>(())
                 });
                 record_exit_code(&mut lock, code);
+                attachments.end_run(code);
                 if record.host_config.auto_remove {
                     let _ = engine.remove_stopped(&record, true);
                 }
@@ -197,6 +208,7 @@ fn supervise(
             Ok::<(), ()>(())
         })?;
         let record = updated.map_err(|_| RuntimeError::Io("update".into()))?;
+        attachments.end_run(outcome.exit_code);
         if !record.state.restarting {
             final_code = outcome.exit_code;
             break;
@@ -213,6 +225,8 @@ fn supervise(
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     record_exit_code(&mut lock, final_code);
+    drop(attachments);
+    let _ = fs::remove_file(run_dir.join(crate::attach::SOCKET_NAME));
     let record = engine.store().container(&id)?;
     if record.host_config.auto_remove {
         engine.remove_stopped(&record, true)?;
@@ -287,34 +301,26 @@ struct ContainerIo {
     input: Option<OwnedFd>,
 }
 
-/// The caller's terminal or pipes, handed to the monitor as its own fds 0/1/2 for an attached run.
-struct AttachedIo {
-    attached: bool,
-    forward_stdin: bool,
-    detach_pending: bool,
+/// Everyone attached to the container's stdio, and the socket new clients arrive on.
+struct Attachments {
+    listener: Option<UnixListener>,
+    list: Vec<Attachment>,
 }
 
-impl AttachedIo {
-    fn new(attached: bool, open_stdin: bool) -> Self {
-        Self {
-            attached,
-            forward_stdin: attached && open_stdin,
-            detach_pending: false,
-        }
+impl Attachments {
+    /// Attach clients follow one run of the container, as with Docker: once its exit is recorded they
+    /// are told the status and let go. The starter of a foreground `run` stays through restarts.
+    fn end_run(&mut self, exit_code: i32) {
+        let line = format!("exited {exit_code}\n");
+        self.list.retain_mut(|a| {
+            a.tell(&line);
+            a.socket.is_none()
+        });
     }
 
-    /// Stops forwarding: the caller is gone or detached. Our fds 0-2 now point at /dev/null.
-    fn detach(&mut self) {
-        if !self.attached {
-            return;
-        }
-        self.attached = false;
-        self.forward_stdin = false;
-        if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
-            for fd in 0..3 {
-                let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
-            }
-        }
+    /// The starter of a foreground `run`, whose terminal sets the pty's size.
+    fn starter(&self) -> Option<&Attachment> {
+        self.list.iter().find(|a| a.socket.is_none())
     }
 }
 
@@ -322,7 +328,7 @@ fn run_once(
     engine: &Engine,
     record: &ContainerRecord,
     log_path: &Path,
-    attached: &mut AttachedIo,
+    attachments: &mut Attachments,
     status: &mut StatusPipe,
     first: bool,
 ) -> Result<Outcome, RuntimeError> {
@@ -378,8 +384,11 @@ fn run_once(
         let console_path = bundle.join("console.sock");
         let (builder, mut io, console) = if record.config.tty {
             let _ = fs::remove_file(&console_path);
+            // Bound through a short path (run dirs can exceed the 108-byte socket path limit);
+            // libcontainer itself connects through a symlink in its state dir.
+            let short = crate::attach::ShortPath::new(&bundle, "console.sock")?;
             let listener =
-                UnixListener::bind(&console_path).map_err(|e| io_err(console_path.display(), e))?;
+                UnixListener::bind(short.path()).map_err(|e| io_err(console_path.display(), e))?;
             (
                 builder.with_console_socket(Some(&console_path)),
                 None,
@@ -433,8 +442,8 @@ fn run_once(
             let input = master
                 .try_clone()
                 .map_err(|e| io_err("dup pty master", e))?;
-            if attached.attached {
-                copy_window_size(0, master.as_raw_fd());
+            if let Some(starter) = attachments.starter() {
+                copy_window_size(starter.output.as_raw_fd(), master.as_raw_fd());
             }
             io = Some(ContainerIo {
                 out: master,
@@ -468,7 +477,7 @@ fn run_once(
             Pid::from_raw(pid),
             &mut io,
             &mut log,
-            attached,
+            attachments,
             status,
             record.config.tty,
         )?;
@@ -533,21 +542,6 @@ fn receive_pty_master(listener: &UnixListener) -> Result<OwnedFd, RuntimeError> 
     Err(RuntimeError::Start("console socket sent no pty".into()))
 }
 
-fn copy_window_size(from: RawFd, to: RawFd) {
-    let mut ws: libc::winsize = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes a winsize into the struct we own; TIOCSWINSZ reads it. Bad fds just fail.
-    unsafe {
-        if libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) == 0 {
-            libc::ioctl(to, libc::TIOCSWINSZ, &ws);
-        }
-    }
-}
-
 fn decode_status(status: WaitStatus) -> Option<i32> {
     match status {
         WaitStatus::Exited(_, code) => Some(code),
@@ -562,7 +556,7 @@ fn pump(
     pid: Pid,
     io: &mut ContainerIo,
     log: &mut JsonLogWriter,
-    attached: &mut AttachedIo,
+    attachments: &mut Attachments,
     status: &mut StatusPipe,
     tty: bool,
 ) -> Result<i32, RuntimeError> {
@@ -570,16 +564,27 @@ fn pump(
     mask.add(Signal::SIGCHLD);
     mask.add(Signal::SIGWINCH);
     mask.thread_block().map_err(|e| io_err("sigprocmask", e))?;
-    let result = pump_blocked(pid, io, log, attached, status, tty, &mask);
+    let result = pump_blocked(pid, io, log, attachments, status, tty, &mask);
     let _ = mask.thread_unblock();
     result
+}
+
+/// One slot of the monitor's poll set.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Signals,
+    Out,
+    Err,
+    Input(usize),
+    Control(usize),
+    Listener,
 }
 
 fn pump_blocked(
     pid: Pid,
     io: &mut ContainerIo,
     log: &mut JsonLogWriter,
-    attached: &mut AttachedIo,
+    attachments: &mut Attachments,
     status: &mut StatusPipe,
     tty: bool,
     mask: &SigSet,
@@ -591,7 +596,6 @@ fn pump_blocked(
     let mut out_open = true;
     let mut err_open = io.err.is_some();
     let mut drain_deadline: Option<Instant> = None;
-    let stdin_fd = 0;
     loop {
         if exit.is_some() {
             if !out_open && !err_open {
@@ -609,107 +613,148 @@ fn pump_blocked(
         } else {
             PollTimeout::NONE
         };
-        // Slots: 0 signals, 1 out, 2 err, 3 caller's stdin, 4 status pipe.
-        let none = PollFlags::empty();
-        let sig_b = sfd.as_fd();
-        let out_b = io.out.as_fd();
-        let err_b = io.err.as_ref().map(|f| f.as_fd());
-        // SAFETY: fd 0 stays open for the whole loop (detach dup2s /dev/null over it, never closes it).
-        let in_b = unsafe { BorrowedFd::borrow_raw(stdin_fd) };
-        let mut fds = vec![PollFd::new(sig_b, PollFlags::POLLIN)];
-        fds.push(PollFd::new(
-            out_b,
-            if out_open { PollFlags::POLLIN } else { none },
-        ));
-        fds.push(PollFd::new(
-            err_b.unwrap_or(out_b),
-            if err_open { PollFlags::POLLIN } else { none },
-        ));
-        let want_stdin = attached.forward_stdin && io.input.is_some();
-        fds.push(PollFd::new(
-            in_b,
-            if want_stdin { PollFlags::POLLIN } else { none },
-        ));
-        let watch_status = attached.attached;
-        if let (true, Some(s)) = (watch_status, status.fd()) {
-            fds.push(PollFd::new(s, none));
+        let mut slots = vec![Slot::Signals];
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if out_open {
+            slots.push(Slot::Out);
+            fds.push(PollFd::new(io.out.as_fd(), PollFlags::POLLIN));
+        }
+        if let (true, Some(err)) = (err_open, &io.err) {
+            slots.push(Slot::Err);
+            fds.push(PollFd::new(err.as_fd(), PollFlags::POLLIN));
+        }
+        for (i, a) in attachments.list.iter().enumerate() {
+            if let (Some(input), true) = (&a.input, io.input.is_some()) {
+                slots.push(Slot::Input(i));
+                fds.push(PollFd::new(input.as_fd(), PollFlags::POLLIN));
+            }
+            // Sockets say resize or hang up; the starter's status pipe only hangs up (POLLERR).
+            let control = match &a.socket {
+                Some(socket) => Some((socket.as_fd(), PollFlags::POLLIN)),
+                None => status.fd().map(|fd| (fd, PollFlags::empty())),
+            };
+            if let Some((fd, events)) = control {
+                slots.push(Slot::Control(i));
+                fds.push(PollFd::new(fd, events));
+            }
+        }
+        if let Some(listener) = &attachments.listener {
+            slots.push(Slot::Listener);
+            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
         }
         match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(io_err("poll", e)),
         }
-        let revents: Vec<PollFlags> = fds
+        let ready: Vec<Slot> = slots
             .iter()
-            .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+            .zip(fds.iter())
+            .filter(|(_, f)| f.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(slot, _)| *slot)
             .collect();
         drop(fds);
-        let ready = |i: usize| revents.get(i).is_some_and(|r| !r.is_empty());
-        if ready(0) {
-            while let Ok(Some(info)) = sfd.read_signal() {
-                if info.ssi_signo == Signal::SIGWINCH as u32 && tty && attached.attached {
-                    copy_window_size(0, io.out.as_raw_fd());
-                }
-            }
-            if exit.is_none() {
-                exit = reap(pid);
-            }
-        }
-        if out_open && ready(1) {
-            match read_some(&io.out, &mut buf) {
-                Some(n) if n > 0 => {
-                    let data = &buf[..n];
-                    let _ = log.write(Stream::Stdout, data);
-                    if attached.attached && write_all_fd(1, data).is_err() {
-                        attached.detach();
-                    }
-                }
-                _ => out_open = false,
-            }
-        }
-        if err_open && ready(2) {
-            if let Some(err) = &io.err {
-                match read_some(err, &mut buf) {
-                    Some(n) if n > 0 => {
-                        let data = &buf[..n];
-                        let _ = log.write(Stream::Stderr, data);
-                        if attached.attached && write_all_fd(2, data).is_err() {
-                            attached.detach();
+        let mut gone: Vec<usize> = Vec::new();
+        for slot in ready {
+            match slot {
+                Slot::Signals => {
+                    while let Ok(Some(info)) = sfd.read_signal() {
+                        if info.ssi_signo == Signal::SIGWINCH as u32 && tty {
+                            if let Some(starter) = attachments.starter() {
+                                copy_window_size(starter.output.as_raw_fd(), io.out.as_raw_fd());
+                            }
                         }
                     }
-                    _ => err_open = false,
+                    if exit.is_none() {
+                        exit = reap(pid);
+                    }
                 }
-            }
-        }
-        if want_stdin && ready(3) {
-            // SAFETY: see in_b above.
-            let in_fd = unsafe { BorrowedFd::borrow_raw(stdin_fd) };
-            match read_some(&in_fd, &mut buf) {
-                Some(n) if n > 0 => {
-                    let (data, detach) = if tty {
-                        scan_detach_keys(&buf[..n], &mut attached.detach_pending)
-                    } else {
-                        (buf[..n].to_vec(), false)
+                Slot::Out | Slot::Err => {
+                    let (fd, stream) = match (slot, &io.err) {
+                        (Slot::Err, Some(err)) => (err, Stream::Stderr),
+                        _ => (&io.out, Stream::Stdout),
                     };
-                    if let Some(input) = &io.input {
-                        let _ = write_all_fd(input.as_raw_fd(), &data);
-                    }
-                    if detach {
-                        status.send(&MonitorEvent::Detached);
-                        attached.detach();
+                    match read_some(fd, &mut buf) {
+                        Some(n) if n > 0 => {
+                            let data = &buf[..n];
+                            let _ = log.write(stream, data);
+                            for (i, a) in attachments.list.iter().enumerate() {
+                                let target = match stream {
+                                    Stream::Stdout => a.output.as_raw_fd(),
+                                    Stream::Stderr => a.errors.as_raw_fd(),
+                                };
+                                if write_all_fd(target, data).is_err() {
+                                    gone.push(i);
+                                }
+                            }
+                        }
+                        _ => match stream {
+                            Stream::Stdout => out_open = false,
+                            Stream::Stderr => err_open = false,
+                        },
                     }
                 }
-                _ => {
-                    // The caller's stdin ended: close the container's (a pty's master stays open).
-                    attached.forward_stdin = false;
-                    if !tty {
-                        io.input = None;
+                Slot::Input(i) => {
+                    let a = &mut attachments.list[i];
+                    let Some(input) = &a.input else { continue };
+                    match read_some(input, &mut buf) {
+                        Some(n) if n > 0 => {
+                            let (data, detach) = if tty {
+                                scan_detach_keys(&buf[..n], &mut a.detach_pending)
+                            } else {
+                                (buf[..n].to_vec(), false)
+                            };
+                            if let Some(target) = &io.input {
+                                let _ = write_all_fd(target.as_raw_fd(), &data);
+                            }
+                            if detach {
+                                match a.socket {
+                                    Some(_) => a.tell("detached\n"),
+                                    None => status.send(&MonitorEvent::Detached),
+                                }
+                                gone.push(i);
+                            }
+                        }
+                        _ => {
+                            // The caller's stdin ended: close the container's (a pty's master stays open).
+                            a.input = None;
+                            if !tty {
+                                io.input = None;
+                            }
+                        }
+                    }
+                }
+                Slot::Control(i) => {
+                    let a = &mut attachments.list[i];
+                    let mut resize = false;
+                    let alive = match &mut a.socket {
+                        Some(socket) => crate::attach::read_control(socket, &mut resize),
+                        None => false,
+                    };
+                    if !alive {
+                        gone.push(i);
+                    } else if resize && tty {
+                        copy_window_size(a.output.as_raw_fd(), io.out.as_raw_fd());
+                    }
+                }
+                Slot::Listener => {
+                    while let Some(Ok((stream, _))) =
+                        attachments.listener.as_ref().map(|l| l.accept())
+                    {
+                        if let Ok(a) = Attachment::receive(stream, io.input.is_some()) {
+                            if tty {
+                                copy_window_size(a.output.as_raw_fd(), io.out.as_raw_fd());
+                            }
+                            attachments.list.push(a);
+                        }
                     }
                 }
             }
         }
-        if watch_status && ready(4) {
-            attached.detach();
+        gone.sort_unstable();
+        gone.dedup();
+        for i in gone.into_iter().rev() {
+            attachments.list.remove(i);
         }
     }
     let code = exit.unwrap_or(137);
@@ -729,28 +774,6 @@ fn reap(pid: Pid) -> Option<i32> {
             }
         }
     }
-}
-
-/// Ctrl-P Ctrl-Q detaches (Docker's default detach keys); returns the bytes to forward and whether to detach.
-fn scan_detach_keys(input: &[u8], pending: &mut bool) -> (Vec<u8>, bool) {
-    const CTRL_P: u8 = 0x10;
-    const CTRL_Q: u8 = 0x11;
-    let mut out = Vec::with_capacity(input.len() + 1);
-    for &b in input {
-        if *pending {
-            *pending = false;
-            if b == CTRL_Q {
-                return (out, true);
-            }
-            out.push(CTRL_P);
-        }
-        if b == CTRL_P {
-            *pending = true;
-        } else {
-            out.push(b);
-        }
-    }
-    (out, false)
 }
 
 /// Reads what one ready descriptor has; `None` (or `Some(0)`) is the end of that stream. The
@@ -825,29 +848,4 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn detach_keys() {
-        let mut pending = false;
-        assert_eq!(
-            scan_detach_keys(b"ab", &mut pending),
-            (b"ab".to_vec(), false)
-        );
-        assert_eq!(
-            scan_detach_keys(b"a\x10", &mut pending),
-            (b"a".to_vec(), false)
-        );
-        assert!(pending);
-        assert_eq!(scan_detach_keys(b"\x11", &mut pending), (vec![], true));
-        pending = false;
-        assert_eq!(
-            scan_detach_keys(b"\x10x", &mut pending),
-            (b"\x10x".to_vec(), false)
-        );
-    }
 }

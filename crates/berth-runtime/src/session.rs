@@ -1,8 +1,8 @@
 //! The caller's side of an attached container: raw terminal mode for `-t`, window-size and signal
 //! forwarding (`--sig-proxy`), and waiting for the monitor to report the exit status or a detach.
 
-use std::io::BufRead;
-use std::os::fd::AsFd;
+use std::io::{BufRead, Write};
+use std::os::fd::{AsFd, RawFd};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -56,6 +56,7 @@ pub fn wait_attached(
     tty: bool,
     sig_proxy: bool,
 ) -> Result<SessionEnd, RuntimeError> {
+    let mut control = started.control;
     let Some(mut events) = started.events else {
         return Ok(SessionEnd::Detached);
     };
@@ -97,7 +98,14 @@ pub fn wait_attached(
                         continue;
                     };
                     if sig == Signal::SIGWINCH {
-                        let _ = kill(monitor, Signal::SIGWINCH);
+                        match &mut control {
+                            Some(socket) => {
+                                let _ = socket.write_all(b"resize\n");
+                            }
+                            None => {
+                                let _ = kill(monitor, Signal::SIGWINCH);
+                            }
+                        }
                     } else if sig_proxy {
                         let _ = kill(container, sig);
                     }
@@ -122,5 +130,72 @@ pub fn wait_attached(
             Some(MonitorEvent::Failed(_, msg)) => return Err(RuntimeError::Reported(msg)),
             _ => {}
         }
+    }
+}
+
+/// The window size of the terminal on `fd`, if it is one.
+pub(crate) fn window_size(fd: RawFd) -> Option<libc::winsize> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct we own; a bad fd just fails.
+    (unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0).then_some(ws)
+}
+
+/// Copies the window size of the terminal on `from` to the terminal on `to` (pty master); bad fds are ignored.
+pub(crate) fn copy_window_size(from: RawFd, to: RawFd) {
+    if let Some(ws) = window_size(from) {
+        // SAFETY: TIOCSWINSZ reads the winsize we own; a bad fd just fails.
+        unsafe { libc::ioctl(to, libc::TIOCSWINSZ, &ws) };
+    }
+}
+
+/// Ctrl-P Ctrl-Q detaches (Docker's default detach keys); returns the bytes to forward and whether to detach.
+pub(crate) fn scan_detach_keys(input: &[u8], pending: &mut bool) -> (Vec<u8>, bool) {
+    const CTRL_P: u8 = 0x10;
+    const CTRL_Q: u8 = 0x11;
+    let mut out = Vec::with_capacity(input.len() + 1);
+    for &b in input {
+        if *pending {
+            *pending = false;
+            if b == CTRL_Q {
+                return (out, true);
+            }
+            out.push(CTRL_P);
+        }
+        if b == CTRL_P {
+            *pending = true;
+        } else {
+            out.push(b);
+        }
+    }
+    (out, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detach_keys() {
+        let mut pending = false;
+        assert_eq!(
+            scan_detach_keys(b"ab", &mut pending),
+            (b"ab".to_vec(), false)
+        );
+        assert_eq!(
+            scan_detach_keys(b"a\x10", &mut pending),
+            (b"a".to_vec(), false)
+        );
+        assert!(pending);
+        assert_eq!(scan_detach_keys(b"\x11", &mut pending), (vec![], true));
+        pending = false;
+        assert_eq!(
+            scan_detach_keys(b"\x10x", &mut pending),
+            (b"\x10x".to_vec(), false)
+        );
     }
 }

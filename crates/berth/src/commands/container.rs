@@ -4,6 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use berth_runtime::exec::{ExecEnd, ExecOptions};
 use berth_runtime::logs::{self, LogRecord};
 use berth_runtime::session::{wait_attached, SessionEnd};
 use berth_runtime::{Engine, RunOptions, StdioMode};
@@ -381,6 +382,53 @@ pub struct TopArgs {
     ps_args: Vec<String>,
 }
 
+/// `attach` flags.
+#[derive(Args)]
+pub struct AttachArgs {
+    /// Do not attach STDIN
+    #[arg(long = "no-stdin")]
+    no_stdin: bool,
+    /// Proxy all received signals to the process
+    #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
+    sig_proxy: bool,
+    /// Container
+    container: String,
+}
+
+/// `exec` flags.
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Detached mode: run command in the background
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Keep STDIN open even if not attached
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a pseudo-TTY
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Set environment variables
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Read in a file of environment variables
+    #[arg(long = "env-file")]
+    env_file: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// Username or UID (format: "<name|uid>[:<group|gid>]")
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Give extended privileges to the command
+    #[arg(long)]
+    privileged: bool,
+    /// Container
+    container: String,
+    /// Command and arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
 /// The hidden `monitor` command.
 #[derive(Args)]
 pub struct MonitorArgs {
@@ -431,6 +479,10 @@ pub enum ContainerCommand {
     Top(TopArgs),
     /// Remove all stopped containers
     Prune(PruneArgs),
+    /// Execute a command in a running container
+    Exec(ExecArgs),
+    /// Attach local standard input, output, and error streams to a running container
+    Attach(AttachArgs),
 }
 
 /// `container prune` flags.
@@ -469,6 +521,8 @@ pub fn container_command(engine: &Engine, command: ContainerCommand) -> anyhow::
         ContainerCommand::Stats(a) => stats(engine, a),
         ContainerCommand::Top(a) => top(engine, a),
         ContainerCommand::Prune(a) => prune(engine, a),
+        ContainerCommand::Exec(a) => exec(engine, a),
+        ContainerCommand::Attach(a) => attach(engine, a),
     }
 }
 
@@ -497,6 +551,39 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
     }
 }
 
+pub fn attach(engine: &Engine, args: AttachArgs) -> anyhow::Result<i32> {
+    let record = engine.container(&args.container)?;
+    let started = engine.attach(&record.id, !args.no_stdin)?;
+    match wait_attached(started, record.config.tty, args.sig_proxy)? {
+        SessionEnd::Exited(code) => Ok(code),
+        SessionEnd::Detached => Ok(0),
+    }
+}
+
+pub fn exec(engine: &Engine, args: ExecArgs) -> anyhow::Result<i32> {
+    let mut env = Vec::new();
+    for file in &args.env_file {
+        env.extend(berth_runtime::options::read_env_file(
+            std::path::Path::new(file),
+        )?);
+    }
+    env.extend(args.env);
+    let options = ExecOptions {
+        cmd: args.command,
+        env,
+        workdir: args.workdir,
+        user: args.user,
+        tty: args.tty,
+        interactive: args.interactive,
+        detach: args.detach,
+        privileged: args.privileged,
+    };
+    match engine.exec(&args.container, &options)? {
+        ExecEnd::Exited(code) => Ok(code),
+        ExecEnd::Detached => Ok(0),
+    }
+}
+
 pub fn start(engine: &Engine, args: StartArgs) -> anyhow::Result<i32> {
     if args.attach && args.containers.len() > 1 {
         bail!("you cannot start and attach multiple containers at once");
@@ -505,7 +592,12 @@ pub fn start(engine: &Engine, args: StartArgs) -> anyhow::Result<i32> {
     for name in &args.containers {
         if args.attach {
             let record = engine.container(name)?;
-            let started = engine.start(name, StdioMode::Inherit)?;
+            // Already running: attach to it, as Docker does.
+            let started = if record.state.running && engine.monitor_alive(&record.id) {
+                engine.attach(&record.id, args.interactive)?
+            } else {
+                engine.start(name, StdioMode::Inherit)?
+            };
             return match wait_attached(started, record.config.tty, true)? {
                 SessionEnd::Exited(code) => Ok(code),
                 SessionEnd::Detached => Ok(0),

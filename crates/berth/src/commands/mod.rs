@@ -46,6 +46,10 @@ pub enum Command {
     Unpause(container::NamesArgs),
     /// Display a live stream of container(s) resource usage statistics
     Stats(container::StatsArgs),
+    /// Execute a command in a running container
+    Exec(container::ExecArgs),
+    /// Attach local standard input, output, and error streams to a running container
+    Attach(container::AttachArgs),
     /// Display the running processes of a container
     Top(container::TopArgs),
     /// Manage containers
@@ -120,6 +124,8 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::Unpause(a) => container::pause(&engine, a, false),
             Command::Stats(a) => container::stats(&engine, a),
             Command::Top(a) => container::top(&engine, a),
+            Command::Exec(a) => container::exec(&engine, a),
+            Command::Attach(a) => container::attach(&engine, a),
             Command::Container(c) => container::container_command(&engine, c),
             Command::Images(a) => image::images(&engine, a),
             Command::Import(a) => image::import(&engine, a),
