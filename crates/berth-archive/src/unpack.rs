@@ -45,6 +45,8 @@ pub enum WhiteoutMode {
     /// Layer applied onto a flattened tree: `.wh.name` deletes `name`, `.wh..wh..opq` empties the
     /// dir of entries that came from earlier layers (entries of this same layer stay).
     Apply,
+    /// Not a layer (`cp` archives): `.wh.` names are ordinary files like any other.
+    Literal,
 }
 
 /// Options of [`unpack_layer`] and [`unpack_in_root`].
@@ -201,7 +203,9 @@ impl<'o> Extractor<'o> {
             return Ok(());
         };
         let parent = rel.parent().unwrap_or(Path::new(""));
-        if file_name.as_bytes().starts_with(WHITEOUT_PREFIX) {
+        if file_name.as_bytes().starts_with(WHITEOUT_PREFIX)
+            && self.opts.whiteouts != WhiteoutMode::Literal
+        {
             return self.whiteout(header, parent, file_name, name);
         }
         match kind {
@@ -684,6 +688,7 @@ impl<'o> Extractor<'o> {
                     _ => Ok(()),
                 }
             }
+            WhiteoutMode::Literal => Ok(()),
         }
     }
 
@@ -699,6 +704,7 @@ impl<'o> Extractor<'o> {
                 Some(dir) => self.clear_lower(&dir, parent, name),
                 None => Ok(()),
             },
+            WhiteoutMode::Literal => Ok(()),
         }
     }
 

@@ -44,6 +44,18 @@ pub fn write_tree<W: Write>(dir: &Path, out: W) -> Result<W, ArchiveError> {
 /// symlinks on the way to it are followed within `root`. `path` is cleaned lexically first (`..`
 /// never climbs above `/`). For `/` itself the root's contents are written at the top level.
 pub fn write_path_in_root<W: Write>(root: &Path, path: &Path, out: W) -> Result<W, ArchiveError> {
+    write_path_in_root_as(root, path, None, out)
+}
+
+/// [`write_path_in_root`] with the top entry named `top_name` instead of the path's basename (`cp`
+/// to a destination that does not exist yet takes the destination's name). `Some(".")` writes a
+/// directory's contents at the top level (`cp ctr:/dir/. dest`).
+pub fn write_path_in_root_as<W: Write>(
+    root: &Path,
+    path: &Path,
+    top_name: Option<&Path>,
+    out: W,
+) -> Result<W, ArchiveError> {
     let root_dir =
         sys::open_dir(root).map_err(|e| ArchiveError::io(root.display().to_string(), e))?;
     let clean = sys::clean_in_root(path);
@@ -56,7 +68,15 @@ pub fn write_path_in_root<W: Write>(root: &Path, path: &Path, out: W) -> Result<
             let dir =
                 sys::open_dir_in_root(&root_dir, parent, OFlag::empty()).map_err(not_found)?;
             sys::lstatat(&dir, name).map_err(not_found)?;
-            writer.child(&dir, name, Path::new(name))?;
+            match top_name {
+                Some(top) if top == Path::new(".") => {
+                    let sub = sys::open_dir_in_root(&root_dir, &clean, OFlag::empty())
+                        .map_err(not_found)?;
+                    writer.contents(&sub, Path::new(""))?
+                }
+                Some(top) => writer.child(&dir, name, top)?,
+                None => writer.child(&dir, name, Path::new(name))?,
+            }
         }
     }
     writer.finish()

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod engine;
 pub mod error;
 pub mod exec;
+pub mod filesystem;
 pub mod logs;
 pub mod monitor;
 mod names;

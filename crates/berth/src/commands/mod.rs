@@ -1,6 +1,7 @@
 //! One module per command group; each command is a short mapping from flags to a library call.
 
 mod container;
+mod filesystem;
 mod image;
 mod system;
 mod volume;
@@ -50,6 +51,14 @@ pub enum Command {
     Exec(container::ExecArgs),
     /// Attach local standard input, output, and error streams to a running container
     Attach(container::AttachArgs),
+    /// Copy files/folders between a container and the local filesystem
+    Cp(filesystem::CpArgs),
+    /// Export a container's filesystem as a tar archive
+    Export(filesystem::ExportArgs),
+    /// Inspect changes to files or directories on a container's filesystem
+    Diff(filesystem::DiffArgs),
+    /// Create a new image from a container's changes
+    Commit(filesystem::CommitArgs),
     /// Display the running processes of a container
     Top(container::TopArgs),
     /// Manage containers
@@ -125,6 +134,10 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::Stats(a) => container::stats(&engine, a),
             Command::Top(a) => container::top(&engine, a),
             Command::Exec(a) => container::exec(&engine, a),
+            Command::Cp(a) => filesystem::cp(&engine, a),
+            Command::Export(a) => filesystem::export(&engine, a),
+            Command::Diff(a) => filesystem::diff(&engine, a),
+            Command::Commit(a) => filesystem::commit(&engine, a),
             Command::Attach(a) => container::attach(&engine, a),
             Command::Container(c) => container::container_command(&engine, c),
             Command::Images(a) => image::images(&engine, a),
@@ -156,6 +169,16 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
                 .unwrap_or(engine_error_code)
         }
     }
+}
+
+/// Stdout for a tar stream; refused when it is a terminal, as Docker does.
+pub fn archive_stdout(what: &str) -> anyhow::Result<std::io::BufWriter<std::io::StdoutLock<'static>>> {
+    use std::io::IsTerminal;
+    let stdout = std::io::stdout();
+    if stdout.is_terminal() {
+        anyhow::bail!("cowardly refusing to {what} to a terminal. Use the -o flag or redirect");
+    }
+    Ok(std::io::BufWriter::new(stdout.lock()))
 }
 
 /// An error that has already been reported and carries its exit code.
