@@ -308,7 +308,8 @@ impl Store {
 
     /// Puts a verified image's blobs into the blob store and creates its layers.
     fn store_prepared(&self, image: &PreparedImage) -> Result<NewImage, StoreError> {
-        self.put_file(&image.config.path, &image.id)?;
+        // Layers first: they are the part whose diff IDs may still turn out wrong (compressed ones are
+        // only verified while decompressed), and a failure then leaves as little behind as possible.
         let mut layers: Vec<LayerRecord> = Vec::with_capacity(image.layers.len());
         let mut descriptors = Vec::with_capacity(image.layers.len());
         for layer in &image.layers {
@@ -343,6 +344,7 @@ impl Store {
             });
             layers.push(record);
         }
+        self.put_file(&image.config.path, &image.id)?;
         let manifest_digest = match &image.manifest {
             Some((digest, bytes)) => {
                 self.blobs().put(bytes.as_slice(), Some(digest))?;
