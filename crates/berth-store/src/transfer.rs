@@ -265,6 +265,7 @@ impl Store {
     /// and the spool directory is removed.
     pub fn load_images(&self, input: impl Read) -> Result<Vec<LoadedImage>, StoreError> {
         let spool = Spool::read(self, input)?;
+        check_blob_names(&spool)?;
         let prepared = if spool.files.contains_key(OCI_INDEX_FILE) {
             prepare_oci(&spool)?
         } else if spool.files.contains_key(DOCKER_MANIFEST_FILE) {
@@ -315,11 +316,24 @@ impl Store {
         for layer in &image.layers {
             let (blob_digest, size) = match &layer.blob {
                 LayerBlob::AsIs(digest) => {
-                    (digest.clone(), self.put_file(&layer.file.path, digest)?)
+                    let size = self.put_file(&layer.file.path, digest)?;
+                    // add_layer verifies the diff ID while unpacking, except for a layer it already has:
+                    // then this blob is checked here, unless it is the very blob that layer came from.
+                    if *digest != layer.diff_id
+                        && self
+                            .layer(&layer.diff_id)?
+                            .is_some_and(|known| known.blob_digest != *digest)
+                    {
+                        verify_decompressed(layer)?;
+                    }
+                    (digest.clone(), size)
                 }
                 LayerBlob::Uncompressed => {
                     let diff_id = &layer.diff_id;
                     let size = if self.blobs().contains(diff_id) {
+                        if layer.file.digest != *diff_id {
+                            verify_decompressed(layer)?;
+                        }
                         blob_size(self, diff_id)?
                     } else {
                         let file = File::open(&layer.file.path).ctx("open", &layer.file.path)?;
@@ -388,6 +402,27 @@ impl Store {
 fn blob_size(store: &Store, digest: &Digest) -> Result<u64, StoreError> {
     let path = store.blobs().path(digest);
     Ok(fs::metadata(&path).ctx("stat", &path)?.len())
+}
+
+/// Checks that a (compressed) layer file of the archive decompresses to its diff ID.
+fn verify_decompressed(layer: &PreparedLayer) -> Result<(), StoreError> {
+    let unreadable =
+        |e: &dyn std::fmt::Display| StoreError::InvalidImage(format!("layer {}: {e}", layer.name));
+    let file = File::open(&layer.file.path).ctx("open", &layer.file.path)?;
+    let (_, tar) = berth_archive::decompress(BufReader::new(file)).map_err(|e| unreadable(&e))?;
+    let mut hashed = DigestReader::new(tar);
+    io::copy(&mut hashed, &mut io::sink()).map_err(|e| unreadable(&e))?;
+    let (actual, _) = hashed.finish();
+    if actual != layer.diff_id {
+        return Err(layer_mismatch(
+            StoreError::DigestMismatch {
+                expected: layer.diff_id.to_string(),
+                actual: actual.to_string(),
+            },
+            &layer.name,
+        ));
+    }
+    Ok(())
 }
 
 /// Names the layer in a diff ID mismatch found while storing it.
@@ -802,6 +837,25 @@ fn parse_config(file: &SpooledFile, name: &str) -> Result<ImageConfig, StoreErro
         .map_err(|e| StoreError::InvalidImage(format!("image config {name} in the archive: {e}")))
 }
 
+/// Checks that every file under `blobs/sha256/` is named by its digest: one that is not makes the
+/// archive corrupt, whether an image uses it or not (both formats keep blobs there since Docker 25).
+fn check_blob_names(spool: &Spool) -> Result<(), StoreError> {
+    for (name, file) in &spool.files {
+        if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+            let named = Digest::parse(&format!("sha256:{hex}")).map_err(|_| {
+                StoreError::InvalidImage(format!("{name} in the archive is not named by a digest"))
+            })?;
+            if named != file.digest {
+                return Err(StoreError::InvalidImage(format!(
+                    "blob {name} does not match its digest: its content is {}",
+                    file.digest
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a layer file that is an uncompressed tar whose digest is not its diff ID; a compressed one is
 /// checked when it is decompressed into the store.
 fn check_uncompressed_layer(
@@ -886,20 +940,6 @@ fn prepare_docker(spool: &Spool) -> Result<Vec<PreparedImage>, StoreError> {
 
 /// An OCI image layout: `index.json` points at manifests (maybe through nested indexes) by digest.
 fn prepare_oci(spool: &Spool) -> Result<Vec<PreparedImage>, StoreError> {
-    // Blobs are named by their digest: one that is not is a corrupt archive, used or not.
-    for (name, file) in &spool.files {
-        if let Some(hex) = name.strip_prefix("blobs/sha256/") {
-            let named = Digest::parse(&format!("sha256:{hex}")).map_err(|_| {
-                StoreError::InvalidImage(format!("{name} in the archive is not named by a digest"))
-            })?;
-            if named != file.digest {
-                return Err(StoreError::InvalidImage(format!(
-                    "blob {name} does not match its digest: its content is {}",
-                    file.digest
-                )));
-            }
-        }
-    }
     let (index, _): (Index, _) = spool.json(OCI_INDEX_FILE, OCI_INDEX_FILE)?;
     let mut out = Vec::new();
     for descriptor in &index.manifests {
