@@ -580,6 +580,112 @@ fn nested_oci_index_picks_this_platform() {
 }
 
 #[test]
+fn known_layers_are_still_verified() {
+    // The store already has the busybox layer; archives bring a tampered gzip copy of it claiming the
+    // same diff ID. Neither a docker-archive nor an OCI layout may slip it in.
+    let b = Berth::with_busybox();
+    let saved = b.dir.path().join("saved.tar");
+    b.ok(&["save", "-o", p(&saved), "busybox"]);
+    let entries = read_tar(&std::fs::read(&saved).unwrap());
+    let layer = first_layer(&entries);
+    let mut tampered = entries
+        .iter()
+        .find(|e| e.name == layer)
+        .unwrap()
+        .data
+        .clone();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0xff;
+    let tampered_gz = gzip(&tampered);
+    b.ok(&["rmi", "busybox"]);
+    b.ok(&[
+        "import",
+        "-c",
+        r#"CMD ["sh"]"#,
+        p(common::busybox_tar()),
+        "keeper:1",
+    ]);
+
+    // docker-archive: manifest.json points at the gzip copy.
+    let mut docker: Vec<Entry> = entries
+        .iter()
+        .filter(|e| e.name != "index.json" && e.name != layer)
+        .cloned()
+        .collect();
+    {
+        let m = entry(&mut docker, "manifest.json");
+        let mut manifest: Value = serde_json::from_slice(&m.data).unwrap();
+        manifest[0]["Layers"] = serde_json::json!(["layer.tar.gz"]);
+        m.data = serde_json::to_vec(&manifest).unwrap();
+    }
+    docker.push(Entry::file("layer.tar.gz", &tampered_gz));
+
+    // OCI layout: a new manifest whose layer is the gzip copy.
+    let index: Value = serde_json::from_slice(
+        &entries
+            .iter()
+            .find(|e| e.name == "index.json")
+            .unwrap()
+            .data,
+    )
+    .unwrap();
+    let old_manifest_name = format!(
+        "blobs/sha256/{}",
+        &index["manifests"][0]["digest"].as_str().unwrap()[7..]
+    );
+    let mut manifest: Value = serde_json::from_slice(
+        &entries
+            .iter()
+            .find(|e| e.name == old_manifest_name)
+            .unwrap()
+            .data,
+    )
+    .unwrap();
+    let gz_hex = sha256_hex(&tampered_gz);
+    manifest["layers"][0] = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": format!("sha256:{gz_hex}"),
+        "size": tampered_gz.len(),
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let manifest_hex = sha256_hex(&manifest);
+    let mut oci: Vec<Entry> = entries
+        .iter()
+        .filter(|e| e.name != "manifest.json" && e.name != layer)
+        .cloned()
+        .collect();
+    {
+        let i = entry(&mut oci, "index.json");
+        let mut index = index.clone();
+        index["manifests"][0]["digest"] = format!("sha256:{manifest_hex}").into();
+        index["manifests"][0]["size"] = manifest.len().into();
+        i.data = serde_json::to_vec(&index).unwrap();
+    }
+    oci.push(Entry::file(&format!("blobs/sha256/{gz_hex}"), &tampered_gz));
+    oci.push(Entry::file(
+        &format!("blobs/sha256/{manifest_hex}"),
+        &manifest,
+    ));
+
+    for (what, archive) in [("docker-archive", docker), ("oci layout", oci)] {
+        let out = load_file(&b, &write_tar(&archive), "tampered.tar");
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains("does not match its diff ID"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert!(!b.ok(&["images"]).contains("busybox"), "{what}: tagged");
+    }
+    // The untampered archive still loads next to the existing layer.
+    assert_eq!(
+        b.ok(&["load", "-i", p(&saved)]),
+        "Loaded image: busybox:latest\n"
+    );
+    assert_tmp_clean(&b);
+}
+
+#[test]
 fn bad_archives_are_refused_and_add_nothing() {
     let b = Berth::empty();
     // A valid docker-archive (from skopeo) and a valid berth save to tamper with.
