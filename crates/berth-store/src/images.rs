@@ -191,6 +191,56 @@ impl Store {
         image: &NewImage,
         tags: &[Reference],
     ) -> Result<ImageRecord, StoreError> {
+        let mut records = self.add_images(&[(image, tags)])?;
+        records
+            .pop()
+            .ok_or_else(|| StoreError::ImageNotFound(image.config_digest.to_string()))
+    }
+
+    /// Records several images and their tags in one transaction: either all of them are added or, when any
+    /// of them is invalid, none. Tags move from any other image; a tag given twice ends on the later image.
+    pub(crate) fn add_images(
+        &self,
+        images: &[(&NewImage, &[Reference])],
+    ) -> Result<Vec<ImageRecord>, StoreError> {
+        let mut checked = Vec::with_capacity(images.len());
+        for (image, _) in images {
+            checked.push(self.check_new_image(image)?);
+        }
+        let tx = self.write_transaction()?;
+        let now = chrono::Utc::now().timestamp();
+        for ((image, tags), (config_text, size)) in images.iter().zip(&checked) {
+            tx.execute(
+                "INSERT INTO images (id, manifest_digest, config, size, added) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id) DO UPDATE SET manifest_digest = excluded.manifest_digest",
+                params![
+                    image.config_digest.as_str(),
+                    image.manifest_digest.as_str(),
+                    config_text,
+                    *size as i64,
+                    now
+                ],
+            )?;
+            for tag in *tags {
+                tx.execute(
+                    "INSERT INTO tags (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+                    params![tag.to_string(), image.config_digest.as_str()],
+                )?;
+            }
+        }
+        tx.commit()?;
+        images
+            .iter()
+            .map(|(image, _)| {
+                self.image_by_id(&image.config_digest)?
+                    .ok_or_else(|| StoreError::ImageNotFound(image.config_digest.to_string()))
+            })
+            .collect()
+    }
+
+    /// Checks that a new image's config and manifest are stored and parse, and that its layers are the
+    /// config's; returns the config text and the image size for its record.
+    fn check_new_image(&self, image: &NewImage) -> Result<(String, u64), StoreError> {
         let config_bytes = self.blobs.read(&image.config_digest)?;
         let config: ImageConfig = serde_json::from_slice(&config_bytes)
             .map_err(|e| StoreError::InvalidImage(format!("image config: {e}")))?;
@@ -210,28 +260,7 @@ impl Store {
             ));
         }
         let size: u64 = image.layers.iter().map(|l| l.size).sum();
-        let config_text = String::from_utf8_lossy(&config_bytes).into_owned();
-        let tx = self.write_transaction()?;
-        tx.execute(
-            "INSERT INTO images (id, manifest_digest, config, size, added) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(id) DO UPDATE SET manifest_digest = excluded.manifest_digest",
-            params![
-                image.config_digest.as_str(),
-                image.manifest_digest.as_str(),
-                config_text,
-                size as i64,
-                chrono::Utc::now().timestamp()
-            ],
-        )?;
-        for tag in tags {
-            tx.execute(
-                "INSERT INTO tags (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
-                params![tag.to_string(), image.config_digest.as_str()],
-            )?;
-        }
-        tx.commit()?;
-        self.image_by_id(&image.config_digest)?
-            .ok_or_else(|| StoreError::ImageNotFound(image.config_digest.to_string()))
+        Ok((String::from_utf8_lossy(&config_bytes).into_owned(), size))
     }
 
     /// All images, newest first.

@@ -17,6 +17,7 @@ mod images;
 pub mod import;
 pub mod reference;
 pub mod snapshot;
+pub mod transfer;
 mod volumes;
 
 use std::fs::{self, File};
@@ -31,6 +32,7 @@ pub use error::StoreError;
 pub use images::{ImageRecord, LayerRecord, NewImage, RemovedImage};
 pub use reference::Reference;
 pub use snapshot::Snapshotter;
+pub use transfer::LoadedImage;
 pub use volumes::VolumeRecord;
 
 use error::IoContext;

@@ -1,7 +1,8 @@
-//! Image commands: images, import, tag, rmi, history, image inspect/prune.
+//! Image commands: images, import, save, load, tag, rmi, history, image inspect/prune.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use berth_runtime::Engine;
@@ -53,6 +54,28 @@ pub struct ImportArgs {
     file: String,
     /// Repository[:tag] for the image
     reference: Option<String>,
+}
+
+/// `save` flags.
+#[derive(Args)]
+pub struct SaveArgs {
+    /// Write to a file, instead of STDOUT
+    #[arg(short = 'o', long)]
+    output: Option<PathBuf>,
+    /// Images to save (names, name:tag or IDs)
+    #[arg(required = true)]
+    images: Vec<String>,
+}
+
+/// `load` flags.
+#[derive(Args)]
+pub struct LoadArgs {
+    /// Read from tar archive file, instead of STDIN
+    #[arg(short = 'i', long)]
+    input: Option<PathBuf>,
+    /// Suppress the load output (there is no progress output; the loaded images are still listed)
+    #[arg(short = 'q', long)]
+    quiet: bool,
 }
 
 /// `tag` arguments.
@@ -136,6 +159,10 @@ pub enum ImageCommand {
     Prune(ImagePruneArgs),
     /// Import a tarball
     Import(ImportArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save(SaveArgs),
+    /// Load an image from a tar archive or STDIN
+    Load(LoadArgs),
     /// Tag an image
     Tag(TagArgs),
     /// Show the history of an image
@@ -149,6 +176,8 @@ pub fn image_command(engine: &Engine, command: ImageCommand) -> anyhow::Result<i
         ImageCommand::Rm(a) => rmi(engine, a),
         ImageCommand::Prune(a) => prune(engine, a),
         ImageCommand::Import(a) => import(engine, a),
+        ImageCommand::Save(a) => save(engine, a),
+        ImageCommand::Load(a) => load(engine, a),
         ImageCommand::Tag(a) => tag(engine, a),
         ImageCommand::History(a) => history(engine, a),
     }
@@ -296,6 +325,104 @@ pub fn import(engine: &Engine, args: ImportArgs) -> anyhow::Result<i32> {
             .store()
             .import_rootfs(reader, &args.change, args.message.as_deref(), &tags)?;
     println!("{}", image.id);
+    Ok(0)
+}
+
+pub fn save(engine: &Engine, args: SaveArgs) -> anyhow::Result<i32> {
+    let what = args.images.join(", ");
+    match &args.output {
+        Some(path) => write_atomically(path, |file| {
+            engine
+                .store()
+                .save_images(&args.images, std::io::BufWriter::new(file))
+                .with_context(|| format!("save {what}"))
+        })?,
+        None => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                anyhow::bail!(
+                    "cowardly refusing to save to a terminal. Use the -o flag or redirect"
+                );
+            }
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            engine
+                .store()
+                .save_images(&args.images, &mut out)
+                .with_context(|| format!("save {what}"))?;
+            out.flush().context("write to stdout")?;
+        }
+    }
+    Ok(0)
+}
+
+/// Writes `path` through a temporary file beside it, renamed over it only once `write` succeeded, so a
+/// failed save never leaves a truncated archive (nor clobbers an existing file).
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("invalid output path {}", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        berth_store::random_hex(6)
+    ));
+    let mut file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    let result = write(&mut file)
+        .and_then(|()| {
+            file.sync_all()
+                .with_context(|| format!("write {}", tmp.display()))
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub fn load(engine: &Engine, args: LoadArgs) -> anyhow::Result<i32> {
+    let loaded = match &args.input {
+        Some(path) => {
+            let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+            engine
+                .store()
+                .load_images(std::io::BufReader::new(file))
+                .with_context(|| format!("load {}", path.display()))?
+        }
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                anyhow::bail!("requested load from stdin, but stdin is empty");
+            }
+            engine
+                .store()
+                .load_images(stdin.lock())
+                .context("load from stdin")?
+        }
+    };
+    // `docker load -q` only drops the progress bars; the loaded images are printed either way.
+    let _ = args.quiet;
+    for image in loaded {
+        if image.tags.is_empty() {
+            println!("Loaded image ID: {}", image.id);
+        }
+        for tag in &image.tags {
+            println!("Loaded image: {}", tag.familiar());
+        }
+    }
     Ok(0)
 }
 

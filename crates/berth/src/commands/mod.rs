@@ -68,6 +68,10 @@ pub enum Command {
     Images(image::ImagesArgs),
     /// Import the contents from a tarball to create a filesystem image
     Import(image::ImportArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save(image::SaveArgs),
+    /// Load an image from a tar archive or STDIN
+    Load(image::LoadArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag(image::TagArgs),
     /// Remove one or more images
@@ -142,6 +146,8 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::Container(c) => container::container_command(&engine, c),
             Command::Images(a) => image::images(&engine, a),
             Command::Import(a) => image::import(&engine, a),
+            Command::Save(a) => image::save(&engine, a),
+            Command::Load(a) => image::load(&engine, a),
             Command::Tag(a) => image::tag(&engine, a),
             Command::Rmi(a) => image::rmi(&engine, a),
             Command::History(a) => image::history(&engine, a),
