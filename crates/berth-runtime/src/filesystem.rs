@@ -46,7 +46,10 @@ impl ContainerRoot<'_> {
             }
             let dest = Path::new(&m.destination);
             if let Ok(rest) = clean.strip_prefix(dest) {
-                if best.as_ref().is_none_or(|(d, _)| dest.as_os_str().len() > d.as_os_str().len()) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(d, _)| dest.as_os_str().len() > d.as_os_str().len())
+                {
                     best = Some((dest, Path::new("/").join(rest)));
                 }
             }
@@ -216,14 +219,16 @@ impl Engine {
             .open(&lock_path)
             .map_err(|e| io_err(lock_path.display(), e))?;
         #[allow(deprecated)]
-        nix::fcntl::flock(lock.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-            |_| {
-                RuntimeError::InvalidOption(format!(
-                    "container {} is being started or used; try again",
-                    record.id
-                ))
-            },
-        )?;
+        nix::fcntl::flock(
+            lock.as_raw_fd(),
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        )
+        .map_err(|_| {
+            RuntimeError::InvalidOption(format!(
+                "container {} is being started or used; try again",
+                record.id
+            ))
+        })?;
         let path = snapshots.mount_container(&record.id, &record.layers)?;
         Ok(ContainerRoot {
             engine: self,
@@ -251,18 +256,31 @@ impl Engine {
     ) -> Result<(), RuntimeError> {
         let root = self.container_root(name_or_id)?;
         let (src_root, mut src_path) = root.locate(Path::new(src));
-        let resolved = crate::rootfs::resolve_in_root(&src_root, &src_path)
-            .map_err(|e| io_err(src, e))?;
-        let meta = fs::symlink_metadata(&resolved).map_err(|_| {
+        let missing = || {
             RuntimeError::InvalidOption(format!(
                 "Could not find the file {src} in container {name_or_id}"
             ))
-        })?;
-        if follow_link && meta.file_type().is_symlink() {
+        };
+        // What is at the path itself (a symlink stays one), and what it leads to inside the root.
+        let resolved =
+            crate::rootfs::resolve_in_root(&src_root, &src_path).map_err(|e| io_err(src, e))?;
+        let at_path = match (src_path.parent(), src_path.file_name()) {
+            (Some(parent), Some(name)) => crate::rootfs::resolve_in_root(&src_root, parent)
+                .map_err(|e| io_err(src, e))?
+                .join(name),
+            _ => src_root.clone(),
+        };
+        let link_meta = fs::symlink_metadata(&at_path).map_err(|_| missing())?;
+        let is_dir = if follow_link || !link_meta.file_type().is_symlink() {
+            fs::symlink_metadata(&resolved)
+                .map_err(|_| missing())?
+                .is_dir()
+        } else {
+            false
+        };
+        if follow_link {
             src_path = Path::new("/").join(resolved.strip_prefix(&src_root).unwrap_or(&resolved));
         }
-        let is_dir = fs::metadata(&resolved).is_ok_and(|m| m.is_dir())
-            && (follow_link || !meta.file_type().is_symlink());
         let source = SourceKind {
             is_dir,
             contents_only: src.ends_with("/.") && is_dir,
@@ -285,14 +303,21 @@ impl Engine {
                 }
                 pipe_through(
                     |w| {
-                        berth_archive::write_path_in_root_as(&src_root, &src_path, top.as_deref(), w)
-                            .map(drop)
-                            .map_err(|e| RuntimeError::Io(format!("copy {src}: {e}")))
+                        berth_archive::write_path_in_root_as(
+                            &src_root,
+                            &src_path,
+                            top.as_deref(),
+                            w,
+                        )
+                        .map(drop)
+                        .map_err(|e| RuntimeError::Io(format!("copy {src}: {e}")))
                     },
                     |r| {
                         berth_archive::unpack_in_root(r, &dir, Path::new("/"), &unpack_options())
                             .map(drop)
-                            .map_err(|e| RuntimeError::Io(format!("copy to {}: {e}", dir.display())))
+                            .map_err(|e| {
+                                RuntimeError::Io(format!("copy to {}: {e}", dir.display()))
+                            })
                     },
                 )
             }
@@ -310,8 +335,8 @@ impl Engine {
     ) -> Result<(), RuntimeError> {
         let root = self.container_root(name_or_id)?;
         let (dest_root, dest_path) = root.locate(Path::new(dest));
-        let resolved = crate::rootfs::resolve_in_root(&dest_root, &dest_path)
-            .map_err(|e| io_err(dest, e))?;
+        let resolved =
+            crate::rootfs::resolve_in_root(&dest_root, &dest_path).map_err(|e| io_err(dest, e))?;
         let dest_meta = fs::metadata(&resolved).ok();
         let Some(src) = src else {
             if !dest_meta.as_ref().is_some_and(|m| m.is_dir()) {
@@ -382,8 +407,35 @@ impl Engine {
         let record = self.container(name_or_id)?;
         let snapshots = self.store().snapshots();
         let lowers = snapshots.lower_dirs(&record.layers);
-        berth_archive::changes(&snapshots.upper_dir(&record.id), &lowers)
-            .map_err(|e| RuntimeError::Io(format!("diff: {e}")))
+        let changes = berth_archive::changes(&snapshots.upper_dir(&record.id), &lowers)
+            .map_err(|e| RuntimeError::Io(format!("diff: {e}")))?;
+        // The mount points the runtime itself creates are not the container's changes (Docker keeps
+        // them in a hidden init layer).
+        const RUNTIME_MADE: [&str; 6] = [
+            "/dev",
+            "/proc",
+            "/sys",
+            "/etc/hosts",
+            "/etc/hostname",
+            "/etc/resolv.conf",
+        ];
+        let (hidden, kept): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(|c| {
+            c.kind == berth_archive::ChangeKind::Added
+                && RUNTIME_MADE.iter().any(|p| c.path == Path::new(p))
+        });
+        // A directory shown modified only because of those entries (`/etc`) is not a change either.
+        let only_hidden_below = |c: &Change| {
+            c.kind == berth_archive::ChangeKind::Modified
+                && hidden.iter().any(|h| h.path.starts_with(&c.path))
+                && !kept
+                    .iter()
+                    .any(|k| k.path != c.path && k.path.starts_with(&c.path))
+        };
+        Ok(kept
+            .iter()
+            .filter(|c| !only_hidden_below(c))
+            .cloned()
+            .collect())
     }
 
     /// `commit`: the container's upper dir becomes a new layer on top of its image's, with the

@@ -84,7 +84,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 
 /// A `--format` template in Go's text/template subset that Docker users write: `{{.Field}}`,
 /// `{{.A.B}}`, `{{json .}}`, `{{json .Field}}`, `{{index .Labels "k"}}`, `{{upper .X}}`, `{{lower .X}}`,
-/// `{{.X | json}}`, and a leading `table` for a header row. `\t` and `\n` escapes are honoured.
+/// `{{len .X}}`, `{{.X | json}}`, and a leading `table` for a header row. `\t` and `\n` escapes are honoured.
 pub struct Template {
     parts: Vec<Part>,
     /// Whether it started with `table`.
@@ -148,6 +148,12 @@ impl Template {
                         Some("json") => serde_json::to_string(&v).unwrap_or_default(),
                         Some("upper") => to_text(&v).to_uppercase(),
                         Some("lower") => to_text(&v).to_lowercase(),
+                        Some("len") => match &v {
+                            Value::Array(a) => a.len().to_string(),
+                            Value::Object(o) => o.len().to_string(),
+                            Value::String(s) => s.len().to_string(),
+                            _ => "0".to_string(),
+                        },
                         _ => to_text(&v),
                     };
                     out.push_str(&text);
@@ -178,7 +184,9 @@ fn parse_action(inner: &str) -> anyhow::Result<Action> {
     let words: Vec<&str> = inner.split_whitespace().collect();
     let (func, path_word, arg) = match words.as_slice() {
         [path] if path.starts_with('.') => (piped, *path, None),
-        [f @ ("json" | "upper" | "lower" | "println"), path] => (Some(f.to_string()), *path, None),
+        [f @ ("json" | "upper" | "lower" | "println" | "len"), path] => {
+            (Some(f.to_string()), *path, None)
+        }
         ["index", path, key] => (
             Some("index".to_string()),
             *path,

@@ -10,7 +10,7 @@ use berth_runtime::Engine;
 use berth_store::Reference;
 use clap::Args;
 
-use super::archive_stdout;
+use super::{archive_stdout, write_atomically};
 
 /// `cp` flags.
 #[derive(Args)]
@@ -114,7 +114,10 @@ pub fn cp(engine: &Engine, args: CpArgs) -> anyhow::Result<i32> {
         }
         ((None, src), (Some(container), path)) => {
             if path.is_empty() {
-                bail!("invalid destination path: empty path in {}", args.destination);
+                bail!(
+                    "invalid destination path: empty path in {}",
+                    args.destination
+                );
             }
             let mut stdin = std::io::stdin().lock();
             let source = (src != "-").then(|| Path::new(src));
@@ -126,14 +129,12 @@ pub fn cp(engine: &Engine, args: CpArgs) -> anyhow::Result<i32> {
 
 pub fn export(engine: &Engine, args: ExportArgs) -> anyhow::Result<i32> {
     match &args.output {
-        Some(file) => {
-            let path = Path::new(file);
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-            let tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))
-                .with_context(|| format!("create {file}"))?;
-            engine.export(&args.container, std::io::BufWriter::new(tmp.as_file()))?;
-            tmp.persist(path).with_context(|| format!("write {file}"))?;
-        }
+        Some(file) => write_atomically(Path::new(file), |f| {
+            let mut out = std::io::BufWriter::new(f);
+            engine.export(&args.container, &mut out)?;
+            out.flush().context("write")?;
+            Ok(())
+        })?,
         None => {
             let mut out = archive_stdout("export")?;
             engine.export(&args.container, &mut out)?;

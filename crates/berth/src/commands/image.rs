@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use berth_runtime::Engine;
@@ -11,6 +11,7 @@ use berth_store::{ImageRecord, Reference, RemovedImage};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use super::{archive_stdout, write_atomically};
 use crate::format::{human_duration, human_size, print_rows};
 
 /// `images` flags.
@@ -338,13 +339,7 @@ pub fn save(engine: &Engine, args: SaveArgs) -> anyhow::Result<i32> {
                 .with_context(|| format!("save {what}"))
         })?,
         None => {
-            let stdout = std::io::stdout();
-            if stdout.is_terminal() {
-                anyhow::bail!(
-                    "cowardly refusing to save to a terminal. Use the -o flag or redirect"
-                );
-            }
-            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut out = archive_stdout("save")?;
             engine
                 .store()
                 .save_images(&args.images, &mut out)
@@ -357,42 +352,6 @@ pub fn save(engine: &Engine, args: SaveArgs) -> anyhow::Result<i32> {
 
 /// Writes `path` through a temporary file beside it, renamed over it only once `write` succeeded, so a
 /// failed save never leaves a truncated archive (nor clobbers an existing file).
-fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut File) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("invalid output path {}", path.display()))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        berth_store::random_hex(6)
-    ));
-    let mut file = File::options()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .with_context(|| format!("create {}", tmp.display()))?;
-    let result = write(&mut file)
-        .and_then(|()| {
-            file.sync_all()
-                .with_context(|| format!("write {}", tmp.display()))
-        })
-        .and_then(|()| {
-            std::fs::rename(&tmp, path)
-                .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))
-        });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 pub fn load(engine: &Engine, args: LoadArgs) -> anyhow::Result<i32> {
     let loaded = match &args.input {
         Some(path) => {

@@ -6,7 +6,10 @@ mod image;
 mod system;
 mod volume;
 
+use std::fs::File;
 use std::path::Path;
+
+use anyhow::Context;
 
 use berth_runtime::{Engine, RuntimeError};
 use clap::Subcommand;
@@ -178,13 +181,53 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
 }
 
 /// Stdout for a tar stream; refused when it is a terminal, as Docker does.
-pub fn archive_stdout(what: &str) -> anyhow::Result<std::io::BufWriter<std::io::StdoutLock<'static>>> {
+pub fn archive_stdout(
+    what: &str,
+) -> anyhow::Result<std::io::BufWriter<std::io::StdoutLock<'static>>> {
     use std::io::IsTerminal;
     let stdout = std::io::stdout();
     if stdout.is_terminal() {
         anyhow::bail!("cowardly refusing to {what} to a terminal. Use the -o flag or redirect");
     }
     Ok(std::io::BufWriter::new(stdout.lock()))
+}
+
+/// Writes a file through a temporary file beside it, renamed into place only when `write` succeeded:
+/// a failed `save -o`/`export -o` leaves nothing behind and never clobbers an existing file.
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("invalid output path {}", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        berth_store::random_hex(6)
+    ));
+    let mut file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    let result = write(&mut file)
+        .and_then(|()| {
+            file.sync_all()
+                .with_context(|| format!("write {}", tmp.display()))
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// An error that has already been reported and carries its exit code.
