@@ -78,6 +78,8 @@ struct Plan {
     /// The caller's terminal size, given to the new pty before the process starts.
     window: Option<libc::winsize>,
     stdin: Option<OwnedFd>,
+    /// Where stdout and stderr go instead of the caller's (a healthcheck's capture pipe).
+    output: Option<OwnedFd>,
     quiet: bool,
 }
 
@@ -116,6 +118,26 @@ impl Engine {
             wait_proxying_signals(child.pid).map(ExecEnd::Exited)
         }
     }
+}
+
+/// Starts a healthcheck probe in a running container with stdout and stderr on `output`; the caller
+/// (the monitor, a subreaper) reaps it.
+pub(crate) fn spawn_probe(
+    engine: &Engine,
+    id: &str,
+    container_pid: Pid,
+    cmd: &[String],
+    output: OwnedFd,
+) -> Result<Pid, RuntimeError> {
+    let spec_path = engine.run_dir(id).join("config.json");
+    let spec = Spec::load(&spec_path).map_err(|e| io_err(spec_path.display(), e))?;
+    let options = ExecOptions {
+        cmd: cmd.to_vec(),
+        ..ExecOptions::default()
+    };
+    let mut plan = plan(&spec, container_pid.as_raw(), &options)?;
+    plan.output = Some(output);
+    Ok(spawn(plan)?.pid)
 }
 
 fn cstring(s: &str) -> Result<CString, RuntimeError> {
@@ -267,6 +289,7 @@ fn plan(spec: &Spec, pid: i32, options: &ExecOptions) -> Result<Plan, RuntimeErr
             .then(|| crate::session::window_size(0))
             .flatten(),
         stdin,
+        output: None,
         quiet: options.detach,
     })
 }
@@ -458,7 +481,11 @@ fn prepare_and_exec(
         if let Some(stdin) = &plan.stdin {
             nix::unistd::dup2(stdin.as_raw_fd(), 0).map_err(|e| fail("dup2", &e))?;
         }
-        if plan.quiet {
+        if let Some(output) = &plan.output {
+            for fd in 1..3 {
+                nix::unistd::dup2(output.as_raw_fd(), fd).map_err(|e| fail("dup2", &e))?;
+            }
+        } else if plan.quiet {
             let null = File::options()
                 .write(true)
                 .open("/dev/null")
@@ -471,8 +498,19 @@ fn prepare_and_exec(
     if plan.quiet {
         let _ = nix::unistd::setsid();
     }
-    // Signals the CLI blocked for its signalfd must not stay blocked in the new process.
+    // Signals the caller blocked for its signalfd, or ignored (the monitor does), must not stay so in
+    // the new process: both survive exec.
     let _ = SigSet::all().thread_unblock();
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGQUIT,
+        Signal::SIGPIPE,
+    ] {
+        // SAFETY: SIG_DFL installs no handler code.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+    }
 
     let syscall = libcontainer::syscall::syscall::create_syscall();
     let gids: Vec<nix::unistd::Gid> = plan

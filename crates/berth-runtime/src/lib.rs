@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod filesystem;
+mod health;
 pub mod logs;
 pub mod monitor;
 mod names;

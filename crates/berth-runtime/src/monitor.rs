@@ -467,12 +467,14 @@ fn run_once(
                 r.state.exit_code = 0;
                 r.state.error.clear();
                 r.state.started_at = berth_store::now_rfc3339();
+                r.state.health = crate::health::initial_health(r.config.healthcheck.as_ref());
                 Ok::<(), ()>(())
             })?
             .map_err(|_| RuntimeError::Io("update".into()))?;
         if first {
             status.send(&MonitorEvent::Started(pid));
         }
+        let mut prober = crate::health::Prober::new(record.config.healthcheck.as_ref());
         let exit_code = pump(
             Pid::from_raw(pid),
             &mut io,
@@ -480,6 +482,11 @@ fn run_once(
             attachments,
             status,
             record.config.tty,
+            Health {
+                prober: &mut prober,
+                engine,
+                record,
+            },
         )?;
         let _ = log.finish();
         let oom_killed = crate::cgroup::oom_kills(id) > 0;
@@ -559,12 +566,13 @@ fn pump(
     attachments: &mut Attachments,
     status: &mut StatusPipe,
     tty: bool,
+    health: Health<'_>,
 ) -> Result<i32, RuntimeError> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.add(Signal::SIGWINCH);
     mask.thread_block().map_err(|e| io_err("sigprocmask", e))?;
-    let result = pump_blocked(pid, io, log, attachments, status, tty, &mask);
+    let result = pump_blocked(pid, io, log, attachments, status, tty, &mask, health);
     let _ = mask.thread_unblock();
     result
 }
@@ -578,6 +586,14 @@ enum Slot {
     Input(usize),
     Control(usize),
     Listener,
+    Probe,
+}
+
+/// The healthcheck side of the pump loop.
+struct Health<'a> {
+    prober: &'a mut Option<crate::health::Prober>,
+    engine: &'a Engine,
+    record: &'a ContainerRecord,
 }
 
 fn pump_blocked(
@@ -588,11 +604,30 @@ fn pump_blocked(
     status: &mut StatusPipe,
     tty: bool,
     mask: &SigSet,
+    mut health: Health<'_>,
+) -> Result<i32, RuntimeError> {
+    let result = pump_loop(pid, io, log, attachments, status, tty, mask, &mut health);
+    if let Some(prober) = health.prober.as_mut() {
+        prober.abort();
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pump_loop(
+    pid: Pid,
+    io: &mut ContainerIo,
+    log: &mut JsonLogWriter,
+    attachments: &mut Attachments,
+    status: &mut StatusPipe,
+    tty: bool,
+    mask: &SigSet,
+    health: &mut Health<'_>,
 ) -> Result<i32, RuntimeError> {
     let sfd = SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| io_err("signalfd", e))?;
     let mut buf = vec![0u8; 128 * 1024];
-    let mut exit: Option<i32> = reap(pid);
+    let mut exit: Option<i32> = reap(pid, health.prober.as_mut());
     let mut out_open = true;
     let mut err_open = io.err.is_some();
     let mut drain_deadline: Option<Instant> = None;
@@ -608,8 +643,20 @@ fn pump_blocked(
             }
         }
         let _ = log.flush();
+        if exit.is_none() {
+            if let Some(prober) = health.prober.as_mut() {
+                prober.tick(health.engine, health.record, pid);
+            }
+        }
         let timeout = if exit.is_some() {
             PollTimeout::from(100u16)
+        } else if let Some(prober) = health.prober.as_ref() {
+            let ms = prober
+                .wake_at()
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .clamp(1, 60_000);
+            PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::NONE)
         } else {
             PollTimeout::NONE
         };
@@ -642,6 +689,10 @@ fn pump_blocked(
             slots.push(Slot::Listener);
             fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
         }
+        if let Some(probe_output) = health.prober.as_ref().and_then(|p| p.output_fd()) {
+            slots.push(Slot::Probe);
+            fds.push(PollFd::new(probe_output, PollFlags::POLLIN));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
@@ -666,7 +717,7 @@ fn pump_blocked(
                         }
                     }
                     if exit.is_none() {
-                        exit = reap(pid);
+                        exit = reap(pid, health.prober.as_mut());
                     }
                 }
                 Slot::Out | Slot::Err => {
@@ -737,6 +788,11 @@ fn pump_blocked(
                         copy_window_size(a.output.as_raw_fd(), io.out.as_raw_fd());
                     }
                 }
+                Slot::Probe => {
+                    if let Some(prober) = health.prober.as_mut() {
+                        prober.read_output();
+                    }
+                }
                 Slot::Listener => {
                     while let Some(Ok((stream, _))) =
                         attachments.listener.as_ref().map(|l| l.accept())
@@ -761,8 +817,9 @@ fn pump_blocked(
     Ok(code)
 }
 
-/// Reaps children; returns the container's exit status once it has exited.
-fn reap(pid: Pid) -> Option<i32> {
+/// Reaps children (the container's init, healthcheck probes, anything reparented to us); returns the
+/// container's exit status once it has exited, and hands a probe's status to its prober.
+fn reap(pid: Pid, mut prober: Option<&mut crate::health::Prober>) -> Option<i32> {
     let mut found = None;
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -770,6 +827,12 @@ fn reap(pid: Pid) -> Option<i32> {
             Ok(status) => {
                 if status.pid() == Some(pid) {
                     found = decode_status(status);
+                } else if let Some(p) = prober.as_deref_mut() {
+                    if status.pid().is_some() && status.pid() == p.pid() {
+                        if let Some(code) = decode_status(status) {
+                            p.exited(code);
+                        }
+                    }
                 }
             }
         }

@@ -150,6 +150,31 @@ pub struct SpecPaths<'a> {
     pub files: &'a Path,
 }
 
+/// Where `--init`'s init is mounted in the container (Docker's path).
+pub const INIT_PATH: &str = "/sbin/docker-init";
+
+/// The static init binary for `--init`: `BERTH_INIT` if set, else Debian's `tini-static` (package
+/// `tini`) or an installed `docker-init`. It must be static: it runs inside the container's rootfs.
+fn init_binary() -> Result<PathBuf, RuntimeError> {
+    let candidates: Vec<PathBuf> = match std::env::var_os("BERTH_INIT") {
+        Some(path) => vec![PathBuf::from(path)],
+        None => [
+            "/usr/bin/tini-static",
+            "/usr/libexec/docker/docker-init",
+            "/usr/bin/docker-init",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect(),
+    };
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        RuntimeError::InvalidOption(
+            "--init needs a static init binary: install tini (apt-get install tini) or set BERTH_INIT"
+                .into(),
+        )
+    })
+}
+
 /// The process arguments: entrypoint then command, as Docker combines them at create.
 pub fn process_args(record: &ContainerRecord) -> Vec<String> {
     let mut args = record.config.entrypoint.clone().unwrap_or_default();
@@ -161,10 +186,17 @@ pub fn process_args(record: &ContainerRecord) -> Vec<String> {
 pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Value, RuntimeError> {
     let config = &record.config;
     let hc = &record.host_config;
-    let args = process_args(record);
+    let mut args = process_args(record);
     if args.is_empty() {
         return Err(RuntimeError::NoCommand);
     }
+    let init = if hc.init {
+        let binary = init_binary()?;
+        args.splice(0..0, [INIT_PATH.to_string(), "--".to_string()]);
+        Some(binary)
+    } else {
+        None
+    };
     let user = resolve_user(paths.rootfs, &config.user)?;
     let mut env = config.env.clone();
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
@@ -240,6 +272,9 @@ pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Val
     }
     for m in &record.mounts {
         mounts.push(mount_json(m));
+    }
+    if let Some(binary) = init {
+        mounts.push(json!({"destination": INIT_PATH, "type": "bind", "source": binary, "options": ["bind", "ro", "nosuid", "nodev"]}));
     }
 
     let mut namespaces = vec![

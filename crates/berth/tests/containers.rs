@@ -415,3 +415,112 @@ fn a_killed_monitor_leaves_an_exited_container_not_a_ghost() {
     let again = b.ok(&["run", "--rm", "busybox", "echo", "ok"]);
     assert_eq!(again, "ok\n");
 }
+
+#[test]
+fn healthchecks_go_starting_unhealthy_healthy_and_time_out() {
+    let b = Berth::with_busybox();
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hc1",
+        "--health-cmd",
+        "test -f /tmp/ok && echo fine",
+        "--health-interval",
+        "100ms",
+        "--health-retries",
+        "2",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hc2",
+        "--health-cmd",
+        "sleep 30",
+        "--health-timeout",
+        "200ms",
+        "--health-interval",
+        "100ms",
+        "--health-retries",
+        "1",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    b.ok(&["run", "-d", "--name", "hc3", "busybox", "sleep", "300"]);
+    let status = |name: &str| b.ok(&["inspect", "-f", "{{.State.Health.Status}}", name]);
+    let wait_for = |name: &str, want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if status(name).trim() == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never became {want}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for("hc1", "unhealthy");
+    assert!(b
+        .ok(&["ps", "--filter", "name=hc1"])
+        .contains("(unhealthy)"));
+    b.ok(&["exec", "hc1", "touch", "/tmp/ok"]);
+    wait_for("hc1", "healthy");
+    let log = b.ok(&["inspect", "-f", "{{json .State.Health}}", "hc1"]);
+    let health: serde_json::Value = serde_json::from_str(&log).unwrap();
+    assert_eq!(health["FailingStreak"], 0);
+    let entries = health["Log"].as_array().unwrap();
+    assert!(entries.len() <= 5);
+    let last = entries.last().unwrap();
+    assert_eq!(
+        (last["ExitCode"].as_i64(), last["Output"].as_str()),
+        (Some(0), Some("fine\n"))
+    );
+    // A probe over its timeout is killed and counted as failed.
+    wait_for("hc2", "unhealthy");
+    let log = b.ok(&["inspect", "-f", "{{json .State.Health.Log}}", "hc2"]);
+    assert!(
+        log.contains("Health check exceeded timeout (200ms)"),
+        "{log}"
+    );
+    // No healthcheck: no Health at all.
+    assert_eq!(
+        b.ok(&["inspect", "-f", "{{json .State.Health}}", "hc3"]),
+        "null\n"
+    );
+}
+
+#[test]
+fn init_runs_as_pid_1_and_forwards_signals() {
+    let b = Berth::with_busybox();
+    let out = b.run(&[
+        "run",
+        "--rm",
+        "--init",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stdout(&out).starts_with("/sbin/docker-init -- sh -c"),
+        "{}",
+        stdout(&out)
+    );
+    // A `sleep` as the child of an init stops at SIGTERM instead of waiting out the stop timeout.
+    b.ok(&[
+        "run", "-d", "--init", "--name", "in1", "busybox", "sleep", "300",
+    ]);
+    b.ok(&["stop", "-t", "30", "in1"]);
+    assert_eq!(
+        b.ok(&["inspect", "-f", "{{.State.ExitCode}}", "in1"]),
+        "143\n"
+    );
+}
