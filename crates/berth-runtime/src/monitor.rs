@@ -566,13 +566,16 @@ fn pump(
     attachments: &mut Attachments,
     status: &mut StatusPipe,
     tty: bool,
-    health: Health<'_>,
+    mut health: Health<'_>,
 ) -> Result<i32, RuntimeError> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.add(Signal::SIGWINCH);
     mask.thread_block().map_err(|e| io_err("sigprocmask", e))?;
-    let result = pump_blocked(pid, io, log, attachments, status, tty, &mask, health);
+    let result = pump_loop(pid, io, log, attachments, status, tty, &mask, &mut health);
+    if let Some(prober) = health.prober.as_mut() {
+        prober.abort();
+    }
     let _ = mask.thread_unblock();
     result
 }
@@ -594,23 +597,6 @@ struct Health<'a> {
     prober: &'a mut Option<crate::health::Prober>,
     engine: &'a Engine,
     record: &'a ContainerRecord,
-}
-
-fn pump_blocked(
-    pid: Pid,
-    io: &mut ContainerIo,
-    log: &mut JsonLogWriter,
-    attachments: &mut Attachments,
-    status: &mut StatusPipe,
-    tty: bool,
-    mask: &SigSet,
-    mut health: Health<'_>,
-) -> Result<i32, RuntimeError> {
-    let result = pump_loop(pid, io, log, attachments, status, tty, mask, &mut health);
-    if let Some(prober) = health.prober.as_mut() {
-        prober.abort();
-    }
-    result
 }
 
 #[allow(clippy::too_many_arguments)]
