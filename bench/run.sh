@@ -34,11 +34,14 @@ e=$(date +%s%N)
 running=$($B ps -q | wc -l)
 echo "berth: $(( (e - s) / 1000000 )) ms, running: $running/100"
 
-echo "== monitor RSS per running container (KiB, median)"
+echo "== monitor memory per running container (KiB, median over 100 monitors)"
+monitors=()
 for id in $($B ps -q --no-trunc); do
-  pid=$($B inspect -f '{{.State.Pid}}' "$id"); ppid=$(awk '{print $4}' /proc/$pid/stat)
-  awk '/VmRSS/ {print $2}' /proc/$ppid/status
-done | median
+  pid=$($B inspect -f '{{.State.Pid}}' "$id"); monitors+=("$(awk '{print $4}' /proc/$pid/stat)")
+done
+echo "RSS: $(for m in "${monitors[@]}"; do awk '/^Rss/ {print $2}' /proc/$m/smaps_rollup; done | median)"
+echo "PSS (shared code split among monitors): $(for m in "${monitors[@]}"; do awk '/^Pss:/ {print $2}' /proc/$m/smaps_rollup; done | median)"
+echo "private (anon + dirty): $(for m in "${monitors[@]}"; do awk '/^Private_Dirty/ {print $2}' /proc/$m/smaps_rollup; done | median)"
 
 echo "== ps -a with N containers (ms, median of 10)"
 for i in $(seq 101 1000); do echo "c$i"; done | xargs -P 8 -I{} $B create --name {} busybox true >/dev/null

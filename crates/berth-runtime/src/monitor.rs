@@ -257,6 +257,65 @@ fn set_monitor_signals(ignore: bool) {
     }
 }
 
+/// The monitor lives as long as its container but needs little of the binary once the container runs:
+/// creating it touched megabytes of code (libcontainer, SQLite, serde) that stay mapped. Clean
+/// file-backed mappings are dropped from our page tables (they stay in the page cache, shared with
+/// every other berth process, and fault back in if used again), and freed heap goes back to the kernel.
+/// Only read-only, file-backed mappings without a single private (copied-on-write) page are touched,
+/// so nothing is lost: their contents are exactly the file's.
+fn release_startup_memory() {
+    let Ok(smaps) = fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    let mut current: Option<(usize, usize, bool)> = None; // start, end, eligible so far
+    let flush = |m: Option<(usize, usize, bool)>| {
+        if let Some((start, end, true)) = m {
+            // SAFETY: the range is one whole mapping of ours, read-only and file-backed with no
+            // private pages (checked from smaps): MADV_DONTNEED only drops page-table entries, and the
+            // next access refaults the identical page from the file.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    };
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-').and_then(|(a, b)| {
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        }) {
+            flush(current.take());
+            let perms = fields.next().unwrap_or("");
+            let inode = fields.nth(2).unwrap_or("0");
+            let path = fields.next().unwrap_or("");
+            let eligible = perms.starts_with('r')
+                && !perms.contains('w')
+                && perms.ends_with('p')
+                && inode != "0"
+                && path.starts_with('/');
+            current = Some((start, end, eligible));
+            continue;
+        }
+        let private = matches!(
+            first,
+            "Anonymous:" | "Private_Dirty:" | "Shared_Dirty:" | "Swap:"
+        );
+        if private && fields.next().is_some_and(|kb| kb != "0") {
+            if let Some(m) = current.as_mut() {
+                m.2 = false;
+            }
+        }
+    }
+    flush(current.take());
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Leaves the final exit code in the lock file, where a `wait` blocked on the lock reads it even after
 /// `--rm` has removed the container and unlinked the file.
 fn record_exit_code(lock: &mut File, code: i32) {
@@ -474,6 +533,7 @@ fn run_once(
         if first {
             status.send(&MonitorEvent::Started(pid));
         }
+        release_startup_memory();
         let mut prober = crate::health::Prober::new(record.config.healthcheck.as_ref());
         let exit_code = pump(
             Pid::from_raw(pid),
@@ -490,9 +550,9 @@ fn run_once(
         )?;
         let _ = log.finish();
         let oom_killed = crate::cgroup::oom_kills(id) > 0;
-        if let Ok(mut c) = libcontainer::container::Container::load(lc_root.join(id)) {
-            let _ = c.delete(true);
-        }
+        // The init has exited, so the kernel has killed the rest of its PID namespace; what is left
+        // is the cgroups and libcontainer's state dir.
+        crate::cgroup::remove(id);
         let _ = fs::remove_dir_all(lc_root.join(id));
         Ok(Outcome {
             exit_code,
