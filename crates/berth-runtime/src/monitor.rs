@@ -456,6 +456,11 @@ fn run_once(
         } else {
             let (out_r, out_w) = pipe()?;
             let (err_r, err_w) = pipe()?;
+            // A 1 MiB pipe lets a chatty container write on while the monitor logs (64 KiB default).
+            for fd in [&out_r, &err_r] {
+                let _ =
+                    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+            }
             let (stdin_child, input): (OwnedFd, Option<OwnedFd>) = if record.config.open_stdin {
                 let (r, w) = pipe()?;
                 (r, Some(w))
