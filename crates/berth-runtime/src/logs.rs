@@ -172,8 +172,7 @@ static NEEDS_ESCAPE: [bool; 256] = escape_table();
 /// Printable ASCII that JSON-encodes as itself; written without short-circuits so it vectorises.
 fn is_plain(bytes: &[u8]) -> bool {
     bytes.iter().fold(true, |ok, &b| {
-        ok & (b >= 0x20)
-            & (b < 0x7f)
+        ok & (0x20..0x7f).contains(&b)
             & (b != b'"')
             & (b != b'\\')
             & (b != b'<')
