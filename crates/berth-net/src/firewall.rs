@@ -111,14 +111,6 @@ pub fn add_network(bridge: &str, subnet: &Subnet) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Whether a bridge's rules are in place.
-pub fn has_network(bridge: &str) -> bool {
-    iptables(&["-t", "nat", "-S", POSTROUTING]).is_ok_and(|rules| {
-        rules.contains(&format!("\"{}\"", tag(bridge)))
-            || rules.contains(&format!(" {} ", tag(bridge)))
-    })
-}
-
 /// Deletes every rule tagged with `owner` from Berth's chains.
 fn remove_tagged(owner: &str) {
     let wanted = tag(owner);

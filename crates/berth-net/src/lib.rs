@@ -223,13 +223,23 @@ impl Network {
             format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.bridge),
             "1",
         );
-        firewall::add_network(&self.bridge, &self.subnet)
+        firewall::add_network(&self.bridge, &self.subnet)?;
+        let marker = self.rules_marker();
+        let _ = fs::create_dir_all("/run/berth-net");
+        fs::write(&marker, self.subnet.to_string()).map_err(|e| io(marker.display(), e))
+    }
+
+    /// Where a marker says this bridge's rules are installed. It lives in /run (tmpfs), which a reboot
+    /// empties together with the bridge and the rules, so checking it costs a stat instead of an
+    /// iptables run on every container start.
+    fn rules_marker(&self) -> PathBuf {
+        PathBuf::from(format!("/run/berth-net/{}.rules", self.bridge))
     }
 
     /// Re-creates what a reboot or a manual clean-up removed.
     fn ensure_host_side(&self) -> Result<(), NetError> {
         let mut nl = netlink::Netlink::new()?;
-        if nl.link_index(&self.bridge)?.is_some() && firewall::has_network(&self.bridge) {
+        if nl.link_index(&self.bridge)?.is_some() && self.rules_marker().exists() {
             return Ok(());
         }
         let _lock = host_lock()?;
@@ -243,6 +253,7 @@ impl Network {
             nl.delete_link(index)?;
         }
         firewall::remove_network(&self.bridge);
+        let _ = fs::remove_file(self.rules_marker());
         let _ = fs::remove_dir_all(&self.state_dir);
         Ok(())
     }
@@ -257,7 +268,13 @@ impl Network {
         let ip = ipam::lease(&self.state_dir, &self.subnet, id)?;
         let result = self.wire(id, pid, ip, ports);
         if result.is_err() {
-            self.detach(id);
+            // The namespace lives on (the init waits to be started), so the veth must go by hand.
+            if let Ok(mut nl) = netlink::Netlink::new() {
+                if let Ok(Some(index)) = nl.link_index(&Self::veth_name(id)) {
+                    let _ = nl.delete_link(index);
+                }
+            }
+            self.detach(id, !ports.is_empty());
         }
         result
     }
@@ -303,15 +320,14 @@ impl Network {
         })
     }
 
-    /// Undoes [`Network::attach`]: published ports, the veth pair (if the namespace has not taken it
-    /// with it already) and the lease. Safe to call for a container that was never attached.
-    pub fn detach(&self, id: &str) {
-        firewall::unpublish(id);
-        if let Ok(mut nl) = netlink::Netlink::new() {
-            if let Ok(Some(index)) = nl.link_index(&Self::veth_name(id)) {
-                let _ = nl.delete_link(index);
-            }
+    /// Undoes [`Network::attach`] once the container's processes are gone: published ports (when
+    /// `published`) and the lease. Safe to call for a container never attached.
+    pub fn detach(&self, id: &str, published: bool) {
+        if published {
+            firewall::unpublish(id);
         }
+        // The veth pair goes with the container's network namespace when its last process exits; asking
+        // the kernel about it here would only wait for rtnl while the namespace is torn down.
         ipam::release(&self.state_dir, id);
     }
 }

@@ -98,7 +98,7 @@ pub(crate) fn connect(
         Ok::<(), ()>(())
     });
     if stored.is_err() {
-        network.detach(&record.id);
+        network.detach(&record.id, true);
         return Err(RuntimeError::Start("record network settings".into()));
     }
     // Docker lists the container's own address with its hostname.
@@ -118,7 +118,12 @@ pub(crate) fn connect(
 /// Undoes [`connect`] after the container stopped.
 pub(crate) fn disconnect(engine: &Engine, record: &ContainerRecord, network: Option<&Network>) {
     if let Some(network) = network {
-        network.detach(&record.id);
+        let published = engine
+            .store()
+            .container(&record.id)
+            .map(|r| !r.network_settings.ports.is_empty())
+            .unwrap_or(true);
+        network.detach(&record.id, published);
         let _ = engine.store().update_container(&record.id, |r| {
             r.network_settings = NetworkSettings::default();
             Ok::<(), ()>(())
@@ -132,6 +137,6 @@ pub(crate) fn release_orphan(engine: &Engine, record: &ContainerRecord) {
         return;
     }
     if let Ok(Some(network)) = Network::load(&engine.store().root().join("networks"), "bridge") {
-        network.detach(&record.id);
+        network.detach(&record.id, true);
     }
 }
