@@ -65,49 +65,71 @@ fn tag(owner: &str) -> String {
     format!("berth:{owner}")
 }
 
-/// Adds the masquerade and forwarding rules of a bridge network.
-pub fn add_network(bridge: &str, subnet: &Subnet) -> Result<(), NetError> {
+/// Adds the rules of a bridge network: traffic within the bridge is accepted, traffic to any other
+/// Berth bridge dropped (networks are isolated from each other) — both inserted at the top of
+/// `BERTH-FORWARD` so every network's isolation comes before any network's accepts; then masquerade and
+/// accept to and from the outside, unless `internal`, where the outside is dropped instead.
+pub fn add_network(bridge: &str, subnet: &Subnet, internal: bool) -> Result<(), NetError> {
     ensure_chains()?;
     remove_network(bridge);
     let subnet = subnet.to_string();
     let comment = tag(bridge);
-    let c = ["-m", "comment", "--comment", comment.as_str()];
-    let mut rules: Vec<Vec<&str>> = vec![
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            POSTROUTING,
-            "-s",
-            &subnet,
-            "!",
-            "-o",
-            bridge,
-            "-j",
-            "MASQUERADE",
-        ],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            POSTROUTING,
-            "-s",
-            "127.0.0.0/8",
-            "-o",
-            bridge,
-            "-j",
-            "MASQUERADE",
-        ],
-        vec!["-t", "filter", "-A", FORWARD, "-i", bridge, "-j", "ACCEPT"],
-        vec!["-t", "filter", "-A", FORWARD, "-o", bridge, "-j", "ACCEPT"],
-    ];
-    for rule in &mut rules {
-        let at = rule.len() - 2;
-        for (i, part) in c.iter().enumerate() {
-            rule.insert(at + i, part);
-        }
-        iptables(rule)?;
+    let with_comment = |mut rule: Vec<&'static str>, tail: &[&'static str]| -> Vec<String> {
+        let mut out: Vec<String> = rule.drain(..).map(str::to_string).collect();
+        out.extend(["-m", "comment", "--comment"].iter().map(|s| s.to_string()));
+        out.push(comment.clone());
+        out.extend(tail.iter().map(|s| s.to_string()));
+        out
+    };
+    let b = bridge.to_string();
+    let run = |rule: Vec<String>| {
+        let refs: Vec<&str> = rule.iter().map(String::as_str).collect();
+        iptables(&refs)
+    };
+    // Inserted in reverse: the intra-bridge accept ends up above the isolation drops.
+    for other in ["brt+", "berth0"] {
+        let mut rule: Vec<String> = ["-t", "filter", "-I", FORWARD, "1", "-i"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        rule.extend([b.clone(), "-o".into(), other.into()]);
+        let tail = with_comment(vec![], &["-j", "DROP"]);
+        rule.extend(tail);
+        run(rule)?;
     }
+    let mut intra: Vec<String> = ["-t", "filter", "-I", FORWARD, "1", "-i"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    intra.extend([b.clone(), "-o".into(), b.clone()]);
+    intra.extend(with_comment(vec![], &["-j", "ACCEPT"]));
+    run(intra)?;
+    let verdict = if internal { "DROP" } else { "ACCEPT" };
+    for direction in ["-i", "-o"] {
+        let mut rule: Vec<String> = ["-t", "filter", "-A", FORWARD, direction]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        rule.push(b.clone());
+        rule.extend(with_comment(vec![], &["-j", verdict]));
+        run(rule)?;
+    }
+    if !internal {
+        let mut masq: Vec<String> = ["-t", "nat", "-A", POSTROUTING, "-s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        masq.extend([subnet.clone(), "!".into(), "-o".into(), b.clone()]);
+        masq.extend(with_comment(vec![], &["-j", "MASQUERADE"]));
+        run(masq)?;
+    }
+    let mut local: Vec<String> = ["-t", "nat", "-A", POSTROUTING, "-s", "127.0.0.0/8", "-o"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    local.push(b.clone());
+    local.extend(with_comment(vec![], &["-j", "MASQUERADE"]));
+    run(local)?;
     Ok(())
 }
 

@@ -76,7 +76,7 @@ impl FromStr for Subnet {
 }
 
 /// The IPv4 routes of the host (as subnets), from /proc/net/route.
-fn host_routes() -> Vec<Subnet> {
+pub(crate) fn host_routes() -> Vec<Subnet> {
     let text = fs::read_to_string("/proc/net/route").unwrap_or_default();
     text.lines()
         .skip(1)
@@ -95,10 +95,11 @@ fn host_routes() -> Vec<Subnet> {
         .collect()
 }
 
-/// A /24 in 172.18–31.x or 10.89–99.x that no route of the host covers (Docker's own 172.17.0.0/16
-/// and whatever else is in use are avoided this way). Call under the host-wide network lock.
-pub fn free_subnet() -> Result<Subnet, NetError> {
-    let routes = host_routes();
+/// A /24 in 172.18–31.x or 10.89–99.x that no route of the host (nor any of `taken`) covers: Docker's
+/// own 172.17.0.0/16 and whatever else is in use are avoided this way. Call under the host-wide lock.
+pub fn free_subnet(taken: &[Subnet]) -> Result<Subnet, NetError> {
+    let mut routes = host_routes();
+    routes.extend_from_slice(taken);
     let candidates = (18..=31u8)
         .flat_map(|b| (0..=255u8).map(move |c| Ipv4Addr::new(172, b, c, 0)))
         .chain((89..=99u8).flat_map(|b| (0..=255u8).map(move |c| Ipv4Addr::new(10, b, c, 0))));
@@ -113,25 +114,66 @@ pub fn free_subnet() -> Result<Subnet, NetError> {
     ))
 }
 
-/// Leases the lowest free address of `subnet` (after the gateway) to container `owner`.
-pub fn lease(state_dir: &Path, subnet: &Subnet, owner: &str) -> Result<Ipv4Addr, NetError> {
+/// Takes the lease file of `ip` for `owner`; false when someone holds it.
+fn claim(dir: &Path, ip: Ipv4Addr, owner: &str) -> Result<bool, NetError> {
+    let path = dir.join(ip.to_string());
+    match fs::File::options().write(true).create_new(true).open(&path) {
+        Ok(_) => {
+            fs::write(&path, owner)
+                .map_err(|e| NetError::Io(format!("{}: {e}", path.display())))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(NetError::Io(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Leases `ip` (`--ip`) to `owner`: it must be a host address of the subnet, not the gateway, free.
+pub fn lease_address(
+    state_dir: &Path,
+    subnet: &Subnet,
+    gateway: Ipv4Addr,
+    ip: Ipv4Addr,
+    owner: &str,
+) -> Result<Ipv4Addr, NetError> {
+    if lease_of(state_dir, owner) == Some(ip) {
+        return Ok(ip);
+    }
+    let broadcast = subnet.host(subnet.size().saturating_sub(1));
+    if !subnet.contains(ip) || ip == subnet.host(0) || ip == broadcast || ip == gateway {
+        return Err(NetError::Invalid(format!(
+            "invalid address {ip}: it does not belong to any of this network's subnets ({subnet})"
+        )));
+    }
+    let dir = state_dir.join("leases");
+    fs::create_dir_all(&dir).map_err(|e| NetError::Io(format!("{}: {e}", dir.display())))?;
+    if claim(&dir, ip, owner)? {
+        Ok(ip)
+    } else {
+        Err(NetError::Invalid(format!("Address already in use: {ip}")))
+    }
+}
+
+/// Leases the lowest free address of `subnet` (never the gateway) to container `owner`.
+pub fn lease(
+    state_dir: &Path,
+    subnet: &Subnet,
+    gateway: Ipv4Addr,
+    owner: &str,
+) -> Result<Ipv4Addr, NetError> {
     let dir = state_dir.join("leases");
     fs::create_dir_all(&dir).map_err(|e| NetError::Io(format!("{}: {e}", dir.display())))?;
     // An owner holds at most one lease: a restart reuses it.
     if let Some(ip) = lease_of(state_dir, owner) {
         return Ok(ip);
     }
-    for n in 2..subnet.size().saturating_sub(1) {
+    for n in 1..subnet.size().saturating_sub(1) {
         let ip = subnet.host(n);
-        let path = dir.join(ip.to_string());
-        match fs::File::options().write(true).create_new(true).open(&path) {
-            Ok(_) => {
-                fs::write(&path, owner)
-                    .map_err(|e| NetError::Io(format!("{}: {e}", path.display())))?;
-                return Ok(ip);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(NetError::Io(format!("{}: {e}", path.display()))),
+        if ip == gateway {
+            continue;
+        }
+        if claim(&dir, ip, owner)? {
+            return Ok(ip);
         }
     }
     Err(NetError::Exhausted(format!(
@@ -178,19 +220,23 @@ mod tests {
     fn leases_are_unique_and_released() {
         let dir = std::env::temp_dir().join(format!("berth-ipam-{}", std::process::id()));
         let s: Subnet = "10.99.1.0/29".parse().unwrap();
-        let a = lease(&dir, &s, "a").unwrap();
-        let b = lease(&dir, &s, "b").unwrap();
+        let gw = s.host(1);
+        let a = lease(&dir, &s, gw, "a").unwrap();
+        let b = lease(&dir, &s, gw, "b").unwrap();
         assert_ne!(a, b);
-        assert_eq!(lease(&dir, &s, "a").unwrap(), a);
+        assert_eq!(lease(&dir, &s, gw, "a").unwrap(), a);
         for owner in ["c", "d", "e", "f"] {
-            let _ = lease(&dir, &s, owner);
+            let _ = lease(&dir, &s, gw, owner);
         }
         assert!(
-            lease(&dir, &s, "g").is_err(),
+            lease(&dir, &s, gw, "g").is_err(),
             "a /29 has 5 leasable addresses"
         );
         release(&dir, "a");
-        assert_eq!(lease(&dir, &s, "g").unwrap(), a);
+        assert_eq!(lease(&dir, &s, gw, "g").unwrap(), a);
+        assert!(lease_address(&dir, &s, gw, b, "h").is_err(), "taken");
+        assert!(lease_address(&dir, &s, gw, gw, "h").is_err(), "gateway");
+        assert!(lease_address(&dir, &s, gw, Ipv4Addr::new(10, 0, 0, 1), "h").is_err());
         let _ = fs::remove_dir_all(&dir);
     }
 }

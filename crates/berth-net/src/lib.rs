@@ -89,17 +89,62 @@ pub fn loopback_up(pid: i32) -> Result<(), NetError> {
 }
 
 /// A bridge network as stored in `<root>/networks/<name>.json`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct Network {
     /// Network name (`bridge` is the default).
     pub name: String,
+    /// 64 hex characters (`bridge` for the default network).
+    #[serde(default)]
+    pub id: String,
     /// The Linux bridge.
     pub bridge: String,
     /// Its subnet.
+    #[serde(with = "subnet_text")]
     pub subnet: Subnet,
     /// The bridge's address.
     pub gateway: Ipv4Addr,
+    /// No route out (`--internal`).
+    #[serde(default)]
+    pub internal: bool,
+    /// `--label`s.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// RFC 3339 creation time.
+    #[serde(default)]
+    pub created: String,
+    #[serde(skip)]
     state_dir: PathBuf,
+}
+
+mod subnet_text {
+    use super::Subnet;
+
+    pub fn serialize<S: serde::Serializer>(s: &Subnet, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&s.to_string())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Subnet, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(de)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `network create` options.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// `--subnet` (default: a free /24).
+    pub subnet: Option<String>,
+    /// `--gateway` (default: the subnet's first address).
+    pub gateway: Option<String>,
+    /// `--internal`.
+    pub internal: bool,
+    /// `--label`s.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Creation time to record.
+    pub created: String,
+    /// A fresh 64-hex ID.
+    pub id: String,
 }
 
 /// Host-wide lock for choosing subnets and creating bridges: stores with different roots share the
@@ -150,23 +195,134 @@ impl Network {
             net.ensure_host_side()?;
             return Ok(net);
         }
-        let subnet = ipam::free_subnet()?;
+        let subnet = ipam::free_subnet(&[])?;
         let net = Network {
             name: "bridge".into(),
+            id: "bridge".into(),
             bridge: default_bridge_name(root),
             gateway: subnet.host(1),
             subnet,
+            internal: false,
+            labels: Default::default(),
+            created: String::new(),
             state_dir: dir.join("bridge"),
         };
         net.create_host_side()?;
-        let text = format!(
-            "{{\"Name\":\"bridge\",\"Bridge\":\"{}\",\"Subnet\":\"{}\",\"Gateway\":\"{}\"}}\n",
-            net.bridge, net.subnet, net.gateway
-        );
-        let tmp = dir.join(".bridge.json.tmp");
-        fs::write(&tmp, text).map_err(|e| io(tmp.display(), e))?;
-        fs::rename(&tmp, &config).map_err(|e| io(config.display(), e))?;
+        net.save(&dir)?;
+        let _ = config;
         Ok(net)
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), NetError> {
+        let path = dir.join(format!("{}.json", self.name));
+        let text = serde_json::to_vec(self).map_err(|e| io(path.display(), e))?;
+        let tmp = dir.join(format!(".{}.json.tmp", self.name));
+        fs::write(&tmp, text).map_err(|e| io(tmp.display(), e))?;
+        fs::rename(&tmp, &path).map_err(|e| io(path.display(), e))
+    }
+
+    /// Every network of the store at `root` (the default `bridge` only once it was used).
+    pub fn list(root: &Path) -> Result<Vec<Network>, NetError> {
+        let dir = root.join("networks");
+        let mut out = Vec::new();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(out);
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".json").filter(|n| !n.starts_with('.')) {
+                if let Some(n) = Self::load(&dir, stem)? {
+                    out.push(n);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// `network create`: a user-defined bridge network with its own bridge, subnet and rules.
+    pub fn create(root: &Path, name: &str, options: &CreateOptions) -> Result<Network, NetError> {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric());
+        if !valid {
+            return Err(NetError::Invalid(format!("invalid network name: {name:?}")));
+        }
+        if matches!(name, "bridge" | "host" | "none" | "default") {
+            return Err(NetError::Invalid(format!(
+                "{name} is a pre-defined network and cannot be created"
+            )));
+        }
+        let dir = root.join("networks");
+        fs::create_dir_all(&dir).map_err(|e| io(dir.display(), e))?;
+        let _lock = host_lock()?;
+        if Self::load(&dir, name)?.is_some() {
+            return Err(NetError::Invalid(format!(
+                "network with name {name} already exists"
+            )));
+        }
+        let others: Vec<Subnet> = Self::list(root)?.iter().map(|n| n.subnet).collect();
+        let subnet = match &options.subnet {
+            Some(text) => {
+                let subnet: Subnet = text.parse()?;
+                if let Some(clash) = others
+                    .iter()
+                    .chain(ipam::host_routes().iter())
+                    .find(|o| o.overlaps(&subnet))
+                {
+                    return Err(NetError::Invalid(format!(
+                        "invalid pool request: Pool overlaps with other one on this address space ({subnet} overlaps {clash})"
+                    )));
+                }
+                subnet
+            }
+            None => ipam::free_subnet(&others)?,
+        };
+        let gateway = match &options.gateway {
+            Some(text) => {
+                let gw: Ipv4Addr = text
+                    .parse()
+                    .map_err(|_| NetError::Invalid(format!("invalid gateway address {text}")))?;
+                if !subnet.contains(gw) || gw == subnet.host(0) {
+                    return Err(NetError::Invalid(format!(
+                        "no matching subnet for gateway {gw}"
+                    )));
+                }
+                gw
+            }
+            None => subnet.host(1),
+        };
+        let net = Network {
+            name: name.to_string(),
+            id: options.id.clone(),
+            bridge: format!("brt{}", &options.id[..8.min(options.id.len())]),
+            subnet,
+            gateway,
+            internal: options.internal,
+            labels: options.labels.clone(),
+            created: options.created.clone(),
+            state_dir: dir.join(name),
+        };
+        net.create_host_side()?;
+        net.save(&dir)?;
+        Ok(net)
+    }
+
+    /// `network rm`: the bridge, its rules, its config.
+    pub fn remove(&self, root: &Path) -> Result<(), NetError> {
+        self.destroy()?;
+        let _ = fs::remove_file(root.join("networks").join(format!("{}.json", self.name)));
+        Ok(())
+    }
+
+    /// Makes sure the host side exists (after a reboot, or on first use), for any network.
+    pub fn ensure(&self) -> Result<(), NetError> {
+        self.ensure_host_side()
     }
 
     /// Reads a network's config, if it exists.
@@ -177,28 +333,9 @@ impl Network {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(path.display(), e)),
         };
-        let field = |key: &str| -> Result<String, NetError> {
-            let pattern = format!("\"{key}\":\"");
-            let start = text
-                .find(&pattern)
-                .ok_or_else(|| io(path.display(), format!("no {key}")))?
-                + pattern.len();
-            let end = text[start..]
-                .find('"')
-                .ok_or_else(|| io(path.display(), format!("bad {key}")))?;
-            Ok(text[start..start + end].to_string())
-        };
-        let subnet: Subnet = field("Subnet")?.parse()?;
-        let gateway: Ipv4Addr = field("Gateway")?
-            .parse()
-            .map_err(|e| io(path.display(), e))?;
-        Ok(Some(Network {
-            name: name.to_string(),
-            bridge: field("Bridge")?,
-            subnet,
-            gateway,
-            state_dir: dir.join(name),
-        }))
+        let mut net: Network = serde_json::from_str(&text).map_err(|e| io(path.display(), e))?;
+        net.state_dir = dir.join(name);
+        Ok(Some(net))
     }
 
     /// Creates the bridge with its address and the NAT and forwarding rules.
@@ -223,7 +360,7 @@ impl Network {
             format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.bridge),
             "1",
         );
-        firewall::add_network(&self.bridge, &self.subnet)?;
+        firewall::add_network(&self.bridge, &self.subnet, self.internal)?;
         let marker = self.rules_marker();
         let _ = fs::create_dir_all("/run/berth-net");
         fs::write(&marker, self.subnet.to_string()).map_err(|e| io(marker.display(), e))
@@ -262,10 +399,20 @@ impl Network {
         format!("vb{}", &container_id[..container_id.len().min(11)])
     }
 
-    /// Wires container `id` (its init is `pid`, not yet started) to this network: an address lease,
-    /// a veth pair with `eth0` inside, the default route, `lo` up, and the published `ports`.
-    pub fn attach(&self, id: &str, pid: i32, ports: &[PortMapping]) -> Result<Endpoint, NetError> {
-        let ip = ipam::lease(&self.state_dir, &self.subnet, id)?;
+    /// Wires container `id` (its init is `pid`, not yet started) to this network: an address lease
+    /// (`ip` when one is asked for), a veth pair with `eth0` inside, the default route (not on an
+    /// internal network), `lo` up, and the published `ports`.
+    pub fn attach(
+        &self,
+        id: &str,
+        pid: i32,
+        ip: Option<Ipv4Addr>,
+        ports: &[PortMapping],
+    ) -> Result<Endpoint, NetError> {
+        let ip = match ip {
+            Some(ip) => ipam::lease_address(&self.state_dir, &self.subnet, self.gateway, ip, id)?,
+            None => ipam::lease(&self.state_dir, &self.subnet, self.gateway, id)?,
+        };
         let result = self.wire(id, pid, ip, ports);
         if result.is_err() {
             // The namespace lives on (the init waits to be started), so the veth must go by hand.
@@ -309,7 +456,9 @@ impl Network {
             .ok_or_else(|| NetError::Netlink("eth0 is missing in the container".into()))?;
         inside.add_address(eth0, ip, self.subnet.prefix)?;
         inside.set_up(eth0)?;
-        inside.add_default_route(self.gateway)?;
+        if !self.internal {
+            inside.add_default_route(self.gateway)?;
+        }
         let ports = firewall::publish(id, ip, ports)?;
         Ok(Endpoint {
             ip,

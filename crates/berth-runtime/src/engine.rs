@@ -141,6 +141,12 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| crate::names::random_name(0));
         let mut record = options::build_record(options, &image, &id, &name)?;
+        if !matches!(
+            record.host_config.network_mode.as_str(),
+            "none" | "host" | "bridge"
+        ) {
+            crate::network::find(self, &record.host_config.network_mode)?;
+        }
         record.mounts = self.resolve_mounts(options, &record)?;
         record.host_config.mounts = options
             .mounts
@@ -685,17 +691,40 @@ fn write_etc_files(files: &Path, record: &ContainerRecord) -> Result<(), Runtime
     };
     let hostname = &record.config.hostname;
     write("hostname", format!("{hostname}\n"))?;
-    if record.host_config.network_mode == "host" {
-        write("hosts", host_file("/etc/hosts"))?;
+    let hc = &record.host_config;
+    let mut hosts = if hc.network_mode == "host" {
+        host_file("/etc/hosts")
     } else {
-        write(
-            "hosts",
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
-                 ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
-            ),
-        )?;
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+             ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+        )
+    };
+    for entry in &hc.extra_hosts {
+        if let Some((name, ip)) = entry.split_once(':').or_else(|| entry.split_once('=')) {
+            hosts.push_str(&format!("{ip}\t{name}\n"));
+        }
     }
-    write("resolv.conf", host_file("/etc/resolv.conf"))?;
+    write("hosts", hosts)?;
+    let mut resolv = host_file("/etc/resolv.conf");
+    if !hc.dns.is_empty() || !hc.dns_search.is_empty() {
+        let mut lines: Vec<String> = resolv
+            .lines()
+            .filter(|l| {
+                !(l.starts_with("nameserver") && !hc.dns.is_empty()
+                    || (l.starts_with("search") || l.starts_with("domain"))
+                        && !hc.dns_search.is_empty())
+            })
+            .map(str::to_string)
+            .collect();
+        for server in &hc.dns {
+            lines.push(format!("nameserver {server}"));
+        }
+        if !hc.dns_search.is_empty() {
+            lines.push(format!("search {}", hc.dns_search.join(" ")));
+        }
+        resolv = lines.join("\n") + "\n";
+    }
+    write("resolv.conf", resolv)?;
     Ok(())
 }

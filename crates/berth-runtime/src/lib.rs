@@ -11,7 +11,7 @@ mod health;
 pub mod logs;
 pub mod monitor;
 mod names;
-mod network;
+pub mod network;
 pub mod options;
 pub mod rootfs;
 mod seccomp;

@@ -64,17 +64,28 @@ pub(crate) fn connect(
     pid: Option<nix::unistd::Pid>,
 ) -> Result<Option<Network>, RuntimeError> {
     let pid = pid.ok_or_else(|| RuntimeError::Start("container has no init process".into()))?;
-    match record.host_config.network_mode.as_str() {
-        "bridge" => {}
+    let network = match record.host_config.network_mode.as_str() {
+        "bridge" => Network::default_bridge(engine.store().root()).map_err(net_err)?,
         "none" => {
             berth_net::loopback_up(pid.as_raw()).map_err(net_err)?;
             return Ok(None);
         }
-        _ => return Ok(None),
-    }
-    let network = Network::default_bridge(engine.store().root()).map_err(net_err)?;
+        "host" => return Ok(None),
+        name => {
+            let network = find(engine, name)?;
+            network.ensure().map_err(net_err)?;
+            network
+        }
+    };
+    let ip =
+        match record.host_config.ipv4_address.as_str() {
+            "" => None,
+            text => Some(text.parse().map_err(|_| {
+                RuntimeError::InvalidOption(format!("invalid IPv4 address: {text}"))
+            })?),
+        };
     let endpoint = network
-        .attach(&record.id, pid.as_raw(), &port_mappings(record)?)
+        .attach(&record.id, pid.as_raw(), ip, &port_mappings(record)?)
         .map_err(net_err)?;
     let mut ports: std::collections::BTreeMap<String, Vec<PortBinding>> = Default::default();
     for p in &endpoint.ports {
@@ -115,6 +126,13 @@ pub(crate) fn connect(
     Ok(Some(network))
 }
 
+/// A user-defined network by name.
+pub fn find(engine: &Engine, name: &str) -> Result<Network, RuntimeError> {
+    Network::load(&engine.store().root().join("networks"), name)
+        .map_err(net_err)?
+        .ok_or_else(|| RuntimeError::InvalidOption(format!("network {name} not found")))
+}
+
 /// Undoes [`connect`] after the container stopped.
 pub(crate) fn disconnect(engine: &Engine, record: &ContainerRecord, network: Option<&Network>) {
     if let Some(network) = network {
@@ -133,10 +151,11 @@ pub(crate) fn disconnect(engine: &Engine, record: &ContainerRecord, network: Opt
 
 /// Releases what a container whose monitor died left on its network.
 pub(crate) fn release_orphan(engine: &Engine, record: &ContainerRecord) {
-    if record.host_config.network_mode != "bridge" {
+    let mode = record.host_config.network_mode.as_str();
+    if matches!(mode, "none" | "host") {
         return;
     }
-    if let Ok(Some(network)) = Network::load(&engine.store().root().join("networks"), "bridge") {
+    if let Ok(Some(network)) = Network::load(&engine.store().root().join("networks"), mode) {
         network.detach(&record.id, true);
     }
 }

@@ -101,6 +101,14 @@ pub struct RunOptions {
     pub publish_all: bool,
     /// `--expose port[/proto]` (ranges too).
     pub expose: Vec<String>,
+    /// `--ip`.
+    pub ip: Option<String>,
+    /// `--add-host name:ip`.
+    pub add_hosts: Vec<String>,
+    /// `--dns`.
+    pub dns: Vec<String>,
+    /// `--dns-search`.
+    pub dns_search: Vec<String>,
     /// `-v`.
     pub volumes: Vec<String>,
     /// `--mount`.
@@ -432,10 +440,36 @@ pub(crate) fn build_record(
         None | Some("default") => "bridge".to_string(),
         Some(n) => n.to_string(),
     };
-    if !matches!(network_mode.as_str(), "none" | "host" | "bridge") {
-        return Err(RuntimeError::InvalidOption(format!(
-            "network {network_mode} not found"
-        )));
+    let ipv4_address = match &options.ip {
+        Some(ip) => {
+            if matches!(network_mode.as_str(), "none" | "host" | "bridge") {
+                return Err(RuntimeError::InvalidOption(
+                    "user specified IP address is supported on user defined networks only".into(),
+                ));
+            }
+            ip.parse::<std::net::Ipv4Addr>()
+                .map_err(|_| RuntimeError::InvalidOption(format!("invalid IPv4 address: {ip}")))?;
+            ip.clone()
+        }
+        None => String::new(),
+    };
+    for host in &options.add_hosts {
+        let valid = host
+            .split_once(':')
+            .or_else(|| host.split_once('='))
+            .is_some_and(|(name, ip)| {
+                !name.is_empty() && (ip == "host-gateway" || ip.parse::<std::net::IpAddr>().is_ok())
+            });
+        if !valid {
+            return Err(RuntimeError::InvalidOption(format!(
+                "invalid argument \"{host}\" for \"--add-host\" flag: invalid IP address in add-host"
+            )));
+        }
+    }
+    for server in &options.dns {
+        server
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| RuntimeError::InvalidOption(format!("{server} is not an ip address")))?;
     }
     let mut port_bindings: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
     for spec in &options.publish {
@@ -562,6 +596,10 @@ pub(crate) fn build_record(
         volumes_from: options.volumes_from.clone(),
         port_bindings,
         publish_all_ports: options.publish_all,
+        ipv4_address,
+        extra_hosts: options.add_hosts.clone(),
+        dns: options.dns.clone(),
+        dns_search: options.dns_search.clone(),
     };
     if host_config.auto_remove && host_config.restart_policy.name != "no" {
         return Err(RuntimeError::InvalidOption(

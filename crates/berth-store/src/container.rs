@@ -197,6 +197,22 @@ pub struct HostConfig {
     /// `-P`: publish every exposed port on a random host port.
     #[serde(default)]
     pub publish_all_ports: bool,
+    /// `--ip` on a user-defined network (Docker keeps it in the endpoint's IPAM config).
+    #[serde(
+        default,
+        rename = "BerthIPv4Address",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ipv4_address: String,
+    /// `--add-host name:ip`.
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
+    /// `--dns`.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// `--dns-search`.
+    #[serde(default)]
+    pub dns_search: Vec<String>,
 }
 
 /// One host side of a published port (Docker's `PortBinding`).

@@ -18,7 +18,9 @@ pub struct Berth {
 pub fn busybox_tar() -> &'static Path {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("berth-test-busybox-{}", std::process::id()));
+        // Under target/, not /tmp: the OnceLock is never dropped, so nothing would remove it.
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("busybox-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let tar = dir.join("busybox.tar");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs.sh");
@@ -100,7 +102,8 @@ impl Drop for Berth {
                 let _ = self.cmd(&["rm", "-fv", id]).output();
             }
         }
-        // The store's default bridge and its firewall rules.
+        // The store's networks: user-defined ones, then the default bridge, with their firewall rules.
+        let _ = self.cmd(&["network", "prune", "-f"]).output();
         let _ = self.cmd(&["network", "reset"]).output();
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
             let prefix = self.dir.path().to_string_lossy().into_owned();

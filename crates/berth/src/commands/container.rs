@@ -138,6 +138,18 @@ pub struct CreateArgs {
     /// Expose a port or a range of ports
     #[arg(long = "expose")]
     expose: Vec<String>,
+    /// IPv4 address (e.g., 172.30.100.104) on a user-defined network
+    #[arg(long = "ip")]
+    ip: Option<String>,
+    /// Add a custom host-to-IP mapping (host:ip)
+    #[arg(long = "add-host")]
+    add_host: Vec<String>,
+    /// Set custom DNS servers
+    #[arg(long = "dns")]
+    dns: Vec<String>,
+    /// Set custom DNS search domains
+    #[arg(long = "dns-search")]
+    dns_search: Vec<String>,
     /// Bind mount a volume
     #[arg(short = 'v', long = "volume")]
     volume: Vec<String>,
@@ -206,6 +218,10 @@ impl CreateArgs {
             publish: self.publish.clone(),
             publish_all: self.publish_all,
             expose: self.expose.clone(),
+            ip: self.ip.clone(),
+            add_hosts: self.add_host.clone(),
+            dns: self.dns.clone(),
+            dns_search: self.dns_search.clone(),
             volumes: self.volume.clone(),
             mounts: self.mount.clone(),
             tmpfs: self.tmpfs.clone(),

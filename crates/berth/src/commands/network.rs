@@ -1,7 +1,7 @@
 //! Network commands: ls, inspect (the default `bridge` network for now; user-defined networks follow).
 
 use anyhow::bail;
-use berth_net::Network;
+use berth_net::{CreateOptions, Network};
 use berth_runtime::Engine;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -11,6 +11,13 @@ use crate::format::{print_documents, print_rows};
 /// `network` subcommands.
 #[derive(Subcommand)]
 pub enum NetworkCommand {
+    /// Create a network
+    Create(CreateArgs),
+    /// Remove one or more networks
+    #[command(alias = "remove")]
+    Rm(RmArgs),
+    /// Remove all unused networks
+    Prune(PruneArgs),
     /// List networks
     #[command(alias = "list")]
     Ls(LsArgs),
@@ -19,6 +26,47 @@ pub enum NetworkCommand {
     /// Remove the default bridge's host side (bridge, rules) when no container uses it
     #[command(hide = true)]
     Reset,
+}
+
+/// `network create` flags.
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Driver to manage the Network
+    #[arg(short = 'd', long, default_value = "bridge")]
+    driver: String,
+    /// Subnet in CIDR format that represents a network segment
+    #[arg(long)]
+    subnet: Option<String>,
+    /// IPv4 Gateway for the master subnet
+    #[arg(long)]
+    gateway: Option<String>,
+    /// Allocate container ip from a sub-range (accepted; the whole subnet is used)
+    #[arg(long = "ip-range")]
+    ip_range: Option<String>,
+    /// Restrict external access to the network
+    #[arg(long)]
+    internal: bool,
+    /// Set metadata on a network
+    #[arg(long)]
+    label: Vec<String>,
+    /// Network name
+    name: String,
+}
+
+/// `network rm` arguments.
+#[derive(Args)]
+pub struct RmArgs {
+    /// Networks
+    #[arg(required = true)]
+    networks: Vec<String>,
+}
+
+/// `network prune` flags.
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Do not prompt for confirmation
+    #[arg(short = 'f', long)]
+    force: bool,
 }
 
 /// `network ls` flags.
@@ -30,6 +78,9 @@ pub struct LsArgs {
     /// Format output using a Go template
     #[arg(long)]
     format: Option<String>,
+    /// Do not truncate the output
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
 }
 
 /// `network inspect` flags.
@@ -47,43 +98,159 @@ fn builtin(name: &str, driver: &str) -> Value {
     json!({"Name": name, "Id": name, "Driver": driver, "Scope": "local", "IPAM": {"Config": []}, "Containers": {}})
 }
 
-fn bridge_json(engine: &Engine) -> anyhow::Result<Value> {
-    let dir = engine.store().root().join("networks");
+fn network_json(engine: &Engine, n: &Network) -> anyhow::Result<Value> {
     let mut containers = serde_json::Map::new();
     for r in engine.containers()? {
-        if r.host_config.network_mode == "bridge" && !r.network_settings.ip_address.is_empty() {
+        if r.host_config.network_mode == n.name && !r.network_settings.ip_address.is_empty() {
             containers.insert(
                 r.id.clone(),
                 json!({"Name": r.name, "IPv4Address": format!("{}/{}", r.network_settings.ip_address, r.network_settings.ip_prefix_len), "MacAddress": r.network_settings.mac_address}),
             );
         }
     }
-    let (subnet, gateway, bridge) = match Network::load(&dir, "bridge")? {
-        Some(n) => (n.subnet.to_string(), n.gateway.to_string(), n.bridge),
-        None => (String::new(), String::new(), String::new()),
-    };
     Ok(json!({
-        "Name": "bridge", "Id": "bridge", "Driver": "bridge", "Scope": "local",
-        "IPAM": {"Driver": "default", "Config": if subnet.is_empty() { json!([]) } else { json!([{"Subnet": subnet, "Gateway": gateway}]) }},
-        "Options": {"com.docker.network.bridge.name": bridge},
+        "Name": n.name, "Id": n.id, "Created": n.created, "Driver": "bridge", "Scope": "local",
+        "Internal": n.internal, "Labels": n.labels,
+        "IPAM": {"Driver": "default", "Config": [{"Subnet": n.subnet.to_string(), "Gateway": n.gateway.to_string()}]},
+        "Options": {"com.docker.network.bridge.name": n.bridge},
         "Containers": containers,
     }))
 }
 
 fn all(engine: &Engine) -> anyhow::Result<Vec<Value>> {
-    Ok(vec![
-        bridge_json(engine)?,
-        builtin("host", "host"),
-        builtin("none", "null"),
-    ])
+    let root = engine.store().root();
+    let networks = Network::list(root)?;
+    let mut out = Vec::new();
+    if !networks.iter().any(|n| n.name == "bridge") {
+        // Not used yet: created on first use, listed like Docker's.
+        out.push(builtin("bridge", "bridge"));
+    }
+    for n in &networks {
+        out.push(network_json(engine, n)?);
+    }
+    out.push(builtin("host", "host"));
+    out.push(builtin("none", "null"));
+    Ok(out)
+}
+
+/// Names of the networks some container (in any state) is configured to use.
+fn in_use(engine: &Engine) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(engine
+        .containers()?
+        .into_iter()
+        .map(|r| (r.host_config.network_mode.clone(), r.name.clone()))
+        .collect())
+}
+
+fn create(engine: &Engine, args: CreateArgs) -> anyhow::Result<i32> {
+    if args.driver != "bridge" {
+        bail!(
+            "plugin \"{}\" not found: only the bridge driver is supported",
+            args.driver
+        );
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &args.label {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let id = format!(
+        "{}{}",
+        berth_store::random_hex(16),
+        berth_store::random_hex(16)
+    );
+    let _ = args.ip_range;
+    let n = Network::create(
+        engine.store().root(),
+        &args.name,
+        &CreateOptions {
+            subnet: args.subnet,
+            gateway: args.gateway,
+            internal: args.internal,
+            labels,
+            created: berth_store::now_rfc3339(),
+            id,
+        },
+    )?;
+    println!("{}", n.id);
+    Ok(0)
+}
+
+fn remove(engine: &Engine, names: &[String], quiet_unused: bool) -> anyhow::Result<bool> {
+    let root = engine.store().root();
+    let users = in_use(engine)?;
+    let mut failed = false;
+    for name in names {
+        if matches!(name.as_str(), "bridge" | "host" | "none") {
+            if !quiet_unused {
+                eprintln!("Error response from daemon: {name} is a pre-defined network and cannot be removed");
+                failed = true;
+            }
+            continue;
+        }
+        let Some(n) = Network::list(root)?
+            .into_iter()
+            .find(|n| &n.name == name || (name.len() >= 12 && n.id.starts_with(name.as_str())))
+        else {
+            eprintln!("Error response from daemon: network {name} not found");
+            failed = true;
+            continue;
+        };
+        let using: Vec<&str> = users
+            .iter()
+            .filter(|(net, _)| *net == n.name)
+            .map(|(_, c)| c.as_str())
+            .collect();
+        if !using.is_empty() {
+            if !quiet_unused {
+                eprintln!(
+                    "Error response from daemon: error while removing network: network {} has active endpoints (containers: {})",
+                    n.name,
+                    using.join(", ")
+                );
+                failed = true;
+            }
+            continue;
+        }
+        n.remove(root)?;
+        println!("{name}");
+    }
+    Ok(!failed)
 }
 
 pub fn network_command(engine: &Engine, command: NetworkCommand) -> anyhow::Result<i32> {
     match command {
+        NetworkCommand::Create(args) => create(engine, args),
+        NetworkCommand::Rm(args) => {
+            if remove(engine, &args.networks, false)? {
+                Ok(0)
+            } else {
+                Ok(1)
+            }
+        }
+        NetworkCommand::Prune(args) => {
+            let _ = args.force;
+            let names: Vec<String> = Network::list(engine.store().root())?
+                .into_iter()
+                .map(|n| n.name)
+                .filter(|n| n != "bridge")
+                .collect();
+            println!("Deleted Networks:");
+            remove(engine, &names, true)?;
+            Ok(0)
+        }
         NetworkCommand::Ls(args) => {
             let rows: Vec<Value> = all(engine)?
                 .into_iter()
-                .map(|n| json!({"ID": n["Id"], "Name": n["Name"], "Driver": n["Driver"], "Scope": n["Scope"]}))
+                .map(|n| {
+                    let id = n["Id"].as_str().unwrap_or_default();
+                    let id = if args.no_trunc {
+                        id
+                    } else {
+                        &id[..id.len().min(12)]
+                    };
+                    json!({"ID": id, "Name": n["Name"], "Driver": n["Driver"], "Scope": n["Scope"]})
+                })
                 .collect();
             if args.quiet {
                 for r in &rows {
