@@ -7,6 +7,7 @@
 //! the container stops. Links, addresses and routes go through netlink ([`netlink`]); NAT and published
 //! ports are iptables rules in Berth's own chains ([`firewall`]), tagged so they can be removed by owner.
 
+pub mod dns;
 pub mod firewall;
 pub mod ipam;
 pub mod netlink;
@@ -315,6 +316,7 @@ impl Network {
 
     /// `network rm`: the bridge, its rules, its config.
     pub fn remove(&self, root: &Path) -> Result<(), NetError> {
+        dns::stop_server(self);
         self.destroy()?;
         let _ = fs::remove_file(root.join("networks").join(format!("{}.json", self.name)));
         Ok(())
@@ -408,12 +410,19 @@ impl Network {
         pid: i32,
         ip: Option<Ipv4Addr>,
         ports: &[PortMapping],
+        names: &[String],
     ) -> Result<Endpoint, NetError> {
         let ip = match ip {
             Some(ip) => ipam::lease_address(&self.state_dir, &self.subnet, self.gateway, ip, id)?,
             None => ipam::lease(&self.state_dir, &self.subnet, self.gateway, id)?,
         };
         let result = self.wire(id, pid, ip, ports);
+        if let Ok(endpoint) = &result {
+            // The default bridge resolves no names (Docker's behaviour).
+            if self.name != "bridge" && !names.is_empty() {
+                dns::register(&self.state_dir, id, endpoint.ip, names)?;
+            }
+        }
         if result.is_err() {
             // The namespace lives on (the init waits to be started), so the veth must go by hand.
             if let Ok(mut nl) = netlink::Netlink::new() {
@@ -475,6 +484,7 @@ impl Network {
         if published {
             firewall::unpublish(id);
         }
+        dns::unregister(&self.state_dir, id);
         // The veth pair goes with the container's network namespace when its last process exits; asking
         // the kernel about it here would only wait for rtnl while the namespace is torn down.
         ipam::release(&self.state_dir, id);

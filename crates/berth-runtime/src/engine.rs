@@ -158,7 +158,7 @@ impl Engine {
         let files = self.store.container_dir(&id);
         let result = (|| {
             fs::create_dir_all(&files).map_err(|e| io_err(files.display(), e))?;
-            write_etc_files(&files, &record)?;
+            write_etc_files(self.store.root(), &files, &record)?;
             let mut attempt = 0;
             loop {
                 match self.store.create_container(&record) {
@@ -684,7 +684,11 @@ fn host_file(path: &str) -> String {
 }
 
 /// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf for the container into its files dir.
-fn write_etc_files(files: &Path, record: &ContainerRecord) -> Result<(), RuntimeError> {
+fn write_etc_files(
+    root: &Path,
+    files: &Path,
+    record: &ContainerRecord,
+) -> Result<(), RuntimeError> {
     let write = |name: &str, content: String| {
         let path = files.join(name);
         fs::write(&path, content).map_err(|e| io_err(path.display(), e))
@@ -707,6 +711,17 @@ fn write_etc_files(files: &Path, record: &ContainerRecord) -> Result<(), Runtime
     }
     write("hosts", hosts)?;
     let mut resolv = host_file("/etc/resolv.conf");
+    // On a user-defined network the network's DNS server (at the gateway) resolves container names and
+    // relays the rest to the host's resolvers.
+    if !matches!(hc.network_mode.as_str(), "none" | "host" | "bridge") {
+        if let Ok(Some(n)) = berth_net::Network::load(&root.join("networks"), &hc.network_mode) {
+            let kept: Vec<&str> = resolv
+                .lines()
+                .filter(|l| !l.starts_with("nameserver"))
+                .collect();
+            resolv = format!("nameserver {}\n{}\n", n.gateway, kept.join("\n"));
+        }
+    }
     if !hc.dns.is_empty() || !hc.dns_search.is_empty() {
         let mut lines: Vec<String> = resolv
             .lines()

@@ -74,9 +74,22 @@ pub(crate) fn connect(
         name => {
             let network = find(engine, name)?;
             network.ensure().map_err(net_err)?;
+            let exe = std::env::current_exe()
+                .map_err(|e| RuntimeError::Io(format!("locate the berth binary: {e}")))?;
+            let args: Vec<&std::ffi::OsStr> = vec![
+                "--root".as_ref(),
+                engine.store().root().as_os_str(),
+                "--runroot".as_ref(),
+                engine.runroot().as_os_str(),
+                "dns-server".as_ref(),
+                name.as_ref(),
+            ];
+            berth_net::dns::ensure_server(&network, &exe, &args).map_err(net_err)?;
             network
         }
     };
+    let mut names = vec![record.name.clone(), record.id[..12].to_string()];
+    names.extend(record.host_config.network_aliases.iter().cloned());
     let ip =
         match record.host_config.ipv4_address.as_str() {
             "" => None,
@@ -85,7 +98,13 @@ pub(crate) fn connect(
             })?),
         };
     let endpoint = network
-        .attach(&record.id, pid.as_raw(), ip, &port_mappings(record)?)
+        .attach(
+            &record.id,
+            pid.as_raw(),
+            ip,
+            &port_mappings(record)?,
+            &names,
+        )
         .map_err(net_err)?;
     let mut ports: std::collections::BTreeMap<String, Vec<PortBinding>> = Default::default();
     for p in &endpoint.ports {

@@ -103,6 +103,8 @@ pub struct RunOptions {
     pub expose: Vec<String>,
     /// `--ip`.
     pub ip: Option<String>,
+    /// `--network-alias`.
+    pub network_aliases: Vec<String>,
     /// `--add-host name:ip`.
     pub add_hosts: Vec<String>,
     /// `--dns`.
@@ -440,6 +442,13 @@ pub(crate) fn build_record(
         None | Some("default") => "bridge".to_string(),
         Some(n) => n.to_string(),
     };
+    if !options.network_aliases.is_empty()
+        && matches!(network_mode.as_str(), "none" | "host" | "bridge")
+    {
+        return Err(RuntimeError::InvalidOption(
+            "network-scoped alias is supported only for containers in user defined networks".into(),
+        ));
+    }
     let ipv4_address = match &options.ip {
         Some(ip) => {
             if matches!(network_mode.as_str(), "none" | "host" | "bridge") {
@@ -597,6 +606,7 @@ pub(crate) fn build_record(
         port_bindings,
         publish_all_ports: options.publish_all,
         ipv4_address,
+        network_aliases: options.network_aliases.clone(),
         extra_hosts: options.add_hosts.clone(),
         dns: options.dns.clone(),
         dns_search: options.dns_search.clone(),

@@ -204,6 +204,13 @@ pub struct HostConfig {
         skip_serializing_if = "String::is_empty"
     )]
     pub ipv4_address: String,
+    /// `--network-alias` names (Docker keeps them in the endpoint config).
+    #[serde(
+        default,
+        rename = "BerthNetworkAliases",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub network_aliases: Vec<String>,
     /// `--add-host name:ip`.
     #[serde(default)]
     pub extra_hosts: Vec<String>,

@@ -456,3 +456,105 @@ fn user_networks_are_isolated_and_validated() {
         "{out}"
     );
 }
+
+#[test]
+fn containers_resolve_each_other_by_name_on_user_networks() {
+    let b = Berth::with_busybox();
+    b.ok(&["network", "create", "appnet"]);
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "data-service",
+        "--network",
+        "appnet",
+        "--network-alias",
+        "pool",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir /w && echo data > /w/index.html && exec httpd -f -p 5001 -h /w",
+    ]);
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "second",
+        "--network",
+        "appnet",
+        "--network-alias",
+        "pool",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    let ip1 = b.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.IPAddress}}",
+        "data-service",
+    ]);
+    let ip2 = b.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "second"]);
+    let lookup = |name: &str| {
+        b.run(&[
+            "run",
+            "--rm",
+            "--network",
+            "appnet",
+            "busybox",
+            "nslookup",
+            name,
+        ])
+    };
+    // By name (the seeds' http://data-service:5001), by alias (all addresses), by short ID.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = b.run(&[
+            "run",
+            "--rm",
+            "--network",
+            "appnet",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://data-service:5001/",
+        ]);
+        if String::from_utf8_lossy(&out.stdout) == "data\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer by name: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pool = String::from_utf8_lossy(&lookup("pool").stdout).into_owned();
+    assert!(
+        pool.contains(ip1.trim()) && pool.contains(ip2.trim()),
+        "{pool}"
+    );
+    let id = b.ok(&["inspect", "-f", "{{.Id}}", "second"]);
+    assert!(String::from_utf8_lossy(&lookup(&id[..12]).stdout).contains(ip2.trim()));
+    // A stopped container's name goes away; started again, it resolves again.
+    b.ok(&["stop", "-t", "0", "second"]);
+    let out = lookup("second");
+    assert!(!out.status.success() || !String::from_utf8_lossy(&out.stdout).contains(ip2.trim()));
+    b.ok(&["start", "second"]);
+    let ip2 = b.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "second"]);
+    assert!(String::from_utf8_lossy(&lookup("second").stdout).contains(ip2.trim()));
+    // The default bridge does not resolve container names (Docker's behaviour).
+    b.ok(&["run", "-d", "--name", "onbridge", "busybox", "sleep", "300"]);
+    let out = b.run(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "ping -c1 -W1 onbridge",
+    ]);
+    assert!(!out.status.success());
+    // Aliases need a user-defined network.
+    let out = b.run(&["run", "--rm", "--network-alias", "x", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+}

@@ -141,6 +141,9 @@ pub struct CreateArgs {
     /// IPv4 address (e.g., 172.30.100.104) on a user-defined network
     #[arg(long = "ip")]
     ip: Option<String>,
+    /// Add network-scoped alias for the container
+    #[arg(long = "network-alias")]
+    network_alias: Vec<String>,
     /// Add a custom host-to-IP mapping (host:ip)
     #[arg(long = "add-host")]
     add_host: Vec<String>,
@@ -219,6 +222,7 @@ impl CreateArgs {
             publish_all: self.publish_all,
             expose: self.expose.clone(),
             ip: self.ip.clone(),
+            network_aliases: self.network_alias.clone(),
             add_hosts: self.add_host.clone(),
             dns: self.dns.clone(),
             dns_search: self.dns_search.clone(),

@@ -103,6 +103,12 @@ pub enum Command {
     /// Supervise one container (started by berth itself)
     #[command(hide = true)]
     Monitor(container::MonitorArgs),
+    /// Serve DNS for a user-defined network (started by berth itself)
+    #[command(hide = true)]
+    DnsServer {
+        /// Network name
+        network: String,
+    },
 }
 
 /// Runs a command and returns the process exit code.
@@ -121,6 +127,22 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             }
         }
         return berth_runtime::monitor::run(root, runroot, &args.id, args.attached);
+    }
+    if let Command::DnsServer { network } = &command {
+        let served =
+            berth_net::Network::load(&root.join("networks"), network).and_then(|n| match n {
+                Some(n) => berth_net::dns::serve(&n),
+                None => Err(berth_net::NetError::Invalid(format!(
+                    "network {network} not found"
+                ))),
+            });
+        return match served {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("Error: {e}");
+                1
+            }
+        };
     }
     // Docker's engine errors for container-starting commands are 125; lookups of missing objects are 1.
     let engine_error_code = match &command {
@@ -167,7 +189,7 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::System(c) => system::system_command(&engine, c),
             Command::Version => system::version(&engine),
             Command::Info => system::info(&engine),
-            Command::Monitor(_) => Ok(0),
+            Command::Monitor(_) | Command::DnsServer { .. } => Ok(0),
         }
     })();
     match result {
