@@ -38,6 +38,7 @@ lint:
 
 bench: release
 	bench/run.sh
+	bench/network.sh
 
 clean:
 	$(CARGO) clean
