@@ -312,6 +312,12 @@ impl Engine {
         if !live_states.contains(&record.state.status) || self.monitor_alive(&record.id) {
             return Ok(record);
         }
+        // The record may be stale (a listing read before its monitor finished or `rm` removed it):
+        // look again now that the monitor is known to be gone.
+        let record = self.store.container(&record.id)?;
+        if !live_states.contains(&record.state.status) {
+            return Ok(record);
+        }
         self.cleanup_runtime(&record.id);
         crate::network::release_orphan(self, &record);
         let updated = self.store.update_container(&record.id, |r| {
@@ -350,13 +356,18 @@ impl Engine {
         self.reconcile(record)
     }
 
-    /// All containers, newest first, with states reconciled.
+    /// All containers, newest first, with states reconciled. One removed by another process while
+    /// this looks is left out, not an error.
     pub fn containers(&self) -> Result<Vec<ContainerRecord>, RuntimeError> {
-        self.store
-            .containers()?
-            .into_iter()
-            .map(|r| self.reconcile(r))
-            .collect()
+        let mut out = Vec::new();
+        for record in self.store.containers()? {
+            match self.reconcile(record) {
+                Ok(r) => out.push(r),
+                Err(RuntimeError::Store(StoreError::ContainerNotFound(_))) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Starts a created or exited container by spawning its monitor, and waits until it runs (or failed).

@@ -252,34 +252,63 @@ impl LogRecord {
 
 /// The log files of a container, oldest first (rotated ones, then the current).
 pub fn log_files(path: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut n = 1;
-    while rotated_path(path, n).exists() {
-        files.push(rotated_path(path, n));
-        n += 1;
-    }
+    let mut files: Vec<PathBuf> = chain(path)
+        .into_iter()
+        .map(|(n, _)| numbered_path(path, n))
+        .collect();
     files.reverse();
-    files.push(path.to_path_buf());
     files
 }
 
-/// Reads every record currently in the logs, oldest first.
-pub fn read_all(path: &Path) -> io::Result<Vec<LogRecord>> {
-    let mut out = Vec::new();
-    for file in log_files(path) {
-        let Ok(f) = File::open(&file) else { continue };
-        for line in BufReader::with_capacity(256 * 1024, f).lines() {
-            let line = line?;
-            if let Ok(record) = serde_json::from_str::<LogRecord>(&line) {
-                out.push(record);
-            }
-        }
+/// `<log>` for 0, `<log>.N` otherwise.
+fn numbered_path(path: &Path, n: u32) -> PathBuf {
+    if n == 0 {
+        path.to_path_buf()
+    } else {
+        rotated_path(path, n)
     }
-    Ok(out)
 }
 
-/// Follows the current log file from byte `offset`, across rotation (the file is renamed and a new one
-/// appears: the rest of the old one is read first, then the new one from the start).
+/// The log's names that exist now, newest first, with their inodes: `(0, current)`, `(1, <log>.1)`, ….
+/// While the writer rotates, one name in the chain can be briefly missing, so only two missing names
+/// in a row end it.
+fn chain(path: &Path) -> Vec<(u32, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut missing = 0;
+    let mut n = 0;
+    while missing < 2 {
+        match fs::metadata(numbered_path(path, n)) {
+            Ok(meta) => {
+                out.push((n, meta.ino()));
+                missing = 0;
+            }
+            Err(_) if n > 0 => missing += 1,
+            Err(_) => {}
+        }
+        n += 1;
+    }
+    out
+}
+
+/// Reads every record currently in the logs, oldest first. Rotation meanwhile neither skips nor
+/// repeats records (the files are read as a follower reads them).
+pub fn read_all(path: &Path) -> io::Result<Vec<LogRecord>> {
+    match LogFollower::from_oldest(path) {
+        Ok(mut follower) => follower.poll(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// How often a follower looks again when rotation renamed files under it while it was looking.
+const RACE_RETRIES: usize = 100;
+
+/// Reads a log from its oldest file on and follows it across rotation: the writer renames the current
+/// file to `<log>.1` (and older ones one number up) and starts a new one. The follower holds its file
+/// open, so it reads it to the end even after it was renamed or deleted, then moves to the file that
+/// came next, wherever the renames have put it by then. Nothing still on disk is skipped and nothing is
+/// read twice; only files rotated out (deleted) before the follower got to them are missed.
 pub struct LogFollower {
     path: PathBuf,
     reader: BufReader<File>,
@@ -288,10 +317,23 @@ pub struct LogFollower {
 }
 
 impl LogFollower {
-    /// Starts following at the end of what exists now.
-    pub fn at_end(path: &Path) -> io::Result<Self> {
-        let mut file = File::open(path)?;
-        file.seek(SeekFrom::End(0))?;
+    /// Starts at the beginning of the oldest log file there is. `NotFound` when there is no log yet.
+    pub fn from_oldest(path: &Path) -> io::Result<Self> {
+        for _ in 0..RACE_RETRIES {
+            let Some(&(n, _)) = chain(path).last() else {
+                return Err(io::ErrorKind::NotFound.into());
+            };
+            match File::open(numbered_path(path, n)) {
+                Ok(file) => return Self::on(path, file),
+                // Renamed meanwhile: look again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::ErrorKind::NotFound.into())
+    }
+
+    fn on(path: &Path, file: File) -> io::Result<Self> {
         let inode = std::os::unix::fs::MetadataExt::ino(&file.metadata()?);
         Ok(Self {
             path: path.to_path_buf(),
@@ -306,22 +348,73 @@ impl LogFollower {
         let mut out = Vec::new();
         loop {
             self.read_available(&mut out)?;
-            // Rotated? The path now names another file: finish the old one (done above), switch.
+            if let Some(next) = self.successor()? {
+                // Ours is no longer the current file, so the writer is done with it; what it wrote
+                // between our last read and the rename is read now, before moving on.
+                self.read_available(&mut out)?;
+                let inode = std::os::unix::fs::MetadataExt::ino(&next.metadata()?);
+                self.reader = BufReader::new(next);
+                self.inode = inode;
+                self.partial.clear();
+                continue;
+            }
             match fs::metadata(&self.path) {
-                Ok(meta) if std::os::unix::fs::MetadataExt::ino(&meta) != self.inode => {
-                    let file = File::open(&self.path)?;
-                    self.inode = std::os::unix::fs::MetadataExt::ino(&file.metadata()?);
-                    self.reader = BufReader::new(file);
-                    self.partial.clear();
-                }
-                Ok(meta) if meta.len() < self.reader.stream_position()? => {
-                    // Truncated in place (max-file=1).
+                Ok(meta)
+                    if std::os::unix::fs::MetadataExt::ino(&meta) == self.inode
+                        && meta.len() < self.reader.stream_position()? =>
+                {
+                    // Truncated in place (max-file=1). (A shorter file of another inode is a new
+                    // current file that a rotation made after we looked: the next poll moves to it.)
                     self.reader.seek(SeekFrom::Start(0))?;
                     self.partial.clear();
                 }
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// The file that came after ours, once ours has been rotated; None while ours is current (or the
+    /// writer is between renaming it and creating the next).
+    fn successor(&self) -> io::Result<Option<File>> {
+        for _ in 0..RACE_RETRIES {
+            let names = chain(&self.path);
+            match names.iter().find(|(_, inode)| *inode == self.inode) {
+                Some(&(0, _)) => return Ok(None),
+                Some(&(n, _)) => {
+                    let next = match File::open(numbered_path(&self.path, n - 1)) {
+                        Ok(file) => file,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(e),
+                    };
+                    // Renames only move files to higher numbers, the older first: if ours is still
+                    // at n, the one at n - 1 had not moved when we opened it, so it is the next one.
+                    let still = fs::metadata(numbered_path(&self.path, n))
+                        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) == self.inode)
+                        .unwrap_or(false);
+                    if still {
+                        return Ok(Some(next));
+                    }
+                }
+                None => {
+                    let links =
+                        std::os::unix::fs::MetadataExt::nlink(&self.reader.get_ref().metadata()?);
+                    if links > 0 {
+                        continue; // renamed while we looked: look again
+                    }
+                    // Ours was rotated out while we were behind: every file left is newer than it,
+                    // and the oldest of them comes next.
+                    let Some(&(oldest, _)) = names.last() else {
+                        return Ok(None);
+                    };
+                    match File::open(numbered_path(&self.path, oldest)) {
+                        Ok(file) => return Ok(Some(file)),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn read_available(&mut self, out: &mut Vec<LogRecord>) -> io::Result<()> {
@@ -366,6 +459,68 @@ mod tests {
         assert_eq!(all.last().unwrap().log, "line 19\n");
         let text = fs::read_to_string(rotated_path(&path, 2)).unwrap_or_default();
         let _ = text;
+    }
+
+    fn numbers(records: &[LogRecord]) -> Vec<u32> {
+        records
+            .iter()
+            .map(|r| r.log.trim_end().parse().unwrap())
+            .collect()
+    }
+
+    fn write_lines(w: &mut JsonLogWriter, range: std::ops::Range<u32>) {
+        for i in range {
+            w.write(Stream::Stdout, format!("{i}\n").as_bytes())
+                .unwrap();
+        }
+        w.flush().unwrap();
+    }
+
+    #[test]
+    fn follower_crosses_several_rotations_between_polls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c-json.log");
+        // ~60 bytes a record: about 4 records a file, 3 files kept.
+        let mut w = JsonLogWriter::open(&path, 250, 3).unwrap();
+        write_lines(&mut w, 0..3);
+        let mut f = LogFollower::from_oldest(&path).unwrap();
+        let mut seen = numbers(&f.poll().unwrap());
+        assert_eq!(seen, vec![0, 1, 2]);
+        // Two rotations before the next poll: the middle file must not be skipped, and what was
+        // appended to the follower's file just before it was rotated must not be lost.
+        write_lines(&mut w, 3..10);
+        assert!(rotated_path(&path, 2).exists());
+        seen.extend(numbers(&f.poll().unwrap()));
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        // Far behind: files rotated out are missed, nothing else, nothing twice.
+        write_lines(&mut w, 10..40);
+        seen.extend(numbers(&f.poll().unwrap()));
+        for pair in seen.windows(2) {
+            assert!(pair[0] < pair[1], "{seen:?}");
+        }
+        let on_disk = numbers(&read_all(&path).unwrap());
+        assert!(seen.ends_with(&on_disk), "{seen:?} vs {on_disk:?}");
+        assert_eq!(on_disk.last(), Some(&39));
+    }
+
+    #[test]
+    fn follower_starts_while_the_current_file_is_being_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c-json.log");
+        let mut w = JsonLogWriter::open(&path, 0, 3).unwrap();
+        write_lines(&mut w, 0..3);
+        drop(w);
+        // The writer renamed the current file and has not created the next one yet.
+        fs::rename(&path, rotated_path(&path, 1)).unwrap();
+        let mut f = LogFollower::from_oldest(&path).unwrap();
+        assert_eq!(numbers(&f.poll().unwrap()), vec![0, 1, 2]);
+        let mut w = JsonLogWriter::open(&path, 0, 3).unwrap();
+        write_lines(&mut w, 3..5);
+        assert_eq!(numbers(&f.poll().unwrap()), vec![3, 4]);
+        assert_eq!(
+            numbers(&read_all(&path).unwrap()),
+            (0..5).collect::<Vec<_>>()
+        );
     }
 
     #[test]

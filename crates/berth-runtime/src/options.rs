@@ -301,7 +301,12 @@ fn parse_ulimit(input: &str) -> Result<Ulimit, RuntimeError> {
             "invalid ulimit type: {name}"
         )));
     }
-    if soft > hard {
+    // -1 is unlimited, as with Docker; no other negative value means anything.
+    if soft < -1 || hard < -1 {
+        return Err(bad());
+    }
+    let unlimited_as_max = |v: i64| if v == -1 { i64::MAX } else { v };
+    if unlimited_as_max(soft) > unlimited_as_max(hard) {
         return Err(RuntimeError::InvalidOption(format!(
             "ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"
         )));
@@ -903,6 +908,25 @@ mod tests {
         );
         assert!(parse_restart(Some("always:3")).is_err());
         assert!(parse_restart(Some("sometimes")).is_err());
+    }
+
+    #[test]
+    fn ulimits() {
+        let u = parse_ulimit("nofile=512:1024").unwrap();
+        assert_eq!((u.name.as_str(), u.soft, u.hard), ("nofile", 512, 1024));
+        let u = parse_ulimit("core=-1").unwrap();
+        assert_eq!((u.soft, u.hard), (-1, -1));
+        assert_eq!(parse_ulimit("core=1024:-1").unwrap().hard, -1);
+        for bad in [
+            "core=-1:1024",
+            "nofile=-5",
+            "nofile=2:1",
+            "nofile",
+            "nofile=x",
+            "bogus=1",
+        ] {
+            assert!(parse_ulimit(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

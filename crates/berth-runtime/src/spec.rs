@@ -247,7 +247,11 @@ pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Val
         let rlimits: Vec<Value> = hc
             .ulimits
             .iter()
-            .map(|u| json!({"type": format!("RLIMIT_{}", u.name.to_ascii_uppercase()), "soft": u.soft, "hard": u.hard}))
+            .map(|u| {
+                // -1 (unlimited) is RLIM_INFINITY; the spec's limits are unsigned.
+                let limit = |v: i64| u64::try_from(v).unwrap_or(u64::MAX);
+                json!({"type": format!("RLIMIT_{}", u.name.to_ascii_uppercase()), "soft": limit(u.soft), "hard": limit(u.hard)})
+            })
             .collect();
         process["rlimits"] = Value::Array(rlimits);
     }

@@ -275,11 +275,12 @@ pub struct MountPoint {
     pub rw: bool,
     /// Propagation.
     pub propagation: String,
-    /// Anonymous volume (removed with `rm -v`); not a Docker field.
-    #[serde(default, skip_serializing)]
+    /// Anonymous volume (removed with `rm -v`); not a Docker field (inspect leaves it out, the store
+    /// must keep it).
+    #[serde(default)]
     pub anonymous: bool,
-    /// tmpfs options; not a Docker field.
-    #[serde(default, skip_serializing)]
+    /// tmpfs options; not a Docker field (inspect leaves it out, the store must keep it).
+    #[serde(default)]
     pub options: Vec<String>,
 }
 
@@ -375,11 +376,12 @@ pub struct ContainerState {
     /// Health, when a healthcheck is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
-    /// PID of the monitor process (not a Docker field).
-    #[serde(default, skip_serializing)]
+    /// PID of the monitor process (not a Docker field: inspect leaves it out, the store must keep it).
+    #[serde(default)]
     pub monitor_pid: i32,
-    /// The user stopped it (for `unless-stopped` and to suppress restarts; not a Docker field).
-    #[serde(default, skip_serializing)]
+    /// The user stopped it (for `unless-stopped` and to suppress restarts; not a Docker field: inspect
+    /// leaves it out, the store must keep it).
+    #[serde(default)]
     pub stopped_by_user: bool,
 }
 

@@ -1015,13 +1015,17 @@ pub fn logs(engine: &Engine, args: LogsArgs) -> anyhow::Result<i32> {
         since.is_none_or(|s| t.is_some_and(|t| t >= s))
             && until.is_none_or(|u| t.is_some_and(|t| t <= u))
     };
-    // Follow from the current end before reading the backlog, so nothing written meanwhile is lost.
-    let mut follower = if args.follow {
-        logs::LogFollower::at_end(&path).ok()
+    // A follower reads the backlog itself and goes on from exactly where it ends: nothing written
+    // meanwhile is lost or repeated, whatever rotation does.
+    let (mut records, mut follower) = if args.follow {
+        match logs::LogFollower::from_oldest(&path) {
+            Ok(mut follower) => (follower.poll()?, Some(follower)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), None),
+            Err(e) => return Err(e.into()),
+        }
     } else {
-        None
+        (logs::read_all(&path).unwrap_or_default(), None)
     };
-    let mut records: Vec<LogRecord> = logs::read_all(&path).unwrap_or_default();
     records.retain(|r| in_range(r));
     let skip = tail.map_or(0, |n| records.len().saturating_sub(n));
     for r in &records[skip..] {
@@ -1174,6 +1178,17 @@ pub fn container_json(engine: &Engine, r: &ContainerRecord, size: bool) -> Value
         "Config": r.config,
         "NetworkSettings": network_settings_json(r),
     });
+    // Berth's own bookkeeping, stored with the record, is not part of Docker's document.
+    if let Some(state) = v["State"].as_object_mut() {
+        state.remove("MonitorPid");
+        state.remove("StoppedByUser");
+    }
+    if let Some(mounts) = v["Mounts"].as_array_mut() {
+        for m in mounts.iter_mut().filter_map(Value::as_object_mut) {
+            m.remove("Anonymous");
+            m.remove("Options");
+        }
+    }
     if size {
         let rw = snap.container_size(&r.id);
         v["SizeRw"] = json!(rw);
