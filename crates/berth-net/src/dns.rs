@@ -287,7 +287,7 @@ mod tests {
 
     fn query(name: &str, qtype: u16) -> Vec<u8> {
         let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in name.split('.') {
+        for label in name.trim_end_matches('.').split('.') {
             q.push(label.len() as u8);
             q.extend_from_slice(label.as_bytes());
         }
