@@ -434,6 +434,13 @@ fn user_networks_are_isolated_and_validated() {
     b.ok(&["network", "rm", "front"]);
     let out = b.run(&["network", "rm", "bridge"]);
     assert!(stderr(&out).contains("pre-defined network"));
+    // system prune removes networks no container uses (vault's containers are gone; back has b1).
+    b.ok(&["system", "prune", "-f"]);
+    let ls = b.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(
+        !ls.lines().any(|l| l == "vault") && ls.lines().any(|l| l == "back"),
+        "{ls}"
+    );
 
     // --add-host and --dns land in the container's files.
     let out = b.ok(&[

@@ -176,6 +176,11 @@ fn create(engine: &Engine, args: CreateArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Removes those of `names` no container uses, printing each name removed (prune).
+pub fn remove_unused(engine: &Engine, names: &[String]) -> anyhow::Result<()> {
+    remove(engine, names, true).map(drop)
+}
+
 fn remove(engine: &Engine, names: &[String], quiet_unused: bool) -> anyhow::Result<bool> {
     let root = engine.store().root();
     let users = in_use(engine)?;
@@ -236,7 +241,7 @@ pub fn network_command(engine: &Engine, command: NetworkCommand) -> anyhow::Resu
                 .filter(|n| n != "bridge")
                 .collect();
             println!("Deleted Networks:");
-            remove(engine, &names, true)?;
+            remove_unused(engine, &names)?;
             Ok(0)
         }
         NetworkCommand::Ls(args) => {

@@ -190,6 +190,13 @@ fn prune(engine: &Engine, args: PruneArgs) -> anyhow::Result<i32> {
             println!("Deleted Container: {}", c.id);
         }
     }
+    // Networks no container uses any more (the default bridge stays, as Docker's).
+    let unused: Vec<String> = berth_net::Network::list(store.root())?
+        .into_iter()
+        .map(|n| n.name)
+        .filter(|n| n != "bridge")
+        .collect();
+    super::network::remove_unused(engine, &unused)?;
     if args.volumes {
         for v in store.volumes()? {
             if v.anonymous && store.volume_users(&v.name)?.is_empty() {
