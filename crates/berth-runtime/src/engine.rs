@@ -141,11 +141,24 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| crate::names::random_name(0));
         let mut record = options::build_record(options, &image, &id, &name)?;
-        if !matches!(
-            record.host_config.network_mode.as_str(),
-            "none" | "host" | "bridge"
-        ) {
-            crate::network::find(self, &record.host_config.network_mode)?;
+        match record.host_config.network_mode.as_str() {
+            "none" | "host" | "bridge" => {}
+            mode => match mode.strip_prefix("container:") {
+                Some(other) => {
+                    self.container(other)?;
+                }
+                None => {
+                    crate::network::find(self, mode)?;
+                }
+            },
+        }
+        for link in &record.host_config.links {
+            let name = link.split(':').next().unwrap_or(link);
+            if self.container(name).is_err() {
+                return Err(RuntimeError::InvalidOption(format!(
+                    "could not get container for {name}"
+                )));
+            }
         }
         record.mounts = self.resolve_mounts(options, &record)?;
         record.host_config.mounts = options
@@ -724,7 +737,9 @@ fn write_etc_files(
     let mut resolv = host_file("/etc/resolv.conf");
     // On a user-defined network the network's DNS server (at the gateway) resolves container names and
     // relays the rest to the host's resolvers.
-    if !matches!(hc.network_mode.as_str(), "none" | "host" | "bridge") {
+    if !matches!(hc.network_mode.as_str(), "none" | "host" | "bridge")
+        && !hc.network_mode.starts_with("container:")
+    {
         if let Ok(Some(n)) = berth_net::Network::load(&root.join("networks"), &hc.network_mode) {
             let kept: Vec<&str> = resolv
                 .lines()

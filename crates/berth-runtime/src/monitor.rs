@@ -397,11 +397,13 @@ fn run_once(
     let result = (|| {
         fill_new_volumes(record, &rootfs)?;
         let files = store.container_dir(id);
+        let shared_netns = crate::network::shared_namespace(engine, record)?;
         let spec = crate::spec::build_spec(
             record,
             &crate::spec::SpecPaths {
                 rootfs: &rootfs,
                 files: &files,
+                network_namespace: shared_netns.as_deref(),
             },
         )?;
         let bundle = engine.run_dir(id);

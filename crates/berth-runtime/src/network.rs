@@ -71,6 +71,7 @@ pub(crate) fn connect(
             return Ok(None);
         }
         "host" => return Ok(None),
+        mode if mode.starts_with("container:") => return Ok(None),
         name => {
             let network = find(engine, name)?;
             network.ensure().map_err(net_err)?;
@@ -140,9 +141,48 @@ pub(crate) fn connect(
             .map(|l| format!("{l}\n"))
             .collect();
         text.push_str(&format!("{}\t{}\n", endpoint.ip, record.config.hostname));
+        add_links(engine, record, &mut text);
         let _ = std::fs::write(&hosts, text);
     }
     Ok(Some(network))
+}
+
+/// For `--network container:<other>`: the network namespace of that (running) container.
+pub(crate) fn shared_namespace(
+    engine: &Engine,
+    record: &ContainerRecord,
+) -> Result<Option<std::path::PathBuf>, RuntimeError> {
+    let Some(other) = record.host_config.network_mode.strip_prefix("container:") else {
+        return Ok(None);
+    };
+    let target = engine.container(other)?;
+    if !target.state.running || target.state.pid <= 0 {
+        return Err(RuntimeError::InvalidOption(format!(
+            "cannot join network of a non running container: {other}"
+        )));
+    }
+    Ok(Some(std::path::PathBuf::from(format!(
+        "/proc/{}/ns/net",
+        target.state.pid
+    ))))
+}
+
+/// Adds `--link name:alias` entries to the container's /etc/hosts: the linked container's address
+/// under the alias and its name (legacy links on the default bridge).
+fn add_links(engine: &Engine, record: &ContainerRecord, hosts: &mut String) {
+    for link in &record.host_config.links {
+        let (name, alias) = link.split_once(':').unwrap_or((link, link));
+        if let Ok(target) = engine.container(name) {
+            let ip = &target.network_settings.ip_address;
+            if !ip.is_empty() {
+                hosts.push_str(&format!(
+                    "{ip}\t{alias} {} {}\n",
+                    target.name,
+                    &target.id[..12]
+                ));
+            }
+        }
+    }
 }
 
 /// A user-defined network by name.

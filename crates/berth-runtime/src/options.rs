@@ -105,6 +105,8 @@ pub struct RunOptions {
     pub ip: Option<String>,
     /// `--network-alias`.
     pub network_aliases: Vec<String>,
+    /// `--link name[:alias]`.
+    pub links: Vec<String>,
     /// `--add-host name:ip`.
     pub add_hosts: Vec<String>,
     /// `--dns`.
@@ -454,6 +456,23 @@ pub(crate) fn build_record(
             "network-scoped alias is supported only for containers in user defined networks".into(),
         ));
     }
+    if network_mode.starts_with("container:") {
+        if options.hostname.is_some() {
+            return Err(RuntimeError::InvalidOption(
+                "conflicting options: hostname and the network mode".into(),
+            ));
+        }
+        if !options.publish.is_empty() || options.publish_all {
+            return Err(RuntimeError::InvalidOption(
+                "conflicting options: port publishing and the container type network mode".into(),
+            ));
+        }
+    }
+    if !options.links.is_empty() && network_mode != "bridge" {
+        return Err(RuntimeError::InvalidOption(
+            "links are only supported on the default bridge network".into(),
+        ));
+    }
     let ipv4_address = match &options.ip {
         Some(ip) => {
             if matches!(network_mode.as_str(), "none" | "host" | "bridge") {
@@ -612,6 +631,7 @@ pub(crate) fn build_record(
         publish_all_ports: options.publish_all,
         ipv4_address,
         network_aliases: options.network_aliases.clone(),
+        links: options.links.clone(),
         extra_hosts: options.add_hosts.clone(),
         dns: options.dns.clone(),
         dns_search: options.dns_search.clone(),

@@ -148,6 +148,8 @@ pub struct SpecPaths<'a> {
     pub rootfs: &'a Path,
     /// `containers/<id>/` with hosts, hostname, resolv.conf.
     pub files: &'a Path,
+    /// `--network container:<other>`: that container's network namespace to join.
+    pub network_namespace: Option<&'a Path>,
 }
 
 /// Where `--init`'s init is mounted in the container (Docker's path).
@@ -287,8 +289,10 @@ pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Val
         json!({"type": "uts"}),
         json!({"type": "mount"}),
     ];
-    if hc.network_mode != "host" {
-        namespaces.push(json!({"type": "network"}));
+    match paths.network_namespace {
+        Some(path) => namespaces.push(json!({"type": "network", "path": path})),
+        None if hc.network_mode != "host" => namespaces.push(json!({"type": "network"})),
+        None => {}
     }
 
     let mut resources = json!({"devices": device_rules(hc.privileged)});

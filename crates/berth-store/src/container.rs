@@ -211,6 +211,9 @@ pub struct HostConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub network_aliases: Vec<String>,
+    /// `--link name[:alias]`.
+    #[serde(default)]
+    pub links: Vec<String>,
     /// `--add-host name:ip`.
     #[serde(default)]
     pub extra_hosts: Vec<String>,

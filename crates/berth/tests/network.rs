@@ -565,3 +565,78 @@ fn containers_resolve_each_other_by_name_on_user_networks() {
     let out = b.run(&["run", "--rm", "--network-alias", "x", "busybox", "true"]);
     assert_eq!(out.status.code(), Some(125));
 }
+
+#[test]
+fn links_and_shared_network_namespaces() {
+    let b = Berth::with_busybox();
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir /w && echo db > /w/index.html && exec httpd -f -p 80 -h /w",
+    ]);
+    let ip = b.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "db"]);
+    // --link: the alias and the name resolve through /etc/hosts on the default bridge.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = b.run(&[
+            "run",
+            "--rm",
+            "--link",
+            "db:database",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://database/",
+        ]);
+        if String::from_utf8_lossy(&out.stdout) == "db\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "link never answered: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // --network container:db shares db's stack: its server is on 127.0.0.1, its address is eth0's.
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:db",
+        "busybox",
+        "sh",
+        "-c",
+        "wget -qO- http://127.0.0.1/; ip -4 -o addr show eth0",
+    ]);
+    assert!(out.starts_with("db\n") && out.contains(ip.trim()), "{out}");
+    for args in [
+        &["run", "--rm", "--link", "nosuch", "busybox", "true"][..],
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "container:nosuch",
+            "busybox",
+            "true",
+        ][..],
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "container:db",
+            "-p",
+            "80",
+            "busybox",
+            "true",
+        ][..],
+    ] {
+        let out = b.run(args);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {}", stderr(&out));
+    }
+}

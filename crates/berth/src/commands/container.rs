@@ -144,6 +144,9 @@ pub struct CreateArgs {
     /// Add network-scoped alias for the container
     #[arg(long = "network-alias")]
     network_alias: Vec<String>,
+    /// Add link to another container (name[:alias])
+    #[arg(long = "link")]
+    link: Vec<String>,
     /// Add a custom host-to-IP mapping (host:ip)
     #[arg(long = "add-host")]
     add_host: Vec<String>,
@@ -223,6 +226,7 @@ impl CreateArgs {
             expose: self.expose.clone(),
             ip: self.ip.clone(),
             network_aliases: self.network_alias.clone(),
+            links: self.link.clone(),
             add_hosts: self.add_host.clone(),
             dns: self.dns.clone(),
             dns_search: self.dns_search.clone(),
