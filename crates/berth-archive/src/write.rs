@@ -90,9 +90,21 @@ pub fn write_path_in_root_as<W: Write>(
 /// defaults, and what Docker uses): a renamed directory or a metadata-only copy-up is recorded in
 /// xattrs that have no representation in an OCI layer.
 pub fn write_layer_from_upper<W: Write>(upper: &Path, out: W) -> Result<W, ArchiveError> {
+    write_layer_from_upper_skipping(upper, &[], out)
+}
+
+/// [`write_layer_from_upper`], leaving out the empty regular files at `skip` (archive names such as
+/// `etc/hosts`): the mount points a runtime creates for its bind-mounted files are not the
+/// container's changes (`commit`).
+pub fn write_layer_from_upper_skipping<W: Write>(
+    upper: &Path,
+    skip: &[&Path],
+    out: W,
+) -> Result<W, ArchiveError> {
     let root =
         sys::open_dir(upper).map_err(|e| ArchiveError::io(upper.display().to_string(), e))?;
     let mut writer = TreeWriter::new(out, true);
+    writer.skip = skip.iter().map(|p| p.to_path_buf()).collect();
     writer.contents(&root, Path::new(""))?;
     writer.finish()
 }
@@ -104,6 +116,8 @@ struct TreeWriter<W: Write> {
     links: HashMap<(libc::dev_t, libc::ino_t), PathBuf>,
     /// Upper-dir mode: translate overlayfs whiteouts and opaque directories.
     layer: bool,
+    /// Archive names left out when they are empty regular files.
+    skip: Vec<PathBuf>,
 }
 
 impl<W: Write> TreeWriter<W> {
@@ -112,6 +126,7 @@ impl<W: Write> TreeWriter<W> {
             builder: tar::Builder::new(BufWriter::with_capacity(OUTPUT_BUFFER, out)),
             links: HashMap::new(),
             layer,
+            skip: Vec::new(),
         }
     }
 
@@ -145,6 +160,10 @@ impl<W: Write> TreeWriter<W> {
             Err(Errno::ENOENT) => return Ok(()),
             Err(e) => return Err(err(arc, e)),
         };
+        if st.st_size == 0 && sys::kind(&st) == SFlag::S_IFREG && self.skip.iter().any(|p| p == arc)
+        {
+            return Ok(());
+        }
         if self.layer && sys::is_whiteout(&st) {
             let mut whiteout = OsString::from(OsStr::from_bytes(WHITEOUT_PREFIX));
             whiteout.push(name);

@@ -363,6 +363,45 @@ impl Engine {
         let _ = self.store.snapshots().unmount_container(id);
     }
 
+    /// Removes what a `create` killed half-way left behind: snapshot and file directories of containers
+    /// that have no record. Only directories older than a minute go, so a `create` in progress (its
+    /// directories come before its record) is never touched. Returns how many were removed.
+    pub fn remove_orphans(&self) -> Result<usize, RuntimeError> {
+        let known: std::collections::HashSet<String> =
+            self.store.containers()?.into_iter().map(|r| r.id).collect();
+        let snapshots = self.store.snapshots();
+        let mut ids: Vec<String> = Vec::new();
+        for dir in [
+            snapshots.container_dir("x").parent().map(Path::to_path_buf),
+            Some(self.store.root().join("containers")),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(60));
+                let is_id = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+                if is_id && old && !known.contains(&name) && !ids.contains(&name) {
+                    ids.push(name);
+                }
+            }
+        }
+        for id in &ids {
+            let _ = snapshots.remove_container(id);
+            let _ = fs::remove_dir_all(self.store.container_dir(id));
+        }
+        Ok(ids.len())
+    }
+
     /// A container by name or ID, with its state reconciled.
     pub fn container(&self, name_or_id: &str) -> Result<ContainerRecord, RuntimeError> {
         let record = self.store.container(name_or_id)?;

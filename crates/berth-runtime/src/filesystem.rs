@@ -465,7 +465,13 @@ impl Engine {
         let store = self.store();
         let upper = store.snapshots().upper_dir(&record.id);
         let mut blob = store.blobs().writer()?;
-        berth_archive::write_layer_from_upper(&upper, &mut blob)
+        // The mount points of the bind-mounted /etc files are the runtime's, not the container's.
+        let skip = [
+            Path::new("etc/hosts"),
+            Path::new("etc/hostname"),
+            Path::new("etc/resolv.conf"),
+        ];
+        berth_archive::write_layer_from_upper_skipping(&upper, &skip, &mut blob)
             .map_err(|e| RuntimeError::Io(format!("commit: {e}")))?;
         let (blob_digest, _) = blob.commit(None)?;
         let layer =

@@ -255,6 +255,16 @@ fn diff_commit_and_export() {
     ]);
     assert!(id.starts_with("sha256:"), "{id}");
     assert_eq!(b.ok(&["run", "--rm", "committed:v1"]), "made\nyes\nnovi\n");
+    // The runtime's mount points for /etc/hosts and friends are not part of the committed layer.
+    b.ok(&["create", "--name", "fromcommit", "committed:v1"]);
+    let out = b.run(&["export", "fromcommit"]);
+    let names = tar_names(&out.stdout);
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "etc/hosts" || n == "etc/resolv.conf"),
+        "{names:?}"
+    );
     let history = b.ok(&["history", "--no-trunc", "committed:v1"]);
     assert!(history.contains("my change"), "{history}");
     assert_eq!(
@@ -280,4 +290,32 @@ fn diff_commit_and_export() {
     let out = b.run(&["export", "nosuch"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("No such container"));
+}
+
+#[test]
+fn prune_removes_what_a_killed_create_left() {
+    let b = Berth::with_busybox();
+    b.ok(&["create", "--name", "keep", "busybox", "true"]);
+    let orphan = "ab".repeat(32);
+    let dirs = [
+        b.root.join("containers").join(&orphan),
+        b.root
+            .join("snapshots/containers")
+            .join(&orphan)
+            .join("diff"),
+    ];
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+        let old = std::process::Command::new("touch")
+            .args(["-d", "2 minutes ago"])
+            .arg(d.parent().filter(|p| p.ends_with(&orphan)).unwrap_or(d))
+            .status()
+            .unwrap();
+        assert!(old.success());
+    }
+    b.ok(&["container", "prune", "-f"]);
+    assert!(!b.root.join("containers").join(&orphan).exists());
+    assert!(!b.root.join("snapshots/containers").join(&orphan).exists());
+    // A container with a record is not an orphan (and a created one is pruned by its own rules).
+    assert_eq!(b.ok(&["ps", "-aq"]).lines().count(), 0);
 }

@@ -1403,6 +1403,7 @@ pub fn top(engine: &Engine, args: TopArgs) -> anyhow::Result<i32> {
 
 pub fn prune(engine: &Engine, _args: PruneArgs) -> anyhow::Result<i32> {
     let mut reclaimed = 0;
+    engine.remove_orphans()?;
     println!("Deleted Containers:");
     for r in engine.containers()? {
         if matches!(

@@ -190,6 +190,7 @@ fn prune(engine: &Engine, args: PruneArgs) -> anyhow::Result<i32> {
             println!("Deleted Container: {}", c.id);
         }
     }
+    engine.remove_orphans()?;
     // Networks no container uses any more (the default bridge stays, as Docker's).
     let unused: Vec<String> = berth_net::Network::list(store.root())?
         .into_iter()
