@@ -447,6 +447,14 @@ impl Engine {
             }
             _ => {}
         }
+        // A new start is not stopped by the user; cleared here, before the monitor exists, so that a
+        // `stop` racing the monitor's start-up is not undone by it.
+        self.store
+            .update_container(&record.id, |r| {
+                r.state.stopped_by_user = false;
+                Ok::<(), ()>(())
+            })?
+            .map_err(|_| RuntimeError::Io("update".into()))?;
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
         let exe = std::env::current_exe().map_err(|e| io_err("locate the berth binary", e))?;
@@ -577,6 +585,16 @@ impl Engine {
         } else {
             crate::signal::parse_signal(&record.config.stop_signal)?
         };
+        // A monitor still starting the container has no PID to signal yet: wait (briefly) for it.
+        let mut record = record;
+        let started = Instant::now();
+        while record.state.pid <= 0
+            && self.monitor_alive(&record.id)
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+            record = self.store.container(&record.id)?;
+        }
         if record.state.pid > 0 {
             let _ = kill(Pid::from_raw(record.state.pid), signal);
         }

@@ -141,13 +141,9 @@ fn supervise(
     let mut first = true;
     let final_code;
     loop {
-        let record = engine.store().update_container(&id, |r| {
-            if first {
-                r.state.stopped_by_user = false;
-            }
-            Ok::<(), ()>(())
-        })?;
-        let record = record.map_err(|_| RuntimeError::Io("update".into()))?;
+        // `start` cleared stopped_by_user before spawning us: a stop that arrives while we start up
+        // must stick.
+        let record = engine.store().container(&id)?;
         let log_path = engine.log_path(&id);
         let result = run_once(engine, &record, &log_path, &mut attachments, status, first);
         first = false;
