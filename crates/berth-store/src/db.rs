@@ -44,6 +44,16 @@ CREATE TABLE IF NOT EXISTS volumes (
 );
 ";
 
+/// Version 2: the registry digests an image is known by (`docker.io/library/busybox@sha256:…`), Docker's
+/// `RepoDigests`, recorded by pull and push.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS repo_digests (
+    name TEXT PRIMARY KEY,
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS repo_digests_image ON repo_digests(image_id);
+";
+
 /// Opens the database, creating the schema on first use.
 pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
@@ -62,6 +72,11 @@ pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
     if version < 1 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = 1; COMMIT;"
+        ))?;
+    }
+    if version < 2 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
         ))?;
     }
     Ok(conn)
