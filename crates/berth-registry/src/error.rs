@@ -247,10 +247,24 @@ pub(crate) fn from_reqwest(e: &reqwest::Error, host: &str) -> RegistryError {
             },
         };
     }
-    let reason = root_cause(e);
     if e.is_connect() || e.is_timeout() {
+        // The innermost cause says it best ("Connection refused", "dns error: …"); the URL says where.
+        let mut cause: &(dyn std::error::Error + 'static) = e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        let what = if e.is_timeout() && !e.is_connect() {
+            "timed out".to_string()
+        } else {
+            cause.to_string()
+        };
+        let reason = match e.url() {
+            Some(url) => format!("{what} ({url})"),
+            None => what,
+        };
         RegistryError::Unreachable { host, reason }
     } else {
+        let reason = root_cause(e);
         RegistryError::Registry {
             host,
             message: reason,

@@ -1,0 +1,393 @@
+//! Registry commands: pull, push, login, logout; and the pull that `run`/`create` do for a missing image.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+
+use anyhow::{bail, Context};
+use berth_registry::{
+    CredentialStore, Credentials, Platform, PullEvent, PullOptions, PushEvent, PushOptions,
+    RegistryError,
+};
+use berth_runtime::Engine;
+use berth_store::{Reference, StoreError};
+use clap::Args;
+
+/// `pull` flags.
+#[derive(Args)]
+pub struct PullArgs {
+    /// Download all tagged images in the repository
+    #[arg(short = 'a', long = "all-tags")]
+    all_tags: bool,
+    /// Set platform if server is multi-platform capable (os/arch[/variant])
+    #[arg(long)]
+    platform: Option<String>,
+    /// Suppress verbose output
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Skip image verification (accepted for compatibility; Berth verifies digests always)
+    #[arg(long = "disable-content-trust", default_value_t = true, action = clap::ArgAction::Set)]
+    disable_content_trust: bool,
+    /// Image to pull (name[:tag|@digest])
+    image: String,
+}
+
+/// `push` flags.
+#[derive(Args)]
+pub struct PushArgs {
+    /// Push all tags of an image to the repository
+    #[arg(short = 'a', long = "all-tags")]
+    all_tags: bool,
+    /// Suppress verbose output
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Skip image signing (accepted for compatibility)
+    #[arg(long = "disable-content-trust", default_value_t = true, action = clap::ArgAction::Set)]
+    disable_content_trust: bool,
+    /// Image to push (name[:tag])
+    image: String,
+}
+
+/// `login` flags.
+#[derive(Args)]
+pub struct LoginArgs {
+    /// Username
+    #[arg(short = 'u', long)]
+    username: Option<String>,
+    /// Password
+    #[arg(short = 'p', long)]
+    password: Option<String>,
+    /// Take the password from stdin
+    #[arg(long = "password-stdin")]
+    password_stdin: bool,
+    /// Registry server (default: Docker Hub)
+    server: Option<String>,
+}
+
+/// `logout` arguments.
+#[derive(Args)]
+pub struct LogoutArgs {
+    /// Registry server (default: Docker Hub)
+    server: Option<String>,
+}
+
+fn platform(text: Option<&str>) -> anyhow::Result<Option<Platform>> {
+    Ok(text.map(Platform::parse).transpose()?)
+}
+
+/// Where pull progress goes: stdout for `pull`, stderr for the pull inside `run`/`create`.
+#[derive(Clone, Copy)]
+enum Output {
+    Stdout,
+    Stderr,
+}
+
+impl Output {
+    fn line(self, text: &str) {
+        match self {
+            Output::Stdout => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{text}");
+                let _ = out.flush();
+            }
+            Output::Stderr => eprintln!("{text}"),
+        }
+    }
+}
+
+/// Docker's non-tty progress lines for one pull event.
+fn pull_line(event: &PullEvent) -> String {
+    let short = |d: &berth_store::Digest| d.hex()[..12].to_string();
+    match event {
+        PullEvent::Resolved {
+            tag_or_digest,
+            repository,
+        } => format!("{tag_or_digest}: Pulling from {repository}"),
+        PullEvent::LayerExists(d) => format!("{}: Already exists", short(d)),
+        PullEvent::LayerQueued(d) => format!("{}: Pulling fs layer", short(d)),
+        PullEvent::LayerDownloaded(d) => format!("{}: Download complete", short(d)),
+        PullEvent::LayerComplete(d) => format!("{}: Pull complete", short(d)),
+    }
+}
+
+/// Pulls `reference` printing Docker's lines (unless `quiet`); used by `pull` and by `run`/`create`.
+fn pull_reference(
+    engine: &Engine,
+    reference: &Reference,
+    platform: Option<Platform>,
+    quiet: bool,
+    output: Output,
+) -> anyhow::Result<()> {
+    let options = PullOptions {
+        platform,
+        ..PullOptions::default()
+    };
+    let mut on_event = |event: PullEvent| {
+        if !quiet {
+            output.line(&pull_line(&event));
+        }
+    };
+    let pulled = berth_registry::pull(engine.store(), reference, &options, &mut on_event)?;
+    if !quiet {
+        output.line(&format!("Digest: {}", pulled.digest));
+        let status = if pulled.up_to_date {
+            "Image is up to date for"
+        } else {
+            "Downloaded newer image for"
+        };
+        output.line(&format!("Status: {status} {}", reference.familiar()));
+    }
+    Ok(())
+}
+
+pub fn pull(engine: &Engine, args: PullArgs) -> anyhow::Result<i32> {
+    let _ = args.disable_content_trust;
+    let platform = platform(args.platform.as_deref())?;
+    if args.all_tags {
+        let repository = Reference::parse_name_only(&args.image)?;
+        let options = PullOptions {
+            platform,
+            ..PullOptions::default()
+        };
+        let quiet = args.quiet;
+        let mut on_event = |event: PullEvent| {
+            if !quiet {
+                Output::Stdout.line(&pull_line(&event));
+            }
+        };
+        let pulled =
+            berth_registry::pull_all_tags(engine.store(), &repository, &options, &mut on_event)?;
+        if !quiet {
+            for image in &pulled {
+                println!("Digest: {}", image.digest);
+            }
+            let newer = pulled.iter().any(|p| !p.up_to_date);
+            println!(
+                "Status: {} {}",
+                if newer {
+                    "Downloaded newer image for"
+                } else {
+                    "Image is up to date for"
+                },
+                repository.familiar_repository()
+            );
+        }
+        println!("{}", repository.repository());
+        return Ok(0);
+    }
+    let reference = Reference::parse(&args.image)?;
+    pull_reference(engine, &reference, platform, args.quiet, Output::Stdout)?;
+    println!("{reference}");
+    Ok(0)
+}
+
+/// `--pull` of `run` and `create`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    /// Pull the image before creating the container
+    Always,
+    /// Pull the image if it is not in the store
+    Missing,
+    /// Never pull
+    Never,
+}
+
+/// Makes sure the image `run`/`create` want is in the store, pulling it as `policy` says. Progress goes
+/// to stderr, so stdout carries only the container's output (or its ID), as with Docker.
+pub fn ensure_image(
+    engine: &Engine,
+    image: &str,
+    policy: PullPolicy,
+    platform_text: Option<&str>,
+) -> anyhow::Result<()> {
+    let present = match engine.store().image(image) {
+        Ok(_) => true,
+        Err(StoreError::ImageNotFound(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    let pull = match policy {
+        PullPolicy::Always => true,
+        PullPolicy::Missing => !present,
+        PullPolicy::Never => false,
+    };
+    if !pull {
+        return Ok(());
+    }
+    let reference = Reference::parse(image)?;
+    if !present {
+        eprintln!("Unable to find image '{}' locally", reference.familiar());
+    }
+    pull_reference(
+        engine,
+        &reference,
+        platform(platform_text)?,
+        false,
+        Output::Stderr,
+    )
+}
+
+pub fn push(engine: &Engine, args: PushArgs) -> anyhow::Result<i32> {
+    let _ = args.disable_content_trust;
+    let references: Vec<Reference> = if args.all_tags {
+        let repository = Reference::parse_name_only(&args.image)?;
+        if repository.tag().is_some() || repository.digest().is_some() {
+            bail!("tag can't be used with --all-tags/-a");
+        }
+        let mut tags: Vec<Reference> = engine
+            .store()
+            .images()?
+            .iter()
+            .flat_map(|i| i.tags.iter())
+            .filter_map(|t| Reference::parse(t).ok())
+            .filter(|t| t.repository() == repository.repository())
+            .collect();
+        tags.sort_by(|a, b| a.tag().cmp(&b.tag()));
+        if tags.is_empty() {
+            bail!(
+                "An image does not exist locally with the tag: {}",
+                repository.familiar_repository()
+            );
+        }
+        tags
+    } else {
+        vec![Reference::parse(&args.image)?]
+    };
+    let options = PushOptions::default();
+    let quiet = args.quiet;
+    let mut started = false;
+    for reference in &references {
+        let mut on_event = |event: PushEvent| {
+            if quiet {
+                return;
+            }
+            let short = |d: &berth_store::Digest| d.hex()[..12].to_string();
+            match event {
+                PushEvent::Started { repository } => {
+                    if !started {
+                        println!("The push refers to repository [{repository}]");
+                        started = true;
+                    }
+                }
+                PushEvent::LayerExists(d) => println!("{}: Layer already exists", short(&d)),
+                PushEvent::LayerPushed(d) => println!("{}: Pushed", short(&d)),
+            }
+        };
+        let pushed = berth_registry::push(engine.store(), reference, &options, &mut on_event)?;
+        if quiet {
+            println!("{reference}");
+        } else {
+            println!(
+                "{}: digest: {} size: {}",
+                pushed.tag, pushed.digest, pushed.size
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub fn login(args: LoginArgs) -> anyhow::Result<i32> {
+    let host = berth_registry::normalise_server(args.server.as_deref());
+    let store = CredentialStore::from_env();
+    if args.password.is_some() && args.password_stdin {
+        bail!("--password and --password-stdin are mutually exclusive");
+    }
+    if args.password_stdin && args.username.is_none() {
+        bail!("Must provide --username with --password-stdin");
+    }
+    if args.password.is_some() {
+        eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+    }
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    // Nothing given: the stored credentials, if any, are tried first (Docker does the same).
+    if args.username.is_none() && args.password.is_none() && !args.password_stdin {
+        if let Some(existing) = store.get(&host)? {
+            println!("Authenticating with existing credentials...");
+            match berth_registry::login(&host, &existing, &store) {
+                Ok(()) => {
+                    println!("Login Succeeded");
+                    return Ok(0);
+                }
+                Err(RegistryError::Unauthorized { .. }) if interactive => {
+                    eprintln!("Stored credentials for {host} were refused; enter new ones.");
+                }
+                Err(e) => return Err(e).with_context(|| format!("login to {host}")),
+            }
+        }
+    }
+    let username = match args.username {
+        Some(u) => u,
+        None => {
+            if !interactive {
+                bail!("Cannot perform an interactive login from a non TTY device");
+            }
+            prompt("Username: ")?
+        }
+    };
+    let username = username.trim().to_string();
+    if username.is_empty() {
+        bail!("Username cannot be empty");
+    }
+    let password = if args.password_stdin {
+        let mut text = String::new();
+        stdin
+            .lock()
+            .read_to_string(&mut text)
+            .context("read the password from stdin")?;
+        text.trim_end_matches(['\n', '\r']).to_string()
+    } else if let Some(p) = args.password {
+        p
+    } else {
+        if !interactive {
+            bail!("Cannot perform an interactive login from a non TTY device");
+        }
+        prompt_hidden("Password: ")?
+    };
+    if password.is_empty() {
+        bail!("Password cannot be empty");
+    }
+    let credentials = Credentials { username, password };
+    berth_registry::login(&host, &credentials, &store)
+        .with_context(|| format!("login to {host}"))?;
+    eprintln!(
+        "WARNING! Your password will be stored unencrypted in {}.",
+        store.path().display()
+    );
+    println!("Login Succeeded");
+    Ok(0)
+}
+
+pub fn logout(args: LogoutArgs) -> anyhow::Result<i32> {
+    let host = berth_registry::normalise_server(args.server.as_deref());
+    let store = CredentialStore::from_env();
+    let shown = CredentialStore::key_for(&host);
+    if berth_registry::logout(&host, &store)? {
+        println!("Removing login credentials for {shown}");
+    } else {
+        println!("Not logged in to {shown}");
+    }
+    Ok(0)
+}
+
+fn prompt(label: &str) -> anyhow::Result<String> {
+    eprint!("{label}");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("read from the terminal")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Reads a line from the terminal with echo off.
+fn prompt_hidden(label: &str) -> anyhow::Result<String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    let saved = tcgetattr(&stdin).context("read the terminal settings")?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    tcsetattr(&stdin, SetArg::TCSANOW, &quiet).context("turn off echo")?;
+    let line = prompt(label);
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
+    eprintln!();
+    line
+}
