@@ -309,7 +309,7 @@ pub fn login(args: LoginArgs) -> anyhow::Result<i32> {
                 Err(RegistryError::Unauthorized { .. }) if interactive => {
                     eprintln!("Stored credentials for {host} were refused; enter new ones.");
                 }
-                Err(e) => return Err(e).with_context(|| format!("login to {host}")),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -345,8 +345,7 @@ pub fn login(args: LoginArgs) -> anyhow::Result<i32> {
         bail!("Password cannot be empty");
     }
     let credentials = Credentials { username, password };
-    berth_registry::login(&host, &credentials, &store)
-        .with_context(|| format!("login to {host}"))?;
+    berth_registry::login(&host, &credentials, &store)?;
     eprintln!(
         "WARNING! Your password will be stored unencrypted in {}.",
         store.path().display()

@@ -1,0 +1,767 @@
+//! pull, push, login and logout against a real registry: Debian's `docker-registry` (distribution 2.8)
+//! started by each test on 127.0.0.1 with its own storage, plus `skopeo` on the other side of the wire.
+
+mod common;
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{stderr, stdout, Berth};
+use serde_json::{json, Value};
+use sha2::Digest as _;
+
+/// A registry server for one test, killed on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// A plain-HTTP registry, with htpasswd Basic auth for `user:password` when given.
+    fn start(basic_auth: Option<(&str, &str)>) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-registry-")
+            .tempdir()
+            .unwrap();
+        let auth = match basic_auth {
+            Some((user, password)) => {
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", user, password])
+                    .output()
+                    .expect("run htpasswd (apache2-utils)");
+                assert!(out.status.success(), "htpasswd: {}", stderr(&out));
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, &out.stdout).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+            None => String::new(),
+        };
+        for _ in 0..5 {
+            let port = free_port();
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                    dir.path().join("storage").display()
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+            let mut child = Command::new("/usr/bin/docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start /usr/bin/docker-registry (apt package docker-registry)");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self { child, port, dir };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break; // the port was taken meanwhile: try another
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "docker-registry did not start: {}",
+            std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+        );
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Where the registry keeps a blob's bytes.
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.dir
+            .path()
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({:?}): {}{}",
+        out.status.code(),
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+fn skopeo(args: &[&str]) -> String {
+    run_ok(Command::new("skopeo").arg("--insecure-policy").args(args))
+}
+
+fn skopeo_json(args: &[&str]) -> Value {
+    serde_json::from_str(&skopeo(args)).expect("skopeo prints JSON")
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 test path")
+}
+
+/// A berth command failing with exit code `code`; returns its stderr.
+fn fails(b: &Berth, args: &[&str], code: i32) -> String {
+    let out = b.run(args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "berth {args:?}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stderr(&out)
+}
+
+/// Runs berth with `DOCKER_CONFIG` pointing at `config_dir` (and `input` on stdin).
+fn with_config(b: &Berth, config_dir: &Path, args: &[&str], input: Option<&str>) -> Output {
+    let mut cmd = b.cmd(args);
+    cmd.env("DOCKER_CONFIG", config_dir);
+    let Some(input) = input else {
+        return cmd.output().unwrap();
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The image IDs in a store.
+fn image_ids(b: &Berth) -> Vec<String> {
+    b.ok(&["images", "-q", "--no-trunc"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Files left in the store's tmp dir (aborted downloads must leave none).
+fn tmp_files(b: &Berth) -> Vec<String> {
+    std::fs::read_dir(b.root.join("tmp"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn push_is_read_by_skopeo_and_pulled_into_a_fresh_store() {
+    let registry = Registry::start(None);
+    let b = Berth::with_busybox();
+    let target = format!("{}/berth/bb:v1", registry.host());
+    b.ok(&["tag", "busybox", &target]);
+    let out = b.ok(&["push", &target]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!(
+            "The push refers to repository [{}/berth/bb]",
+            registry.host()
+        ),
+        "{out}"
+    );
+    assert!(lines[1].ends_with(": Pushed"), "{out}");
+    let last = lines.last().unwrap();
+    assert!(last.starts_with("v1: digest: sha256:"), "{out}");
+    let digest = last.split_whitespace().nth(2).unwrap().to_string();
+    let size: u64 = last.rsplit(' ').next().unwrap().parse().unwrap();
+
+    // skopeo sees the very manifest Berth has, with Berth's layer.
+    let remote = format!("docker://{target}");
+    let inspect = skopeo_json(&["inspect", "--tls-verify=false", &remote]);
+    assert_eq!(inspect["Digest"], json!(digest));
+    let layers: Value =
+        serde_json::from_str(&b.ok(&["inspect", "-f", "{{json .RootFS.Layers}}", "busybox"]))
+            .unwrap();
+    let raw = skopeo(&["inspect", "--raw", "--tls-verify=false", &remote]);
+    assert_eq!(raw.len() as u64, size);
+    let config = skopeo_json(&["inspect", "--config", "--tls-verify=false", &remote]);
+    assert_eq!(config["rootfs"]["diff_ids"], layers);
+    // After a push the image is known by its registry digest.
+    assert_eq!(
+        b.ok(&["image", "inspect", "-f", "{{json .RepoDigests}}", &target])
+            .trim(),
+        json!([format!("{}/berth/bb@{digest}", registry.host())]).to_string()
+    );
+
+    // A fresh store pulls it and runs it.
+    let fresh = Berth::empty();
+    let out = fresh.ok(&["pull", &target]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "v1: Pulling from berth/bb", "{out}");
+    assert!(out.contains(": Pull complete\n"), "{out}");
+    assert!(out.contains(&format!("Digest: {digest}\n")), "{out}");
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {target}\n")),
+        "{out}"
+    );
+    assert_eq!(*lines.last().unwrap(), target);
+    assert_eq!(
+        fresh.ok(&["run", "--rm", &target, "echo", "pulled"]),
+        "pulled\n"
+    );
+    assert_eq!(
+        fresh
+            .ok(&[
+                "images",
+                "--digests",
+                "--format",
+                "{{.Repository}} {{.Tag}} {{.Digest}}"
+            ])
+            .trim(),
+        format!("{}/berth/bb v1 {digest}", registry.host())
+    );
+    assert_eq!(
+        fresh.ok(&["inspect", "-f", "{{.Id}}", &target]),
+        b.ok(&["inspect", "-f", "{{.Id}}", "busybox"])
+    );
+    // By digest too, and pulling again downloads nothing.
+    let by_digest = format!("{}/berth/bb@{digest}", registry.host());
+    assert_eq!(
+        fresh.ok(&["run", "--rm", &by_digest, "echo", "by digest"]),
+        "by digest\n"
+    );
+    let again = fresh.ok(&["pull", &target]);
+    assert!(again.contains(": Already exists\n"), "{again}");
+    assert!(!again.contains("Pull complete"), "{again}");
+    assert!(again.contains("Status: Image is up to date for"), "{again}");
+    assert_eq!(fresh.ok(&["pull", "-q", &target]), format!("{target}\n"));
+
+    // Re-pushing skips every blob.
+    let out = b.ok(&["push", &target]);
+    assert!(!out.contains("Pushed"), "{out}");
+    assert!(out.contains(": Layer already exists\n"), "{out}");
+    assert!(
+        out.ends_with(&format!("v1: digest: {digest} size: {size}\n")),
+        "{out}"
+    );
+
+    // push -a pushes every tag of the repository.
+    b.ok(&[
+        "tag",
+        "busybox",
+        &format!("{}/berth/bb:v2", registry.host()),
+    ]);
+    let out = b.ok(&["push", "-a", &format!("{}/berth/bb", registry.host())]);
+    assert!(
+        out.contains("v1: digest:") && out.contains("v2: digest:"),
+        "{out}"
+    );
+    let tags = skopeo_json(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}/berth/bb", registry.host()),
+    ]);
+    assert_eq!(tags["Tags"], json!(["v1", "v2"]));
+    // pull -a brings them all.
+    let all = Berth::empty();
+    let out = all.ok(&["pull", "-a", &format!("{}/berth/bb", registry.host())]);
+    assert!(
+        out.contains("v1: Pulling from") && out.contains("v2: Pulling from"),
+        "{out}"
+    );
+    assert_eq!(
+        all.ok(&["images", "--format", "{{.Tag}}"]).lines().count(),
+        2
+    );
+}
+
+#[test]
+fn images_pushed_by_skopeo_are_pulled_and_run_and_run_pulls_what_is_missing() {
+    let registry = Registry::start(None);
+    let b = Berth::with_busybox();
+    let archive = b.dir.path().join("bb.tar");
+    b.ok(&["save", "-o", p(&archive), "busybox"]);
+    // A Docker schema 2 manifest with gzip layers, and an OCI manifest.
+    let docker_ref = format!("{}/skopeo/bb:docker", registry.host());
+    let oci_ref = format!("{}/skopeo/bb:oci", registry.host());
+    for (reference, format) in [(&docker_ref, "v2s2"), (&oci_ref, "oci")] {
+        skopeo(&[
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-compress",
+            "--format",
+            format,
+            &format!("docker-archive:{}", p(&archive)),
+            &format!("docker://{reference}"),
+        ]);
+    }
+    let raw: Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{docker_ref}"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+
+    let fresh = Berth::empty();
+    // run pulls a missing image, reporting on stderr; stdout is the container's alone.
+    let out = fresh.run(&["run", "--rm", &docker_ref, "echo", "from skopeo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "from skopeo\n");
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!("Unable to find image '{docker_ref}' locally\n")),
+        "{err}"
+    );
+    assert!(err.contains("Status: Downloaded newer image for"), "{err}");
+    // create too; the OCI manifest is kept as the registry has it.
+    let out = fresh.run(&["create", "--name", "c", &oci_ref, "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim().len(), 64);
+    assert!(
+        stderr(&out).contains("Unable to find image"),
+        "{}",
+        stderr(&out)
+    );
+    let oci_digest = skopeo_json(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{oci_ref}"),
+    ])["Digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        fresh
+            .ok(&["images", "--digests", "--format", "{{.Digest}}", &oci_ref])
+            .trim(),
+        oci_digest
+    );
+    assert_eq!(fresh.ok(&["start", "-a", "c"]), "");
+
+    // --pull never does not pull; --pull always does even when the image is there.
+    let never = Berth::empty();
+    let err = fails(
+        &never,
+        &["run", "--rm", "--pull", "never", &docker_ref, "true"],
+        125,
+    );
+    assert!(err.contains("No such image"), "{err}");
+    assert!(image_ids(&never).is_empty());
+    let out = fresh.run(&[
+        "run",
+        "--rm",
+        "--pull",
+        "always",
+        &docker_ref,
+        "echo",
+        "again",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "again\n");
+    assert!(!stderr(&out).contains("Unable to find"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Status: Image is up to date for"),
+        "{}",
+        stderr(&out)
+    );
+    // A missing image that the registry does not have either.
+    let err = fails(
+        &fresh,
+        &[
+            "run",
+            "--rm",
+            &format!("{}/skopeo/none:1", registry.host()),
+            "true",
+        ],
+        125,
+    );
+    assert!(err.contains("manifest unknown"), "{err}");
+}
+
+/// Writes a blob into an OCI layout directory; returns its digest.
+fn put_blob(layout: &Path, bytes: &[u8]) -> String {
+    let hex = hex::encode(sha2::Sha256::digest(bytes));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+    format!("sha256:{hex}")
+}
+
+#[test]
+fn an_image_index_is_pulled_for_the_wanted_platform() {
+    let registry = Registry::start(None);
+    let b = Berth::with_busybox();
+    // An OCI layout with one index of two images: the busybox of this store (amd64 or whatever this host
+    // is) and the same layer under a config that says arm64/v8.
+    let archive = b.dir.path().join("bb.tar");
+    b.ok(&["save", "-o", p(&archive), "busybox"]);
+    let layout = b.dir.path().join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&layout),
+    );
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let host_entry = index["manifests"][0].clone();
+    let blob = |digest: &Value| {
+        let hex = digest.as_str().unwrap().strip_prefix("sha256:").unwrap();
+        std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
+    };
+    let manifest: Value = serde_json::from_slice(&blob(&host_entry["digest"])).unwrap();
+    let mut config: Value = serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
+    let host_arch = config["architecture"].as_str().unwrap().to_string();
+    let other_arch = if host_arch == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    config["architecture"] = json!(other_arch);
+    if other_arch == "arm64" {
+        config["variant"] = json!("v8");
+    }
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_digest = put_blob(&layout, &config_bytes);
+    let mut other = manifest.clone();
+    other["config"]["digest"] = json!(config_digest);
+    other["config"]["size"] = json!(config_bytes.len());
+    let other_bytes = serde_json::to_vec(&other).unwrap();
+    let other_digest = put_blob(&layout, &other_bytes);
+    let mut other_platform = json!({"os": "linux", "architecture": other_arch});
+    if other_arch == "arm64" {
+        other_platform["variant"] = json!("v8");
+    }
+    let nested = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": other_digest,
+                "size": other_bytes.len(),
+                "platform": other_platform,
+            },
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": host_entry["digest"],
+                "size": host_entry["size"],
+                "platform": {"os": "linux", "architecture": host_arch},
+            },
+        ],
+    });
+    let nested_bytes = serde_json::to_vec(&nested).unwrap();
+    let nested_digest = put_blob(&layout, &nested_bytes);
+    let top = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": nested_digest,
+            "size": nested_bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    let target = format!("{}/multi/bb:1", registry.host());
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi", p(&layout)),
+        &format!("docker://{target}"),
+    ]);
+
+    // skopeo may rewrite the index on the way: the registry's copy is the reference.
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    assert!(raw.status.success(), "{}", stderr(&raw));
+    let index: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+    let nested_digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw.stdout)));
+
+    // This host's platform by default; the index digest is what the reference is known by.
+    let fresh = Berth::empty();
+    let out = fresh.ok(&["pull", &target]);
+    assert!(out.contains(&format!("Digest: {nested_digest}\n")), "{out}");
+    assert_eq!(
+        fresh
+            .ok(&["inspect", "-f", "{{.Architecture}}", &target])
+            .trim(),
+        host_arch
+    );
+    assert_eq!(
+        fresh.ok(&["run", "--rm", &target, "echo", "native"]),
+        "native\n"
+    );
+    assert_eq!(
+        fresh
+            .ok(&["inspect", "-f", "{{json .RepoDigests}}", &target])
+            .trim(),
+        json!([format!("{}/multi/bb@{nested_digest}", registry.host())]).to_string()
+    );
+    // Another platform when asked.
+    let other_store = Berth::empty();
+    other_store.ok(&[
+        "pull",
+        "--platform",
+        &format!("linux/{other_arch}"),
+        &target,
+    ]);
+    assert_eq!(
+        other_store
+            .ok(&["inspect", "-f", "{{.Architecture}}", &target])
+            .trim(),
+        other_arch
+    );
+    // None that the index lacks.
+    let err = fails(
+        &Berth::empty(),
+        &["pull", "--platform", "linux/s390x", &target],
+        1,
+    );
+    assert!(
+        err.contains("no matching manifest for linux/s390x"),
+        "{err}"
+    );
+    let err = fails(
+        &Berth::empty(),
+        &["pull", "--platform", "linux/", &target],
+        1,
+    );
+    assert!(err.contains("invalid platform"), "{err}");
+}
+
+#[test]
+fn basic_auth_needs_login_and_logout_forgets() {
+    let registry = Registry::start(Some(("alice", "s3cret")));
+    let b = Berth::with_busybox();
+    let config_dir = b.dir.path().join("docker-config");
+    let config_file = config_dir.join("config.json");
+    let host = registry.host();
+    let target = format!("{host}/private/bb:1");
+    b.ok(&["tag", "busybox", &target]);
+
+    let out = with_config(&b, &config_dir, &["push", &target], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&format!("{host}: unauthorized: authentication required")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(&format!("berth login {host}")),
+        "{}",
+        stderr(&out)
+    );
+
+    // Wrong password: refused, nothing stored.
+    let out = with_config(
+        &b,
+        &config_dir,
+        &["login", "-u", "alice", "-p", "wrong", &host],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("incorrect username or password"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!config_file.exists());
+
+    let out = with_config(
+        &b,
+        &config_dir,
+        &["login", "-u", "alice", "-p", "s3cret", &host],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "Login Succeeded\n");
+    assert!(stderr(&out).contains("Using --password via the CLI is insecure"));
+    let config: Value = serde_json::from_slice(&std::fs::read(&config_file).unwrap()).unwrap();
+    // base64("alice:s3cret"), as docker writes it.
+    assert_eq!(config["auths"][&host]["auth"], "YWxpY2U6czNjcmV0");
+
+    let out = with_config(&b, &config_dir, &["push", &target], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Pulling needs the credentials too.
+    let fresh = Berth::empty();
+    let out = with_config(&fresh, &config_dir, &["pull", &target], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // skopeo reads the same credentials file.
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--authfile"])
+        .arg(&config_file)
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = with_config(&b, &config_dir, &["logout", &host], None);
+    assert_eq!(
+        stdout(&out),
+        format!("Removing login credentials for {host}\n")
+    );
+    let config: Value = serde_json::from_slice(&std::fs::read(&config_file).unwrap()).unwrap();
+    assert!(config["auths"].get(&host).is_none(), "{config}");
+    let out = with_config(&b, &config_dir, &["logout", &host], None);
+    assert_eq!(stdout(&out), format!("Not logged in to {host}\n"));
+    let out = with_config(&Berth::empty(), &config_dir, &["pull", &target], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
+
+    // --password-stdin.
+    let out = with_config(
+        &b,
+        &config_dir,
+        &["login", "-u", "alice", "--password-stdin", &host],
+        Some("s3cret\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "Login Succeeded\n");
+    let out = with_config(&Berth::empty(), &config_dir, &["pull", "-q", &target], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{target}\n"));
+    // Misuse of the flags.
+    let out = with_config(
+        &b,
+        &config_dir,
+        &["login", "--password-stdin", &host],
+        Some("x"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("Must provide --username with --password-stdin"));
+    let out = with_config(&b, &config_dir, &["login", &host], None);
+    assert!(
+        out.status.success(),
+        "stored credentials are reused: {}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("Authenticating with existing credentials"));
+}
+
+#[test]
+fn bad_input_fails_clearly_and_adds_nothing() {
+    let registry = Registry::start(None);
+    let b = Berth::with_busybox();
+    let host = registry.host();
+    let target = format!("{host}/bad/bb:1");
+    b.ok(&["tag", "busybox", &target]);
+    b.ok(&["push", &target]);
+    let fresh = Berth::empty();
+
+    // An unknown tag, an unknown repository.
+    let err = fails(&fresh, &["pull", &format!("{host}/bad/bb:nope")], 1);
+    assert!(
+        err.contains(&format!(
+            "manifest for {host}/bad/bb:nope not found: manifest unknown"
+        )),
+        "{err}"
+    );
+    let err = fails(&fresh, &["pull", &format!("{host}/no/such:1")], 1);
+    assert!(err.contains("not found"), "{err}");
+    // A registry that is down.
+    let down = format!("127.0.0.1:{}", free_port());
+    let err = fails(&fresh, &["pull", &format!("{down}/bb:1")], 1);
+    assert!(
+        err.contains(&format!("cannot reach registry {down}")) && err.contains("refused"),
+        "{err}"
+    );
+    let err = fails(&b, &["push", &format!("{down}/bb:1")], 1);
+    assert!(
+        err.contains("An image does not exist locally with the tag"),
+        "{err}"
+    );
+    b.ok(&["tag", "busybox", &format!("{down}/bb:1")]);
+    let err = fails(&b, &["push", &format!("{down}/bb:1")], 1);
+    assert!(
+        err.contains("cannot reach registry") && err.contains("refused"),
+        "{err}"
+    );
+    // Malformed references.
+    for bad in ["Bad/Name", "bb::1", &format!("{host}/bb@sha256:12")] {
+        let err = fails(&fresh, &["pull", bad], 1);
+        assert!(err.contains("invalid reference format"), "{bad}: {err}");
+    }
+    let err = fails(&fresh, &["pull", "-a", &target], 1);
+    assert!(err.contains("tag can't be used with --all-tags"), "{err}");
+    assert!(image_ids(&fresh).is_empty());
+
+    // A layer whose bytes in the registry no longer match its digest.
+    let layer = skopeo_json(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{target}"),
+    ])["Layers"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = registry.blob_path(&layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    let err = fails(&fresh, &["pull", &target], 1);
+    assert!(
+        err.contains(&format!("blob {layer}")) && err.contains("does not match its digest"),
+        "{err}"
+    );
+    assert!(
+        image_ids(&fresh).is_empty(),
+        "a failed pull must add no image"
+    );
+    assert!(!fresh.root.join("blobs/sha256").join(&layer[7..]).exists());
+    assert!(tmp_files(&fresh).is_empty(), "{:?}", tmp_files(&fresh));
+    let err = fails(&fresh, &["run", "--rm", &target, "true"], 125);
+    assert!(err.contains("does not match its digest"), "{err}");
+    assert!(image_ids(&fresh).is_empty());
+}
