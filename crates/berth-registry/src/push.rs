@@ -3,9 +3,12 @@
 //! The image's manifest is pushed exactly as stored (so its digest is the one `images --digests` shows),
 //! with the blobs it names as they are in the store — compressed or, for images imported or committed
 //! here, plain tars with the media type recorded for them. Blobs the registry already has are skipped (one
-//! HEAD each); the others are streamed from disk, several at once, each in one monolithic upload; the
-//! manifest goes last, once every blob it names is there.
+//! HEAD each); a blob that another repository of the same registry got from this store (by a pull or a
+//! push) is mounted from there without sending it (Docker's cross-repository mount); the others are
+//! streamed from disk, several at once, each in one monolithic upload; the manifest goes last, once every
+//! blob it names is there.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -52,6 +55,23 @@ pub enum PushEvent {
     LayerExists(Digest),
     /// A layer uploaded.
     LayerPushed(Digest),
+    /// A layer the registry copied from another of its repositories (`Mounted from …`).
+    LayerMounted {
+        /// The layer's diff ID.
+        layer: Digest,
+        /// The repository path it was mounted from.
+        from: String,
+    },
+}
+
+/// How a blob got to the registry.
+enum Sent {
+    /// It was there already.
+    Existed,
+    /// Mounted from this repository path.
+    Mounted(String),
+    /// Uploaded.
+    Pushed,
 }
 
 /// The outcome of a push.
@@ -72,6 +92,8 @@ struct Upload {
     shown_as: Option<Digest>,
     path: PathBuf,
     size: u64,
+    /// Other repositories of the registry known to have the blob.
+    mount_from: Vec<String>,
 }
 
 /// Pushes the local image tagged `reference` to its registry. See the module documentation.
@@ -123,6 +145,10 @@ pub fn push(
         )?);
     }
     uploads.push(local_blob(store, &manifest.config.digest, None)?);
+    let sources = mount_sources(store, reference)?;
+    for upload in &mut uploads {
+        upload.mount_from = sources.get(&upload.digest).cloned().unwrap_or_default();
+    }
 
     let credentials = options.credentials.get(reference.domain())?;
     crate::run(async {
@@ -145,10 +171,13 @@ pub fn push(
         while let Some(result) = sends.next().await {
             let (upload, sent) = result?;
             if let Some(shown) = &upload.shown_as {
-                on_event(if sent {
-                    PushEvent::LayerPushed(shown.clone())
-                } else {
-                    PushEvent::LayerExists(shown.clone())
+                on_event(match sent {
+                    Sent::Pushed => PushEvent::LayerPushed(shown.clone()),
+                    Sent::Existed => PushEvent::LayerExists(shown.clone()),
+                    Sent::Mounted(from) => PushEvent::LayerMounted {
+                        layer: shown.clone(),
+                        from,
+                    },
                 });
             }
         }
@@ -193,15 +222,55 @@ fn local_blob(
         shown_as,
         path,
         size,
+        mount_from: Vec::new(),
     })
 }
 
-/// Sends one blob unless the registry has it; returns whether it was sent.
+/// For each blob, the other repositories of `target`'s registry that an image of this store was pulled
+/// from or pushed to, and whose manifest names that blob: candidates for a cross-repository mount.
+fn mount_sources(
+    store: &Store,
+    target: &Reference,
+) -> Result<HashMap<Digest, Vec<String>>, RegistryError> {
+    let mut sources: HashMap<Digest, Vec<String>> = HashMap::new();
+    for image in store.images()? {
+        let repositories: Vec<String> = image
+            .repo_digests
+            .iter()
+            .filter_map(|d| Reference::parse(d).ok())
+            .filter(|r| r.domain() == target.domain() && r.path() != target.path())
+            .map(|r| r.path().to_string())
+            .collect();
+        if repositories.is_empty() {
+            continue;
+        }
+        let Ok(manifest) = store.manifest(&image) else {
+            continue;
+        };
+        for blob in manifest
+            .layers
+            .iter()
+            .map(|l| &l.digest)
+            .chain([&manifest.config.digest])
+        {
+            let entry = sources.entry(blob.clone()).or_default();
+            for repository in &repositories {
+                if !entry.contains(repository) {
+                    entry.push(repository.clone());
+                }
+            }
+        }
+    }
+    Ok(sources)
+}
+
+/// Gets one blob to the registry unless it has it: mounted from another repository when one is known to
+/// have it and the registry agrees, else uploaded.
 async fn send_blob(
     registry: &Registry,
     oref: &oci_client::Reference,
     upload: &Upload,
-) -> Result<bool, RegistryError> {
+) -> Result<Sent, RegistryError> {
     let host = registry.host.as_str();
     let digest = upload.digest.as_str();
     let oci_err = |e| RegistryError::from_oci(e, host, Subject::Blob(digest));
@@ -211,7 +280,23 @@ async fn send_blob(
         .await
         .map_err(oci_err)?
     {
-        return Ok(false);
+        return Ok(Sent::Existed);
+    }
+    for from in &upload.mount_from {
+        let source = oci_client::Reference::with_digest(
+            oref.registry().to_string(),
+            from.clone(),
+            digest.to_string(),
+        );
+        // A registry that cannot mount answers 202 with an upload session instead: then upload.
+        if registry
+            .client
+            .mount_blob(oref, &source, digest)
+            .await
+            .is_ok()
+        {
+            return Ok(Sent::Mounted(from.clone()));
+        }
     }
     let file = std::fs::File::open(&upload.path).map_err(|source| RegistryError::Io {
         op: "open blob",
@@ -238,5 +323,5 @@ async fn send_blob(
         .push_blob_stream(oref, body, digest, Some(upload.size))
         .await
         .map_err(oci_err)?;
-    Ok(true)
+    Ok(Sent::Pushed)
 }

@@ -286,6 +286,27 @@ fn push_is_read_by_skopeo_and_pulled_into_a_fresh_store() {
         "{out}"
     );
 
+    // A committed image (its new layer a plain tar, as commit stores it) is pushable as it is.
+    b.ok(&[
+        "run",
+        "--name",
+        "maker",
+        "busybox",
+        "sh",
+        "-c",
+        "echo committed > /made",
+    ]);
+    let committed = format!("{}/berth/committed:1", registry.host());
+    b.ok(&["commit", "maker", &committed]);
+    let out = b.ok(&["push", &committed]);
+    // Its base layer is mounted from the repository busybox was pushed to, not sent again.
+    assert!(out.contains(": Mounted from berth/bb\n"), "{out}");
+    assert_eq!(out.matches(": Pushed\n").count(), 1, "{out}");
+    assert_eq!(
+        fresh.ok(&["run", "--rm", &committed, "cat", "/made"]),
+        "committed\n"
+    );
+
     // push -a pushes every tag of the repository.
     b.ok(&[
         "tag",

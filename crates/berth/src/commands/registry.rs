@@ -268,6 +268,9 @@ pub fn push(engine: &Engine, args: PushArgs) -> anyhow::Result<i32> {
                 }
                 PushEvent::LayerExists(d) => println!("{}: Layer already exists", short(&d)),
                 PushEvent::LayerPushed(d) => println!("{}: Pushed", short(&d)),
+                PushEvent::LayerMounted { layer, from } => {
+                    println!("{}: Mounted from {from}", short(&layer))
+                }
             }
         };
         let pushed = berth_registry::push(engine.store(), reference, &options, &mut on_event)?;
