@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use common::{stderr, stdout, Berth};
 use serde_json::{json, Value};
 use sha2::Digest as _;
@@ -20,15 +21,30 @@ struct Registry {
     dir: tempfile::TempDir,
 }
 
+/// How a test registry authenticates.
+enum Auth<'a> {
+    /// Not at all.
+    None,
+    /// htpasswd Basic auth for one user and password.
+    Basic(&'a str, &'a str),
+    /// Bearer tokens from this token server.
+    Token(&'a TokenServer),
+}
+
 impl Registry {
-    /// A plain-HTTP registry, with htpasswd Basic auth for `user:password` when given.
-    fn start(basic_auth: Option<(&str, &str)>) -> Self {
+    /// A plain-HTTP registry, authenticating as `auth` says.
+    fn start(auth: Auth<'_>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-registry-")
             .tempdir()
             .unwrap();
-        let auth = match basic_auth {
-            Some((user, password)) => {
+        let auth = match auth {
+            Auth::Token(server) => format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                server.port,
+                server.cert.display()
+            ),
+            Auth::Basic(user, password) => {
                 let out = Command::new("htpasswd")
                     .args(["-Bbn", user, password])
                     .output()
@@ -41,7 +57,7 @@ impl Registry {
                     file.display()
                 )
             }
-            None => String::new(),
+            Auth::None => String::new(),
         };
         for _ in 0..5 {
             let port = free_port();
@@ -103,6 +119,189 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+const TOKEN_SERVICE: &str = "berth-test-registry";
+const TOKEN_ISSUER: &str = "berth-test-issuer";
+
+/// A token server (Docker's token authentication): answers `GET /token?service=…&scope=…` carrying the
+/// right Basic credentials with a JWT signed (RS256, by `openssl`) with a key whose self-signed certificate
+/// the registry trusts, granting every scope asked for; anything else gets 401.
+struct TokenServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    cert: PathBuf,
+    /// Requests answered with a token, for the test to check the flow really went through here.
+    issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TokenServer {
+    fn start(user: &'static str, password: &'static str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-token-")
+            .tempdir()
+            .unwrap();
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        run_ok(Command::new("openssl").args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=berth-test-token-signer",
+            "-keyout",
+            p(&key),
+            "-out",
+            p(&cert),
+        ]));
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in", p(&cert)])
+            .output()
+            .unwrap()
+            .stdout;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = issued.clone();
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let _ = answer_token_request(stream, &expected, &key, &der, user, &counter);
+            }
+        });
+        Self {
+            port,
+            dir,
+            cert,
+            issued,
+        }
+    }
+}
+
+fn answer_token_request(
+    mut stream: TcpStream,
+    expected_auth: &str,
+    key: &Path,
+    cert_der: &[u8],
+    user: &str,
+    issued: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut authorization = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("authorization") {
+                authorization = Some(value.trim().to_string());
+            }
+        }
+    }
+    let target = request_line.split_whitespace().nth(1).unwrap_or_default();
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let mut access = Vec::new();
+    for pair in query.split('&') {
+        if let Some(scope) = pair.strip_prefix("scope=") {
+            let scope = url_decode(scope);
+            // repository:name:actions (a name may contain ':' only before a port, never here)
+            let parts: Vec<&str> = scope.splitn(3, ':').collect();
+            if let [kind, name, actions] = parts.as_slice() {
+                access.push(json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}));
+            }
+        }
+    }
+    if authorization.as_deref() != Some(expected_auth) {
+        let body = r#"{"details":"incorrect username or password"}"#;
+        write!(
+            stream,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return Ok(());
+    }
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = json!({
+        "typ": "JWT",
+        "alg": "RS256",
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(cert_der)],
+    });
+    let claims = json!({
+        "iss": TOKEN_ISSUER,
+        "sub": user,
+        "aud": TOKEN_SERVICE,
+        "exp": now + 300,
+        "nbf": now - 10,
+        "iat": now,
+        "jti": format!("{now}-{}", issued.load(std::sync::atomic::Ordering::SeqCst)),
+        "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64(&serde_json::to_vec(&header).unwrap()),
+        b64(&serde_json::to_vec(&claims).unwrap())
+    );
+    let mut openssl = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    openssl
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(signing_input.as_bytes())?;
+    let signature = openssl.wait_with_output()?.stdout;
+    let token = format!("{signing_input}.{}", b64(&signature));
+    issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let body = json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    Ok(())
+}
+
+fn url_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A port nothing listens on right now.
@@ -196,7 +395,7 @@ fn tmp_files(b: &Berth) -> Vec<String> {
 
 #[test]
 fn push_is_read_by_skopeo_and_pulled_into_a_fresh_store() {
-    let registry = Registry::start(None);
+    let registry = Registry::start(Auth::None);
     let b = Berth::with_busybox();
     let target = format!("{}/berth/bb:v1", registry.host());
     b.ok(&["tag", "busybox", &target]);
@@ -339,7 +538,7 @@ fn push_is_read_by_skopeo_and_pulled_into_a_fresh_store() {
 
 #[test]
 fn images_pushed_by_skopeo_are_pulled_and_run_and_run_pulls_what_is_missing() {
-    let registry = Registry::start(None);
+    let registry = Registry::start(Auth::None);
     let b = Berth::with_busybox();
     let archive = b.dir.path().join("bb.tar");
     b.ok(&["save", "-o", p(&archive), "busybox"]);
@@ -454,7 +653,7 @@ fn put_blob(layout: &Path, bytes: &[u8]) -> String {
 
 #[test]
 fn an_image_index_is_pulled_for_the_wanted_platform() {
-    let registry = Registry::start(None);
+    let registry = Registry::start(Auth::None);
     let b = Berth::with_busybox();
     // An OCI layout with one index of two images: the busybox of this store (amd64 or whatever this host
     // is) and the same layer under a config that says arm64/v8.
@@ -603,7 +802,7 @@ fn an_image_index_is_pulled_for_the_wanted_platform() {
 
 #[test]
 fn basic_auth_needs_login_and_logout_forgets() {
-    let registry = Registry::start(Some(("alice", "s3cret")));
+    let registry = Registry::start(Auth::Basic("alice", "s3cret"));
     let b = Berth::with_busybox();
     let config_dir = b.dir.path().join("docker-config");
     let config_file = config_dir.join("config.json");
@@ -712,7 +911,7 @@ fn basic_auth_needs_login_and_logout_forgets() {
 
 #[test]
 fn bad_input_fails_clearly_and_adds_nothing() {
-    let registry = Registry::start(None);
+    let registry = Registry::start(Auth::None);
     let b = Berth::with_busybox();
     let host = registry.host();
     let target = format!("{host}/bad/bb:1");
@@ -785,4 +984,57 @@ fn bad_input_fails_clearly_and_adds_nothing() {
     let err = fails(&fresh, &["run", "--rm", &target, "true"], 125);
     assert!(err.contains("does not match its digest"), "{err}");
     assert!(image_ids(&fresh).is_empty());
+}
+
+#[test]
+fn bearer_token_auth_from_a_token_server() {
+    let tokens = TokenServer::start("bob", "t0ken-pw");
+    let registry = Registry::start(Auth::Token(&tokens));
+    let b = Berth::with_busybox();
+    let config_dir = b.dir.path().join("docker-config");
+    let host = registry.host();
+    let target = format!("{host}/team/bb:1");
+    b.ok(&["tag", "busybox", &target]);
+
+    // Anonymous: the token server refuses, so does the registry.
+    let out = with_config(&b, &config_dir, &["push", &target], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
+    let out = with_config(
+        &b,
+        &config_dir,
+        &["login", "-u", "bob", "--password-stdin", &host],
+        Some("wrong\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("incorrect username or password"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tokens.issued.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Login gets a token (checking the password); push and pull use tokens the registry verifies.
+    let out = with_config(
+        &b,
+        &config_dir,
+        &["login", "-u", "bob", "--password-stdin", &host],
+        Some("t0ken-pw\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "Login Succeeded\n");
+    let out = with_config(&b, &config_dir, &["push", &target], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(": Pushed\n"), "{}", stdout(&out));
+    let fresh = Berth::empty();
+    let out = with_config(
+        &fresh,
+        &config_dir,
+        &["run", "--rm", &target, "echo", "with a token"],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "with a token\n");
+    assert!(tokens.issued.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    assert!(tokens.dir.path().exists());
 }
