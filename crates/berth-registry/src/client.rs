@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use berth_store::Reference;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 
 use crate::credentials::Credentials;
@@ -36,13 +36,22 @@ impl Registry {
         host: &str,
         credentials: Option<Credentials>,
     ) -> Result<Self, RegistryError> {
-        let protocol = if plain_http(host) {
-            ClientProtocol::Http
-        } else {
+        let transport = crate::tls::transport(host)?;
+        let protocol = if transport.https {
             ClientProtocol::Https
+        } else {
+            ClientProtocol::Http
         };
         let config = ClientConfig {
             protocol,
+            extra_root_certificates: transport
+                .roots
+                .into_iter()
+                .map(|data| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data,
+                })
+                .collect(),
             // One POST and one PUT per blob, streamed: what every registry accepts and the fewest round trips.
             use_monolithic_push: true,
             // Berth chooses the platform itself (see `Platform::choose`).

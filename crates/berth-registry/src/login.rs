@@ -2,7 +2,7 @@
 //! auth, or, when the registry answers with a Bearer challenge, a token request to its realm), then stores
 //! them; `logout` removes them.
 
-use crate::client::{plain_http, CONNECT_TIMEOUT};
+use crate::client::CONNECT_TIMEOUT;
 use crate::credentials::{CredentialStore, Credentials};
 use crate::error::{from_reqwest, RegistryError};
 
@@ -53,8 +53,16 @@ async fn verify(host: &str, credentials: &Credentials) -> Result<(), RegistryErr
     } else {
         host
     };
-    let scheme = if plain_http(host) { "http" } else { "https" };
+    let transport = crate::tls::transport(host)?;
+    let scheme = if transport.https { "https" } else { "http" };
+    let mut roots = Vec::new();
+    for pem in &transport.roots {
+        roots.extend(
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| from_reqwest(&e, host))?,
+        );
+    }
     let client = reqwest::Client::builder()
+        .tls_certs_merge(roots)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(std::time::Duration::from_secs(60))
         .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))

@@ -34,6 +34,11 @@ enum Auth<'a> {
 impl Registry {
     /// A plain-HTTP registry, authenticating as `auth` says.
     fn start(auth: Auth<'_>) -> Self {
+        Self::start_with_tls(auth, None)
+    }
+
+    /// A registry serving HTTPS with this certificate and key when given.
+    fn start_with_tls(auth: Auth<'_>, tls: Option<(&Path, &Path)>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-registry-")
             .tempdir()
@@ -59,13 +64,21 @@ impl Registry {
             }
             Auth::None => String::new(),
         };
+        let tls = match tls {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         for _ in 0..5 {
             let port = free_port();
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
                     dir.path().join("storage").display()
                 ),
             )
@@ -1037,4 +1050,117 @@ fn bearer_token_auth_from_a_token_server() {
     assert_eq!(stdout(&out), "with a token\n");
     assert!(tokens.issued.load(std::sync::atomic::Ordering::SeqCst) >= 3);
     assert!(tokens.dir.path().exists());
+}
+
+#[test]
+fn tls_with_a_ca_from_certs_d() {
+    // A CA, and a server certificate for 127.0.0.1 that it signs.
+    let pki = tempfile::tempdir().unwrap();
+    let file = |name: &str| pki.path().join(name);
+    let openssl =
+        |args: &[&str]| run_ok(Command::new("openssl").args(args).current_dir(pki.path()));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=berth-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        file("ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext",
+        "-out",
+        "server.crt",
+    ]);
+    let registry =
+        Registry::start_with_tls(Auth::None, Some((&file("server.crt"), &file("server.key"))));
+    let host = registry.host();
+    let certs_d = pki.path().join("certs.d");
+    let host_dir = certs_d.join(&host);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let b = Berth::with_busybox();
+    let target = format!("{host}/tls/bb:1");
+    b.ok(&["tag", "busybox", &target]);
+    let berth = |store: &Berth, args: &[&str]| {
+        store
+            .cmd(args)
+            .env("BERTH_CERTS_DIR", &certs_d)
+            .env("DOCKER_CONFIG", pki.path().join("docker"))
+            .output()
+            .unwrap()
+    };
+
+    // A certs.d directory for the host means HTTPS, even on loopback; without its CA the server's
+    // certificate is not trusted.
+    let out = berth(&b, &["push", &target]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("cannot reach registry") && stderr(&out).contains("certificate"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::copy(file("ca.crt"), host_dir.join("ca.crt")).unwrap();
+    let out = berth(&b, &["push", &target]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Command::new("skopeo")
+        .args(["inspect", "--cert-dir"])
+        .arg(&host_dir)
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo over TLS: {}", stderr(&out));
+    let fresh = Berth::empty();
+    let out = berth(&fresh, &["run", "--rm", &target, "echo", "over tls"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "over tls\n");
+    let out = berth(&b, &["login", "-u", "any", "--password-stdin", &host]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdin is empty: {}",
+        stdout(&out)
+    );
+    let out = b
+        .cmd(&["login", "-u", "any", "-p", "pw", &host])
+        .env("BERTH_CERTS_DIR", &certs_d)
+        .env("DOCKER_CONFIG", pki.path().join("docker"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "login over TLS: {}", stderr(&out));
 }
