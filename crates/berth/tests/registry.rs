@@ -1164,3 +1164,66 @@ fn tls_with_a_ca_from_certs_d() {
         .unwrap();
     assert!(out.status.success(), "login over TLS: {}", stderr(&out));
 }
+
+#[test]
+fn manifest_inspect_and_search_look_without_pulling() {
+    let registry = Registry::start(Auth::None);
+    let b = Berth::with_busybox();
+    let host = registry.host();
+    for name in ["team/app:1", "team/web:2", "other:3"] {
+        let target = format!("{host}/{name}");
+        b.ok(&["tag", "busybox", &target]);
+        b.ok(&["push", &target]);
+    }
+    let target = format!("{host}/team/app:1");
+    let shown = b.ok(&["manifest", "inspect", &target]);
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{target}"),
+    ]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&shown).unwrap(),
+        serde_json::from_str::<Value>(&raw).unwrap()
+    );
+    assert!(shown.starts_with("{\n\t\"schemaVersion\": 2,"), "{shown}");
+    let verbose: Value =
+        serde_json::from_str(&b.ok(&["manifest", "inspect", "-v", &target])).unwrap();
+    assert_eq!(
+        verbose["Descriptor"]["digest"],
+        json!(format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(raw.as_bytes()))
+        ))
+    );
+    let err = fails(
+        &b,
+        &["manifest", "inspect", &format!("{host}/team/app:nope")],
+        1,
+    );
+    assert!(err.contains("manifest unknown"), "{err}");
+    assert_eq!(image_ids(&Berth::empty()).len(), 0);
+
+    let found = b.ok(&["search", "--format", "{{.Name}}", &format!("{host}/team")]);
+    assert_eq!(found, format!("{host}/team/app\n{host}/team/web\n"));
+    let table = b.ok(&["search", &format!("{host}/other")]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{table}");
+    assert!(lines[1].starts_with(&format!("{host}/other ")), "{table}");
+    assert_eq!(
+        b.ok(&[
+            "search",
+            "--limit",
+            "1",
+            "--format",
+            "{{.Name}}",
+            &format!("{host}/")
+        ])
+        .lines()
+        .count(),
+        1
+    );
+    let err = fails(&b, &["search", &format!("127.0.0.1:{}/x", free_port())], 1);
+    assert!(err.contains("cannot reach registry"), "{err}");
+}

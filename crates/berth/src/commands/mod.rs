@@ -90,6 +90,11 @@ pub enum Command {
     Login(registry::LoginArgs),
     /// Log out from a registry
     Logout(registry::LogoutArgs),
+    /// Search registries for images
+    Search(registry::SearchArgs),
+    /// Inspect image manifests in registries
+    #[command(subcommand)]
+    Manifest(registry::ManifestCommand),
     /// Manage images
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -135,6 +140,8 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
         let command = match command {
             Command::Login(a) => return registry::login(a),
             Command::Logout(a) => return registry::logout(a),
+            Command::Search(a) => return registry::search(a),
+            Command::Manifest(c) => return registry::manifest_command(c),
             other => other,
         };
         let engine = Engine::open(root, runroot)?;
@@ -171,7 +178,9 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::History(a) => image::history(&engine, a),
             Command::Pull(a) => registry::pull(&engine, a),
             Command::Push(a) => registry::push(&engine, a),
-            Command::Login(_) | Command::Logout(_) => Ok(0),
+            Command::Login(_) | Command::Logout(_) | Command::Search(_) | Command::Manifest(_) => {
+                Ok(0)
+            }
             Command::Image(c) => image::image_command(&engine, c),
             Command::Volume(c) => volume::volume_command(&engine, c),
             Command::System(c) => system::system_command(&engine, c),

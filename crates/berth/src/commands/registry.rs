@@ -62,6 +62,42 @@ pub struct LoginArgs {
     server: Option<String>,
 }
 
+/// `manifest` subcommands.
+#[derive(clap::Subcommand)]
+pub enum ManifestCommand {
+    /// Display an image manifest, or manifest list, from a registry
+    Inspect(ManifestInspectArgs),
+}
+
+/// `manifest inspect` flags.
+#[derive(Args)]
+pub struct ManifestInspectArgs {
+    /// Allow communication with an insecure registry (plain HTTP is used for loopback registries anyway)
+    #[arg(long)]
+    insecure: bool,
+    /// Output additional info including layers and platform
+    #[arg(short = 'v', long)]
+    verbose: bool,
+    /// Image reference (name[:tag|@digest])
+    image: String,
+}
+
+/// `search` flags.
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Max number of search results
+    #[arg(long, default_value_t = 25)]
+    limit: usize,
+    /// Don't truncate output
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// Pretty-print search using a Go template
+    #[arg(long)]
+    format: Option<String>,
+    /// Search term; `host[:port]/term` searches that registry's catalog
+    term: String,
+}
+
 /// `logout` arguments.
 #[derive(Args)]
 pub struct LogoutArgs {
@@ -392,4 +428,146 @@ fn prompt_hidden(label: &str) -> anyhow::Result<String> {
     let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
     eprintln!();
     line
+}
+
+pub fn manifest_command(command: ManifestCommand) -> anyhow::Result<i32> {
+    match command {
+        ManifestCommand::Inspect(args) => manifest_inspect(args),
+    }
+}
+
+fn manifest_inspect(args: ManifestInspectArgs) -> anyhow::Result<i32> {
+    let _ = args.insecure;
+    let reference = Reference::parse(&args.image)?;
+    let manifest = berth_registry::inspect_manifest(&reference, &CredentialStore::from_env())?;
+    if args.verbose {
+        let document: serde_json::Value = serde_json::from_slice(&manifest.bytes)
+            .context("the registry's manifest is not JSON")?;
+        let verbose = serde_json::json!({
+            "Ref": reference.to_string(),
+            "Descriptor": {
+                "mediaType": document.get("mediaType").cloned().unwrap_or_default(),
+                "digest": manifest.digest.to_string(),
+                "size": manifest.bytes.len(),
+            },
+            "Raw": document,
+        });
+        println!("{}", serde_json::to_string_pretty(&verbose)?);
+    } else {
+        // As Docker prints it: the registry's document, key order kept, indented with tabs.
+        println!("{}", reindent_json(&manifest.bytes));
+    }
+    Ok(0)
+}
+
+pub fn search(args: SearchArgs) -> anyhow::Result<i32> {
+    let (host, term) = match args.term.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':']) || first.eq_ignore_ascii_case("localhost") =>
+        {
+            (first.to_ascii_lowercase(), rest.to_string())
+        }
+        _ => (
+            berth_store::reference::DEFAULT_DOMAIN.to_string(),
+            args.term.clone(),
+        ),
+    };
+    let results = berth_registry::search(&host, &term, args.limit, &CredentialStore::from_env())?;
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            let description = if args.no_trunc || r.description.chars().count() <= 45 {
+                r.description.clone()
+            } else {
+                format!("{}…", r.description.chars().take(44).collect::<String>())
+            };
+            serde_json::json!({
+                "Name": r.name,
+                "Description": description,
+                "StarCount": r.stars.to_string(),
+                "IsOfficial": if r.official { "[OK]" } else { "" },
+            })
+        })
+        .collect();
+    crate::format::print_rows(
+        args.format.as_deref(),
+        &["NAME", "DESCRIPTION", "STARS", "OFFICIAL"],
+        &["Name", "Description", "StarCount", "IsOfficial"],
+        &rows,
+    )?;
+    Ok(0)
+}
+
+/// Re-indents a JSON document with tabs, keeping its key order and strings byte for byte.
+fn reindent_json(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = text.chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        for _ in 0..depth {
+            out.push('\t');
+        }
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.peek().is_some_and(|n| n.is_whitespace()) {
+                    chars.next();
+                }
+                if matches!(chars.peek(), Some('}') | Some(']')) {
+                    if let Some(close) = chars.next() {
+                        out.push(close);
+                    }
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reindent_json;
+
+    #[test]
+    fn reindents_keeping_order() {
+        assert_eq!(
+            reindent_json(br#"{"z":1,"a":[{"k":"v, }"},[]],"e":{}}"#),
+            "{\n\t\"z\": 1,\n\t\"a\": [\n\t\t{\n\t\t\t\"k\": \"v, }\"\n\t\t},\n\t\t[]\n\t],\n\t\"e\": {}\n}"
+        );
+    }
 }
