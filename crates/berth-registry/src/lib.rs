@@ -6,6 +6,8 @@
 //! run. So every entry point of this crate is synchronous: it starts a tokio runtime, does its work, and
 //! shuts the runtime down — joining all of its threads — before it returns. Nothing async leaks out.
 
+#![warn(missing_docs)]
+
 mod client;
 pub mod credentials;
 mod error;

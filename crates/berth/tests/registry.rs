@@ -1227,3 +1227,94 @@ fn manifest_inspect_and_search_look_without_pulling() {
     let err = fails(&b, &["search", &format!("127.0.0.1:{}/x", free_port())], 1);
     assert!(err.contains("cannot reach registry"), "{err}");
 }
+
+/// A plain HTTP/1.1 PUT to a test registry; returns the status code.
+fn http_put(host: &str, path: &str, content_type: &str, body: &[u8]) -> u16 {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn broken_or_foreign_registry_content_is_refused() {
+    let registry = Registry::start(Auth::None);
+    let b = Berth::with_busybox();
+    let host = registry.host();
+    let base = format!("{host}/broken/bb:1");
+    b.ok(&["tag", "busybox", &base]);
+    b.ok(&["push", &base]);
+    let manifest: Value = serde_json::from_str(&b.ok(&["manifest", "inspect", &base])).unwrap();
+    let fresh = Berth::empty();
+
+    // Manifests whose blobs are all in the registry but that are not container images Berth can run.
+    let mut artifact = manifest.clone();
+    artifact["config"]["mediaType"] = json!("application/vnd.example.config.v1+json");
+    let mut foreign_layer = manifest.clone();
+    foreign_layer["layers"][0]["mediaType"] = json!("application/vnd.example.blob");
+    for (tag, document) in [("artifact", &artifact), ("foreign", &foreign_layer)] {
+        let status = http_put(
+            &host,
+            &format!("/v2/broken/bb/manifests/{tag}"),
+            "application/vnd.oci.image.manifest.v1+json",
+            &serde_json::to_vec(document).unwrap(),
+        );
+        assert_eq!(status, 201, "PUT manifest {tag}");
+        let err = fails(&fresh, &["pull", &format!("{host}/broken/bb:{tag}")], 1);
+        assert!(
+            err.contains("unsupported media type application/vnd.example."),
+            "{err}"
+        );
+    }
+
+    // A layer blob the registry lost.
+    let lost = format!("{host}/broken/lost:1");
+    b.ok(&[
+        "run",
+        "--name",
+        "maker",
+        "busybox",
+        "sh",
+        "-c",
+        "echo lost > /lost",
+    ]);
+    b.ok(&["commit", "maker", &lost]);
+    b.ok(&["push", &lost]);
+    let lost_manifest: Value =
+        serde_json::from_str(&b.ok(&["manifest", "inspect", &lost])).unwrap();
+    let top_layer = lost_manifest["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(registry.blob_path(&top_layer)).unwrap();
+    let err = fails(&fresh, &["pull", &lost], 1);
+    assert!(err.contains(&top_layer), "{err}");
+
+    // A manifest whose bytes no longer match its digest.
+    let digest = skopeo_json(&["inspect", "--tls-verify=false", &format!("docker://{base}")])
+        ["Digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = registry.blob_path(&digest);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replacen("\"schemaVersion\":2", "\"schemaVersion\": 2", 1);
+    std::fs::write(&path, text).unwrap();
+    let err = fails(&fresh, &["pull", &base], 1);
+    assert!(err.contains("does not match its digest"), "{err}");
+
+    assert!(image_ids(&fresh).is_empty(), "nothing may be added");
+    assert!(tmp_files(&fresh).is_empty(), "{:?}", tmp_files(&fresh));
+}
