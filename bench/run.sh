@@ -50,9 +50,20 @@ RUNS=10 time_median $B ps -a | sed 's/^/berth ps -a: /'
 $B ps -aq --no-trunc | xargs -P 4 -n 50 $B rm -f >/dev/null
 
 echo "== 1 GiB to stdout, logged (MB/s)"
+line=$(printf 'x%.0s' $(seq 98))
 s=$(date +%s%N)
-$B run --name logger busybox sh -c 'head -c 1073741824 /dev/zero | tr "\0" "x" | fold -w 99' >/dev/null
+$B run --name logger busybox sh -c "yes $line | head -c 1073741824" >/dev/null
 e=$(date +%s%N)
 ms_taken=$(( (e - s) / 1000000 ))
 lines=$(wc -l < "$work/root/containers/$($B inspect -f '{{.Id}}' logger)/$($B inspect -f '{{.Id}}' logger)-json.log")
-echo "berth: $(( 1073741824 / 1000 / ms_taken )) MB/s, records: $lines (expected $(( (1073741824 + 98) / 99 )) = one per 99-byte line)"
+echo "berth: $(( 1073741824 / 1000 / ms_taken )) MB/s end to end, records: $lines (expected $(( 1073741824 / 99 + 1 )): one per 99-byte line)"
+s=$(date +%s%N); sh -c "busybox yes $line | busybox head -c 1073741824" >/dev/null; e=$(date +%s%N)
+echo "the producer alone (busybox yes | head to /dev/null): $(( 1073741824 / ((e - s) / 1000) )) MB/s"
+# The monitor's own capacity: its CPU time for the GiB (utime+stime, sampled until it exits).
+$B rm logger >/dev/null
+$B run -d --name logger2 busybox sh -c "sleep 0.5; yes $line | head -c 1073741824" >/dev/null
+mon=$(pgrep -f "monitor $($B inspect -f '{{.Id}}' logger2)")
+ticks=0
+while t=$(awk '{print $14 + $15}' /proc/"$mon"/stat 2>/dev/null); do ticks=$t; sleep 0.1; done
+hz=$(getconf CLK_TCK)
+echo "monitor CPU for 1 GiB: $(( ticks * 1000 / hz )) ms => capacity $(( 1073741824 * hz / 1000 / (ticks > 0 ? ticks : 1) / 1000 )) MB/s of one core"

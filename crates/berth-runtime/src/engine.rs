@@ -307,6 +307,7 @@ impl Engine {
             return Ok(record);
         }
         self.cleanup_runtime(&record.id);
+        crate::network::release_orphan(self, &record);
         let updated = self.store.update_container(&record.id, |r| {
             if live_states.contains(&r.state.status) && r.state.status != Status::Removing {
                 r.state.status = Status::Exited;
@@ -317,6 +318,7 @@ impl Engine {
                 r.state.exit_code = 137;
                 r.state.error = "monitor process died".into();
                 r.state.finished_at = berth_store::now_rfc3339();
+                r.network_settings = Default::default();
             }
             Ok::<(), ()>(())
         })?;

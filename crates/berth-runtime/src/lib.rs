@@ -11,6 +11,7 @@ mod health;
 pub mod logs;
 pub mod monitor;
 mod names;
+mod network;
 pub mod options;
 pub mod rootfs;
 mod seccomp;

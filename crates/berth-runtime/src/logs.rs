@@ -149,13 +149,67 @@ pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
 }
 
 fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
+    memchr::memchr(needle, haystack)
+}
+
+/// Bytes Docker's (Go's) JSON encoder escapes in a string: controls, `"`, `\`, and `<`, `>`, `&`.
+const fn escape_table() -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table[b'<' as usize] = true;
+    table[b'>' as usize] = true;
+    table[b'&' as usize] = true;
+    table
+}
+static NEEDS_ESCAPE: [bool; 256] = escape_table();
+
+/// Printable ASCII that JSON-encodes as itself; written without short-circuits so it vectorises.
+fn is_plain(bytes: &[u8]) -> bool {
+    bytes.iter().fold(true, |ok, &b| {
+        ok & (0x20..0x7f).contains(&b)
+            & (b != b'"')
+            & (b != b'\\')
+            & (b != b'<')
+            & (b != b'>')
+            & (b != b'&')
+    })
 }
 
 /// Escapes bytes as a JSON string body; invalid UTF-8 becomes U+FFFD as Docker's encoder does.
 fn escape_json(out: &mut Vec<u8>, bytes: &[u8]) {
-    let text = String::from_utf8_lossy(bytes);
-    for &b in text.as_bytes() {
+    // The common case, a line of printable ASCII: one branch-free (vectorised) check, one copy.
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    if is_plain(body) {
+        out.extend_from_slice(body);
+        if body.len() < bytes.len() {
+            out.extend_from_slice(b"\\n");
+        }
+        return;
+    }
+    // ASCII needs no UTF-8 repair (and checking that is much cheaper than the lossy conversion).
+    let text = if bytes.is_ascii() {
+        std::borrow::Cow::Borrowed(bytes)
+    } else {
+        match String::from_utf8_lossy(bytes) {
+            std::borrow::Cow::Borrowed(s) => std::borrow::Cow::Borrowed(s.as_bytes()),
+            std::borrow::Cow::Owned(s) => std::borrow::Cow::Owned(s.into_bytes()),
+        }
+    };
+    let text = text.as_ref();
+    // Copy runs of plain bytes at once; most log lines have nothing to escape but their newline.
+    let mut start = 0;
+    for (i, &b) in text.iter().enumerate() {
+        if !NEEDS_ESCAPE[b as usize] {
+            continue;
+        }
+        out.extend_from_slice(&text[start..i]);
+        start = i + 1;
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -165,10 +219,15 @@ fn escape_json(out: &mut Vec<u8>, bytes: &[u8]) {
             b'<' => out.extend_from_slice(b"\\u003c"),
             b'>' => out.extend_from_slice(b"\\u003e"),
             b'&' => out.extend_from_slice(b"\\u0026"),
-            0..=0x1f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
-            _ => out.push(b),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 0xf) as usize]);
+            }
         }
     }
+    out.extend_from_slice(&text[start..]);
 }
 
 /// One parsed log record.

@@ -456,6 +456,11 @@ fn run_once(
         } else {
             let (out_r, out_w) = pipe()?;
             let (err_r, err_w) = pipe()?;
+            // A 1 MiB pipe lets a chatty container write on while the monitor logs (64 KiB default).
+            for fd in [&out_r, &err_r] {
+                let _ =
+                    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+            }
             let (stdin_child, input): (OwnedFd, Option<OwnedFd>) = if record.config.open_stdin {
                 let (r, w) = pipe()?;
                 (r, Some(w))
@@ -490,8 +495,17 @@ fn run_once(
             .build();
         set_monitor_signals(true);
         let mut container = built.map_err(|e| classify_start_error(&e.to_string(), record))?;
+        // The init waits for start(): wire its network namespace up first.
+        let network = match crate::network::connect(engine, record, container.pid()) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = container.delete(true);
+                return Err(e);
+            }
+        };
         if let Err(e) = container.start() {
             let _ = container.delete(true);
+            crate::network::disconnect(engine, record, network.as_ref());
             return Err(classify_start_error(&e.to_string(), record));
         }
         let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
@@ -550,6 +564,7 @@ fn run_once(
         )?;
         let _ = log.finish();
         let oom_killed = crate::cgroup::oom_kills(id) > 0;
+        crate::network::disconnect(engine, record, network.as_ref());
         // The init has exited, so the kernel has killed the rest of its PID namespace; what is left
         // is the cgroups and libcontainer's state dir.
         crate::cgroup::remove(id);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use berth_store::container::{
     ContainerConfig, ContainerRecord, ContainerState, HostConfig, LogConfig, MountPoint,
-    MountRequest, RestartPolicy, Ulimit,
+    MountRequest, PortBinding, RestartPolicy, Ulimit,
 };
 use berth_store::image::HealthConfig;
 use berth_store::ImageRecord;
@@ -95,6 +95,12 @@ pub struct RunOptions {
     pub no_healthcheck: bool,
     /// `--network`.
     pub network: Option<String>,
+    /// `-p [ip:][hostport:]containerport[/proto]`.
+    pub publish: Vec<String>,
+    /// `-P`.
+    pub publish_all: bool,
+    /// `--expose port[/proto]` (ranges too).
+    pub expose: Vec<String>,
     /// `-v`.
     pub volumes: Vec<String>,
     /// `--mount`.
@@ -422,11 +428,39 @@ pub(crate) fn build_record(
         }
         None => 0,
     };
-    let network_mode = options.network.clone().unwrap_or_else(|| "none".into());
-    if !matches!(network_mode.as_str(), "none" | "host") {
+    let network_mode = match options.network.as_deref() {
+        None | Some("default") => "bridge".to_string(),
+        Some(n) => n.to_string(),
+    };
+    if !matches!(network_mode.as_str(), "none" | "host" | "bridge") {
         return Err(RuntimeError::InvalidOption(format!(
-            "network {network_mode} not found (this version of Berth supports --network none and host)"
+            "network {network_mode} not found"
         )));
+    }
+    let mut port_bindings: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
+    for spec in &options.publish {
+        for (port, binding) in parse_publish(spec)? {
+            port_bindings.entry(port).or_default().push(binding);
+        }
+    }
+    if network_mode != "bridge" && (!port_bindings.is_empty() || options.publish_all) {
+        if network_mode == "host" {
+            // Docker ignores published ports in host mode (with a warning).
+            port_bindings.clear();
+        } else {
+            return Err(RuntimeError::InvalidOption(
+                "conflicting options: port publishing and the container type network mode".into(),
+            ));
+        }
+    }
+    let mut exposed_ports = img.exposed_ports.clone();
+    for spec in &options.expose {
+        for port in parse_expose(spec)? {
+            exposed_ports.insert(port, serde_json::json!({}));
+        }
+    }
+    for port in port_bindings.keys() {
+        exposed_ports.insert(port.clone(), serde_json::json!({}));
     }
     let mut log_config = LogConfig {
         kind: "json-file".into(),
@@ -474,7 +508,7 @@ pub(crate) fn build_record(
         attach_stdin: options.attach && options.interactive,
         attach_stdout: options.attach,
         attach_stderr: options.attach,
-        exposed_ports: img.exposed_ports.clone(),
+        exposed_ports,
         tty: options.tty,
         open_stdin: options.interactive,
         stdin_once: options.attach && options.interactive,
@@ -526,6 +560,8 @@ pub(crate) fn build_record(
         log_config,
         mounts: Vec::new(),
         volumes_from: options.volumes_from.clone(),
+        port_bindings,
+        publish_all_ports: options.publish_all,
     };
     if host_config.auto_remove && host_config.restart_policy.name != "no" {
         return Err(RuntimeError::InvalidOption(
@@ -542,8 +578,93 @@ pub(crate) fn build_record(
         host_config,
         mounts: Vec::new(),
         state: ContainerState::created(),
+        network_settings: Default::default(),
         restart_count: 0,
     })
+}
+
+fn parse_port_range(text: &str, spec: &str) -> Result<(u16, u16), RuntimeError> {
+    let bad = || RuntimeError::InvalidOption(format!("invalid port specification: \"{spec}\""));
+    let (a, b) = text.split_once('-').unwrap_or((text, text));
+    let a: u16 = a.parse().map_err(|_| bad())?;
+    let b: u16 = b.parse().map_err(|_| bad())?;
+    if a == 0 && b == 0 {
+        return Ok((0, 0));
+    }
+    if a == 0 || b < a {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+fn split_protocol<'a>(text: &'a str, spec: &str) -> Result<(&'a str, &'a str), RuntimeError> {
+    let (ports, proto) = text.rsplit_once('/').unwrap_or((text, "tcp"));
+    if !matches!(proto, "tcp" | "udp") {
+        return Err(RuntimeError::InvalidOption(format!(
+            "invalid proto: {proto} in \"{spec}\""
+        )));
+    }
+    Ok((ports, proto))
+}
+
+/// `-p`: `[ip:][hostport[-end]:]containerport[-end][/tcp|/udp]` → (`80/tcp`, binding) pairs; ranges
+/// expand port by port (equal lengths, or one host port for a container range is refused as Docker).
+pub fn parse_publish(spec: &str) -> Result<Vec<(String, PortBinding)>, RuntimeError> {
+    let bad = |why: &str| {
+        RuntimeError::InvalidOption(format!("invalid publish specification \"{spec}\": {why}"))
+    };
+    let (rest, proto) = split_protocol(spec, spec)?;
+    let parts: Vec<&str> = rest.rsplitn(3, ':').collect();
+    let (ip, host, container) = match parts.as_slice() {
+        [c] => ("", "", *c),
+        [c, h] => ("", *h, *c),
+        [c, h, ip] => (*ip, *h, *c),
+        _ => return Err(bad("too many colons")),
+    };
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    if !ip.is_empty() && ip.parse::<std::net::Ipv4Addr>().is_err() {
+        return Err(bad(&format!("invalid IP address: {ip}")));
+    }
+    let (c_start, c_end) = parse_port_range(container, spec)?;
+    if c_start == 0 {
+        return Err(bad("invalid containerPort"));
+    }
+    let (h_start, h_end) = if host.is_empty() {
+        (0, 0)
+    } else {
+        parse_port_range(host, spec)?
+    };
+    let count = c_end - c_start;
+    if h_start != 0 && h_end - h_start != count {
+        return Err(bad("port ranges don't match in length"));
+    }
+    Ok((0..=count)
+        .map(|i| {
+            (
+                format!("{}/{proto}", c_start + i),
+                PortBinding {
+                    host_ip: ip.to_string(),
+                    host_port: if h_start == 0 {
+                        String::new()
+                    } else {
+                        (h_start + i).to_string()
+                    },
+                },
+            )
+        })
+        .collect())
+}
+
+/// `--expose 80`, `--expose 7000-7002/udp`.
+pub fn parse_expose(spec: &str) -> Result<Vec<String>, RuntimeError> {
+    let (ports, proto) = split_protocol(spec, spec)?;
+    let (a, b) = parse_port_range(ports, spec)?;
+    if a == 0 {
+        return Err(RuntimeError::InvalidOption(format!(
+            "invalid port specification: \"{spec}\""
+        )));
+    }
+    Ok((a..=b).map(|p| format!("{p}/{proto}")).collect())
 }
 
 /// A mount request parsed from `-v`, `--mount` or `--tmpfs`.

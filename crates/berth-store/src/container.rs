@@ -29,6 +29,9 @@ pub struct ContainerRecord {
     pub mounts: Vec<MountPoint>,
     /// Docker's `State`.
     pub state: ContainerState,
+    /// Docker's `NetworkSettings` (filled while running on a network).
+    #[serde(default)]
+    pub network_settings: NetworkSettings,
     /// How many times the restart policy restarted it.
     pub restart_count: u64,
 }
@@ -188,6 +191,41 @@ pub struct HostConfig {
     /// `--volumes-from`.
     #[serde(default)]
     pub volumes_from: Vec<String>,
+    /// `-p`: container port (`80/tcp`) to host bindings.
+    #[serde(default)]
+    pub port_bindings: BTreeMap<String, Vec<PortBinding>>,
+    /// `-P`: publish every exposed port on a random host port.
+    #[serde(default)]
+    pub publish_all_ports: bool,
+}
+
+/// One host side of a published port (Docker's `PortBinding`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortBinding {
+    /// Host address (empty = all).
+    #[serde(rename = "HostIp")]
+    pub host_ip: String,
+    /// Host port (empty = a free one).
+    pub host_port: String,
+}
+
+/// Docker's `NetworkSettings` of a running container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkSettings {
+    /// Address on the default network.
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    /// Its prefix length.
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    /// The gateway.
+    pub gateway: String,
+    /// MAC address of eth0.
+    pub mac_address: String,
+    /// Published ports as bound: `80/tcp` to host bindings.
+    pub ports: BTreeMap<String, Vec<PortBinding>>,
 }
 
 /// Docker's `Mounts` entry of inspect: a mount as set up.

@@ -100,6 +100,8 @@ impl Drop for Berth {
                 let _ = self.cmd(&["rm", "-fv", id]).output();
             }
         }
+        // The store's default bridge and its firewall rules.
+        let _ = self.cmd(&["network", "reset"]).output();
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
             let prefix = self.dir.path().to_string_lossy().into_owned();
             let mut points: Vec<&str> = mounts

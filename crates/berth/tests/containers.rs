@@ -323,7 +323,7 @@ fn ps_filters_and_inspect_fields() {
     assert_eq!(c["State"]["Status"], "created");
     assert_eq!(c["Config"]["Labels"]["tier"], "web");
     assert_eq!(c["Config"]["Cmd"][0], "true");
-    assert_eq!(c["HostConfig"]["NetworkMode"], "none");
+    assert_eq!(c["HostConfig"]["NetworkMode"], "bridge");
     b.ok(&["rename", "two", "three"]);
     assert!(b.ok(&["ps", "-a"]).contains("three"));
 }

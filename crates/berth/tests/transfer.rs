@@ -876,3 +876,45 @@ fn bad_archives_are_refused_and_add_nothing() {
     let out = b.ok(&["load", "-i", p(&skopeo_tar)]);
     assert_eq!(out, "Loaded image: bb:latest\n");
 }
+
+/// Where a Docker daemon runs (the tests never need one; this one checks interop when it is there).
+fn docker_available() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn save_is_loaded_and_run_by_docker_where_dockerd_runs() {
+    if !docker_available() {
+        eprintln!("dockerd is not running here: skipping the docker load round trip");
+        return;
+    }
+    let b = Berth::with_busybox();
+    let tag = format!("berth-interop-{}:t", std::process::id());
+    b.ok(&["tag", "busybox", &tag]);
+    let archive = b.dir.path().join("for-docker.tar");
+    b.ok(&["save", "-o", p(&archive), &tag]);
+    let loaded = run_ok(Command::new("docker").args(["load", "-i", p(&archive)]));
+    assert!(loaded.contains(&tag), "{loaded}");
+    let out = Command::new("docker")
+        .args(["run", "--rm", &tag, "echo", "ran in docker"])
+        .output()
+        .unwrap();
+    // And back: what `docker save` writes loads into a fresh Berth store and runs.
+    let from_docker = b.dir.path().join("from-docker.tar");
+    let saved = Command::new("docker")
+        .args(["save", "-o", p(&from_docker), &tag])
+        .output()
+        .unwrap();
+    let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+    assert_eq!(stdout(&out), "ran in docker\n", "{}", stderr(&out));
+    assert!(saved.status.success(), "{}", stderr(&saved));
+    let fresh = Berth::empty();
+    let loaded = fresh.ok(&["load", "-i", p(&from_docker)]);
+    assert!(loaded.contains(&tag), "{loaded}");
+    assert_eq!(fresh.ok(&["run", "--rm", &tag, "echo", "back"]), "back\n");
+}

@@ -126,9 +126,18 @@ pub struct CreateArgs {
     /// Disable any container-specified HEALTHCHECK
     #[arg(long = "no-healthcheck")]
     no_healthcheck: bool,
-    /// Connect a container to a network (none, host)
+    /// Connect a container to a network (bridge, none, host)
     #[arg(long = "network", alias = "net")]
     network: Option<String>,
+    /// Publish a container's port(s) to the host
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    /// Publish all exposed ports to random ports
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
+    /// Expose a port or a range of ports
+    #[arg(long = "expose")]
+    expose: Vec<String>,
     /// Bind mount a volume
     #[arg(short = 'v', long = "volume")]
     volume: Vec<String>,
@@ -200,6 +209,9 @@ impl CreateArgs {
             health_start_period: self.health_start_period.clone(),
             no_healthcheck: self.no_healthcheck,
             network: self.network.clone(),
+            publish: self.publish.clone(),
+            publish_all: self.publish_all,
+            expose: self.expose.clone(),
             volumes: self.volume.clone(),
             mounts: self.mount.clone(),
             tmpfs: self.tmpfs.clone(),
@@ -388,6 +400,15 @@ pub struct TopArgs {
     ps_args: Vec<String>,
 }
 
+/// `port` arguments.
+#[derive(Args)]
+pub struct PortArgs {
+    /// Container
+    container: String,
+    /// PRIVATE_PORT[/PROTO]
+    port: Option<String>,
+}
+
 /// `attach` flags.
 #[derive(Args)]
 pub struct AttachArgs {
@@ -489,6 +510,8 @@ pub enum ContainerCommand {
     Exec(ExecArgs),
     /// Attach local standard input, output, and error streams to a running container
     Attach(AttachArgs),
+    /// List port mappings or a specific mapping for the container
+    Port(PortArgs),
 }
 
 /// `container prune` flags.
@@ -529,6 +552,7 @@ pub fn container_command(engine: &Engine, command: ContainerCommand) -> anyhow::
         ContainerCommand::Prune(a) => prune(engine, a),
         ContainerCommand::Exec(a) => exec(engine, a),
         ContainerCommand::Attach(a) => attach(engine, a),
+        ContainerCommand::Port(a) => port(engine, a),
     }
 }
 
@@ -877,7 +901,7 @@ pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<i32> {
                 "RunningFor": format!("{} ago", human_duration(seconds_since(&r.created))),
                 "Status": status_text(r),
                 "State": r.state.status.as_str(),
-                "Ports": "",
+                "Ports": ports_text(r),
                 "Names": r.name,
                 "Labels": r.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
                 "Mounts": r.mounts.iter().map(|m| if m.name.is_empty() { m.source.clone() } else { m.name.clone() }).collect::<Vec<_>>().join(","),
@@ -1033,6 +1057,77 @@ pub fn logs(engine: &Engine, args: LogsArgs) -> anyhow::Result<i32> {
 }
 
 /// Docker's container inspect document.
+/// Docker's `NetworkSettings`: the top-level fields of the default network, and `Networks`.
+fn network_settings_json(r: &ContainerRecord) -> Value {
+    let n = &r.network_settings;
+    let mut ports = serde_json::Map::new();
+    for port in r.config.exposed_ports.keys() {
+        ports.insert(port.clone(), Value::Null);
+    }
+    for (port, bindings) in &n.ports {
+        ports.insert(port.clone(), json!(bindings));
+    }
+    let endpoint = json!({
+        "IPAddress": n.ip_address, "IPPrefixLen": n.ip_prefix_len, "Gateway": n.gateway,
+        "MacAddress": n.mac_address, "NetworkID": r.host_config.network_mode,
+    });
+    json!({
+        "Bridge": "", "SandboxID": "", "HairpinMode": false,
+        "Ports": if r.state.running { Value::Object(ports) } else { json!({}) },
+        "IPAddress": n.ip_address, "IPPrefixLen": n.ip_prefix_len, "Gateway": n.gateway,
+        "MacAddress": n.mac_address,
+        "Networks": { r.host_config.network_mode.clone(): endpoint },
+    })
+}
+
+/// The PORTS column: `0.0.0.0:8080->80/tcp, 443/tcp`.
+fn ports_text(r: &ContainerRecord) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for (port, bindings) in &r.network_settings.ports {
+        for b in bindings {
+            parts.push(format!("{}:{}->{port}", b.host_ip, b.host_port));
+        }
+    }
+    if r.state.running {
+        for port in r.config.exposed_ports.keys() {
+            if !r.network_settings.ports.contains_key(port) {
+                parts.push(port.clone());
+            }
+        }
+    }
+    parts.join(", ")
+}
+
+/// `port CONTAINER [PRIVATE_PORT[/PROTO]]`.
+pub fn port(engine: &Engine, args: PortArgs) -> anyhow::Result<i32> {
+    let r = engine.container(&args.container)?;
+    let wanted = args.port.as_deref().map(|p| {
+        if p.contains('/') {
+            p.to_string()
+        } else {
+            format!("{p}/tcp")
+        }
+    });
+    let mut found = false;
+    for (port, bindings) in &r.network_settings.ports {
+        if wanted.as_ref().is_some_and(|w| w != port) {
+            continue;
+        }
+        for b in bindings {
+            found = true;
+            if wanted.is_some() {
+                println!("{}:{}", b.host_ip, b.host_port);
+            } else {
+                println!("{port} -> {}:{}", b.host_ip, b.host_port);
+            }
+        }
+    }
+    if let (Some(w), false) = (&wanted, found) {
+        bail!("No public port '{w}' published for {}", args.container);
+    }
+    Ok(0)
+}
+
 pub fn container_json(engine: &Engine, r: &ContainerRecord, size: bool) -> Value {
     let args = berth_runtime::spec::process_args(r);
     let files = engine.store().container_dir(&r.id);
@@ -1073,10 +1168,7 @@ pub fn container_json(engine: &Engine, r: &ContainerRecord, size: bool) -> Value
         },
         "Mounts": r.mounts,
         "Config": r.config,
-        "NetworkSettings": {
-            "Bridge": "", "SandboxID": "", "HairpinMode": false, "Ports": {}, "IPAddress": "", "Gateway": "",
-            "MacAddress": "", "Networks": { r.host_config.network_mode.clone(): {} }
-        },
+        "NetworkSettings": network_settings_json(r),
     });
     if size {
         let rw = snap.container_size(&r.id);

@@ -3,6 +3,7 @@
 mod container;
 mod filesystem;
 mod image;
+mod network;
 mod registry;
 mod system;
 mod volume;
@@ -55,6 +56,8 @@ pub enum Command {
     Exec(container::ExecArgs),
     /// Attach local standard input, output, and error streams to a running container
     Attach(container::AttachArgs),
+    /// List port mappings or a specific mapping for the container
+    Port(container::PortArgs),
     /// Copy files/folders between a container and the local filesystem
     Cp(filesystem::CpArgs),
     /// Export a container's filesystem as a tar archive
@@ -101,6 +104,9 @@ pub enum Command {
     /// Manage volumes
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     /// Manage Berth
     #[command(subcommand)]
     System(system::SystemCommand),
@@ -168,6 +174,7 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::Diff(a) => filesystem::diff(&engine, a),
             Command::Commit(a) => filesystem::commit(&engine, a),
             Command::Attach(a) => container::attach(&engine, a),
+            Command::Port(a) => container::port(&engine, a),
             Command::Container(c) => container::container_command(&engine, c),
             Command::Images(a) => image::images(&engine, a),
             Command::Import(a) => image::import(&engine, a),
@@ -183,6 +190,7 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             }
             Command::Image(c) => image::image_command(&engine, c),
             Command::Volume(c) => volume::volume_command(&engine, c),
+            Command::Network(c) => network::network_command(&engine, c),
             Command::System(c) => system::system_command(&engine, c),
             Command::Version => system::version(&engine),
             Command::Info => system::info(&engine),

@@ -1,0 +1,280 @@
+//! Networking with real namespaces and real traffic (loopback, the host's own address, and the test
+//! store's own bridge only).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{stderr, Berth};
+
+/// A plain HTTP GET; retried while the server comes up.
+fn http_get(addr: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match attempt {
+            Ok(text) if text.contains("200 OK") => return text,
+            _ if Instant::now() > deadline => panic!("no answer from {addr}: {attempt:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// A global IPv4 address of this host (not loopback), if it has one.
+fn host_address() -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains(" docker0 ") && !l.contains(" brt") && !l.contains("berth0"))
+        .find_map(|l| {
+            let addr = l.split_whitespace().nth(3)?;
+            Some(addr.split('/').next()?.to_string())
+        })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+const HTTPD: &str =
+    "mkdir -p /www && echo hello-$HOSTNAME > /www/index.html && exec httpd -f -p 80 -h /www";
+
+#[test]
+fn published_ports_answer_on_loopback_and_the_host_address() {
+    let b = Berth::with_busybox();
+    let port = free_port();
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--hostname",
+        "web1",
+        "-p",
+        &format!("{port}:80"),
+        "-p",
+        "127.0.0.1::80",
+        "busybox",
+        "sh",
+        "-c",
+        HTTPD,
+    ]);
+    assert!(http_get(&format!("127.0.0.1:{port}")).contains("hello-web1"));
+    if let Some(ip) = host_address() {
+        assert!(http_get(&format!("{ip}:{port}")).contains("hello-web1"));
+    }
+    // A random host port on 127.0.0.1, shown by `port`, ps and inspect.
+    let mapping = b.ok(&["port", "web"]);
+    assert!(
+        mapping.contains(&format!("80/tcp -> 0.0.0.0:{port}")),
+        "{mapping}"
+    );
+    let random = mapping
+        .lines()
+        .find_map(|l| l.strip_prefix("80/tcp -> 127.0.0.1:"))
+        .expect("random loopback port")
+        .trim()
+        .to_string();
+    assert!(http_get(&format!("127.0.0.1:{random}")).contains("hello-web1"));
+    assert!(b.ok(&["ps"]).contains(&format!("0.0.0.0:{port}->80/tcp")));
+    let ip = b.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
+    assert!(ip.trim().parse::<std::net::Ipv4Addr>().is_ok(), "{ip}");
+    // Another container reaches it by address over the bridge.
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "wget",
+        "-qO-",
+        &format!("http://{}/", ip.trim()),
+    ]);
+    assert_eq!(out, "hello-web1\n");
+
+    // The same host port again is refused with a clear error, and leaves nothing behind.
+    let out = b.run(&[
+        "run",
+        "-d",
+        "--name",
+        "web2",
+        "-p",
+        &format!("{port}:80"),
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains(&format!("0.0.0.0:{port} failed: port is already allocated")),
+        "{}",
+        stderr(&out)
+    );
+    // A port a host process listens on is refused too.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = listener.local_addr().unwrap().port();
+    let out = b.run(&[
+        "run",
+        "--rm",
+        "-p",
+        &format!("127.0.0.1:{busy}:80"),
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("port is already allocated"));
+
+    // Removal takes the rules and the veth with it.
+    let id = b.ok(&["inspect", "-f", "{{.Id}}", "web"]);
+    b.ok(&["rm", "-f", "web"]);
+    let rules = std::process::Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&rules.stdout).contains(id.trim()));
+    let links = std::process::Command::new("ip")
+        .args(["-br", "link"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&format!("vb{}", &id[..11])));
+}
+
+#[test]
+fn containers_reach_the_host_and_udp_is_published() {
+    let b = Berth::with_busybox();
+    // A server the test runs on the host, reached at the bridge's gateway address.
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        got
+    });
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        &format!(
+            "gw=$(ip route | awk '/default/ {{print $3}}'); echo from-container | nc $gw {port}"
+        ),
+    ]);
+    assert_eq!(out, "");
+    assert_eq!(server.join().unwrap(), "from-container\n");
+
+    // UDP: a datagram to the published port arrives in the container.
+    let udp_port = {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    // Debian's busybox has no UDP server: the host's python3 runs in the container (host /usr mounted).
+    b.ok(&[
+        "run", "-d", "--name", "udp", "-p", &format!("127.0.0.1:{udp_port}:9999/udp"), "-v",
+        "/usr:/usr:ro", "-v", "/usr/lib:/lib:ro", "-v", "/usr/lib64:/lib64:ro", "busybox",
+        "/usr/bin/python3", "-c",
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 9999))\n\
+         while True:\n    d, a = s.recvfrom(100)\n    print(d.decode().strip(), flush=True)",
+    ]);
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        sender
+            .send_to(b"datagram\n", ("127.0.0.1", udp_port))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        if b.ok(&["logs", "udp"]).contains("datagram") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the datagram never arrived");
+    }
+}
+
+#[test]
+fn network_modes_and_bad_specs() {
+    let b = Berth::with_busybox();
+    // none: only loopback, and it is up.
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "ls /sys/class/net; ping -c1 -W1 127.0.0.1 >/dev/null && echo lo-ok",
+    ]);
+    assert_eq!(out, "lo\nlo-ok\n");
+    // host: the host's interfaces.
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "busybox",
+        "ls",
+        "/sys/class/net",
+    ]);
+    assert!(out.lines().count() > 1, "{out}");
+    // bridge (the default): eth0 with an address of the network, a default route.
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth0 | awk '{print $4}'; ip route | grep -c default",
+    ]);
+    let mut lines = out.lines();
+    let cidr = lines.next().unwrap_or_default();
+    assert!(cidr.ends_with("/24"), "{out}");
+    assert_eq!(lines.next(), Some("1"));
+    let subnet = b.ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{json .IPAM.Config}}",
+        "bridge",
+    ]);
+    assert!(subnet.contains("Subnet"), "{subnet}");
+
+    for bad in [
+        "80:",
+        "a:80",
+        "1.2.3:80:80",
+        "8080-8081:80-85",
+        "80/sctp",
+        "0:0",
+        "99999:80",
+    ] {
+        let out = b.run(&["run", "--rm", "-p", bad, "busybox", "true"]);
+        assert_eq!(out.status.code(), Some(125), "-p {bad}: {}", stderr(&out));
+        assert!(!stderr(&out).is_empty());
+    }
+    let out = b.run(&["run", "--rm", "--network", "nosuchnet", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("network nosuchnet not found"));
+    // Leases come back: many short-lived containers never run out of a /24.
+    for _ in 0..5 {
+        b.ok(&["run", "--rm", "busybox", "true"]);
+    }
+    let leases = b.root.join("networks/bridge/leases");
+    assert_eq!(
+        std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+}
