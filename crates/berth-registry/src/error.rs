@@ -212,10 +212,21 @@ impl RegistryError {
                     detail: format!("denied: {}", first_line(&message)),
                 },
                 404 => not_found(subject),
-                _ => RegistryError::Registry {
-                    host,
-                    message: format!("HTTP {code}: {}", first_line(&message)),
-                },
+                _ => {
+                    let reason = reqwest::StatusCode::from_u16(code)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("");
+                    let detail = first_line(&message);
+                    RegistryError::Registry {
+                        host,
+                        message: if detail.is_empty() {
+                            format!("{}: HTTP {code} {reason}", describe(subject))
+                        } else {
+                            format!("{}: HTTP {code} {reason}: {detail}", describe(subject))
+                        },
+                    }
+                }
             },
             OciDistributionError::RequestError(e) => from_reqwest(&e, &host),
             OciDistributionError::DigestError(e) => RegistryError::DigestMismatch {
@@ -228,6 +239,24 @@ impl RegistryError {
                 host,
                 message: format!("{}: {other}", describe(subject)),
             },
+        }
+    }
+}
+
+impl RegistryError {
+    /// Says that a transient failure was tried `attempts` times before it became this error.
+    pub(crate) fn after_attempts(self, attempts: u32) -> Self {
+        let note = format!(" (gave up after {attempts} attempts)");
+        match self {
+            RegistryError::Registry { host, message } => RegistryError::Registry {
+                host,
+                message: message + &note,
+            },
+            RegistryError::Unreachable { host, reason } => RegistryError::Unreachable {
+                host,
+                reason: reason + &note,
+            },
+            other => other,
         }
     }
 }

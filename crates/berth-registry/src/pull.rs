@@ -11,6 +11,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use berth_store::blobs::BlobWriter;
 use berth_store::digest::DigestReader;
 use berth_store::image::{
     is_layer_media_type, Descriptor, ImageConfig, Manifest, MEDIA_TYPE_DOCKER_CONFIG,
@@ -19,6 +20,8 @@ use berth_store::image::{
 };
 use berth_store::{BlobStore, Digest, LayerRecord, NewImage, Reference, Store, StoreError};
 use futures_util::StreamExt;
+use oci_client::client::BlobResponse;
+use oci_client::errors::OciDistributionError;
 use serde::Deserialize;
 
 use crate::client::{Registry, MAX_DOCUMENT};
@@ -158,11 +161,8 @@ async fn pull_one(
     let host = registry.host.as_str();
     let familiar = reference.familiar();
     let oref = registry.reference(reference);
-    let (top_bytes, top_digest) = registry
-        .client
-        .pull_manifest_raw(&oref, &registry.auth, ACCEPTED_MANIFESTS)
-        .await
-        .map_err(|e| RegistryError::from_oci(e, host, Subject::Manifest(&familiar)))?;
+    let (top_bytes, top_digest) =
+        fetch_manifest(registry, &oref, ACCEPTED_MANIFESTS, &familiar).await?;
     let top_digest = Digest::parse(&top_digest).map_err(|_| RegistryError::Registry {
         host: host.to_string(),
         message: format!("manifest {familiar} has an unsupported digest {top_digest}"),
@@ -196,15 +196,13 @@ async fn pull_one(
             check_document_size(chosen.size, &familiar)?;
             let child = oref.clone_with_digest(chosen.digest.to_string());
             let what = format!("{}@{}", reference.familiar_repository(), chosen.digest);
-            let (bytes, _) = registry
-                .client
-                .pull_manifest_raw(
-                    &child,
-                    &registry.auth,
-                    &[MEDIA_TYPE_OCI_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST],
-                )
-                .await
-                .map_err(|e| RegistryError::from_oci(e, host, Subject::Manifest(&what)))?;
+            let (bytes, _) = fetch_manifest(
+                registry,
+                &child,
+                &[MEDIA_TYPE_OCI_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST],
+                &what,
+            )
+            .await?;
             if bytes.len() as u64 != chosen.size {
                 return Err(RegistryError::InvalidImage {
                     what: format!("manifest {what}"),
@@ -226,24 +224,20 @@ async fn pull_one(
     };
     let manifest = parse_manifest(&manifest_bytes, &familiar)?;
 
-    // The config: small, fetched whole and verified by the blob writer.
+    // The config: small, verified by the blob writer like any blob.
     let config_digest = manifest.config.digest.clone();
-    let config_bytes = if store.blobs().contains(&config_digest) {
-        store.blobs().read(&config_digest)?
-    } else {
+    if !store.blobs().contains(&config_digest) {
         check_document_size(manifest.config.size, &familiar)?;
-        let mut bytes = Vec::new();
-        registry
-            .client
-            .pull_blob(&oref, config_digest.as_str(), &mut bytes)
-            .await
-            .map_err(|e| RegistryError::from_oci(e, host, Subject::Blob(config_digest.as_str())))?;
-        store
-            .blobs()
-            .put(bytes.as_slice(), Some(&config_digest))
-            .map_err(|e| mismatch(e, host, &config_digest))?;
-        bytes
-    };
+        download(
+            &registry.client,
+            &oref,
+            store.blobs(),
+            &manifest.config,
+            host,
+        )
+        .await?;
+    }
+    let config_bytes = store.blobs().read(&config_digest)?;
     let config: ImageConfig =
         serde_json::from_slice(&config_bytes).map_err(|e| RegistryError::InvalidImage {
             what: format!("config {config_digest}"),
@@ -364,7 +358,85 @@ async fn pull_one(
     })
 }
 
+/// How many times a transfer is tried before its error is final.
+pub(crate) const ATTEMPTS: u32 = 4;
+
+/// The pause before retry number `attempt` (1-based): 250 ms, doubling.
+pub(crate) fn backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(250 << attempt.saturating_sub(1).min(4))
+}
+
+/// Whether an error of the distribution client is worth another try: the connection failed or broke, it
+/// timed out, or the registry answered 5xx or 429. Refusals (4xx) and digest mismatches are final.
+pub(crate) fn transient(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RequestError(e) => transient_reqwest(e),
+        OciDistributionError::IoError(e) => transient_io(e),
+        _ => false,
+    }
+}
+
+fn transient_reqwest(e: &reqwest::Error) -> bool {
+    match e.status() {
+        Some(status) => status.is_server_error() || status.as_u16() == 429,
+        None => e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode(),
+    }
+}
+
+/// An error raised while reading a body: a transport error is transient, the verifying stream's
+/// digest error is not.
+fn transient_io(e: &std::io::Error) -> bool {
+    match e.get_ref() {
+        Some(inner) => inner
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(transient_reqwest),
+        None => matches!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Fetches a manifest, retrying transient failures.
+async fn fetch_manifest(
+    registry: &Registry,
+    oref: &oci_client::Reference,
+    accepted: &[&str],
+    what: &str,
+) -> Result<(bytes::Bytes, String), RegistryError> {
+    let mut attempt = 1;
+    loop {
+        match registry
+            .client
+            .pull_manifest_raw(oref, &registry.auth, accepted)
+            .await
+        {
+            Ok(found) => return Ok(found),
+            Err(e) if attempt < ATTEMPTS && transient(&e) => {
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                let retried = transient(&e);
+                let err = RegistryError::from_oci(e, &registry.host, Subject::Manifest(what));
+                return Err(if retried {
+                    err.after_attempts(ATTEMPTS)
+                } else {
+                    err
+                });
+            }
+        }
+    }
+}
+
 /// Streams one blob into the store, refusing it unless it has exactly the announced size and digest.
+/// A transfer that breaks or a 5xx answer is retried, resuming where it stopped when the registry
+/// honours ranges (else from the start); the digest is checked over the whole blob either way.
 async fn download(
     client: &oci_client::Client,
     oref: &oci_client::Reference,
@@ -373,26 +445,24 @@ async fn download(
     host: &str,
 ) -> Result<(), RegistryError> {
     let digest = &layer.digest;
-    let mut stream = client
-        .pull_blob_stream(oref, digest.as_str())
-        .await
-        .map_err(|e| RegistryError::from_oci(e, host, Subject::Blob(digest.as_str())))?;
     let mut writer = blobs.writer()?;
     let mut received: u64 = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| RegistryError::from_oci(e.into(), host, Subject::Blob(digest.as_str())))?;
-        received += chunk.len() as u64;
-        if received > layer.size {
-            return Err(size_mismatch(host, digest, layer.size, "more"));
+    let mut attempt = 1;
+    loop {
+        match fetch_into(client, oref, blobs, layer, host, &mut writer, &mut received).await {
+            Ok(()) => break,
+            Err(Fetch::Transient(_)) if attempt < ATTEMPTS => {
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(Fetch::Transient(e)) => {
+                return Err(
+                    RegistryError::from_oci(e, host, Subject::Blob(digest.as_str()))
+                        .after_attempts(ATTEMPTS),
+                );
+            }
+            Err(Fetch::Final(e)) => return Err(e),
         }
-        writer
-            .write_all(&chunk)
-            .map_err(|source| RegistryError::Io {
-                op: "write blob",
-                path: blobs.path(digest),
-                source,
-            })?;
     }
     if received != layer.size {
         return Err(size_mismatch(host, digest, layer.size, "fewer"));
@@ -400,6 +470,70 @@ async fn download(
     writer
         .commit(Some(digest))
         .map_err(|e| mismatch(e, host, digest))?;
+    Ok(())
+}
+
+/// Why one attempt at a blob failed.
+enum Fetch {
+    /// Worth another try.
+    Transient(OciDistributionError),
+    /// Final.
+    Final(RegistryError),
+}
+
+/// One attempt: asks for the bytes from `received` on and appends them to `writer`.
+async fn fetch_into(
+    client: &oci_client::Client,
+    oref: &oci_client::Reference,
+    blobs: &BlobStore,
+    layer: &Descriptor,
+    host: &str,
+    writer: &mut BlobWriter,
+    received: &mut u64,
+) -> Result<(), Fetch> {
+    let digest = &layer.digest;
+    let classify = |e: OciDistributionError| {
+        if transient(&e) {
+            Fetch::Transient(e)
+        } else {
+            Fetch::Final(RegistryError::from_oci(
+                e,
+                host,
+                Subject::Blob(digest.as_str()),
+            ))
+        }
+    };
+    let response = client
+        .pull_blob_stream_partial(oref, digest.as_str(), *received, None)
+        .await
+        .map_err(classify)?;
+    let mut stream = match response {
+        BlobResponse::Partial(stream) => stream,
+        BlobResponse::Full(stream) => {
+            if *received > 0 {
+                // The registry ignored the range: start over.
+                *writer = blobs.writer().map_err(|e| Fetch::Final(e.into()))?;
+                *received = 0;
+            }
+            stream
+        }
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| classify(OciDistributionError::IoError(e)))?;
+        *received += chunk.len() as u64;
+        if *received > layer.size {
+            return Err(Fetch::Final(size_mismatch(
+                host, digest, layer.size, "more",
+            )));
+        }
+        writer.write_all(&chunk).map_err(|source| {
+            Fetch::Final(RegistryError::Io {
+                op: "write blob",
+                path: blobs.path(digest),
+                source,
+            })
+        })?;
+    }
     Ok(())
 }
 

@@ -18,9 +18,12 @@ use berth_store::image::{
 use berth_store::{Digest, Reference, Store};
 use futures_util::StreamExt;
 
+use oci_client::errors::OciDistributionError;
+
 use crate::client::Registry;
 use crate::credentials::CredentialStore;
 use crate::error::{RegistryError, Subject};
+use crate::pull::{backoff, transient, ATTEMPTS};
 
 /// Docker's default number of parallel uploads.
 pub const DEFAULT_CONCURRENT_UPLOADS: usize = 5;
@@ -265,20 +268,61 @@ fn mount_sources(
 }
 
 /// Gets one blob to the registry unless it has it: mounted from another repository when one is known to
-/// have it and the registry agrees, else uploaded.
+/// have it and the registry agrees, else uploaded. Transient failures (broken connections, 5xx) are
+/// retried, the upload starting over from the file.
 async fn send_blob(
     registry: &Registry,
     oref: &oci_client::Reference,
     upload: &Upload,
 ) -> Result<Sent, RegistryError> {
+    let mut attempt = 1;
+    loop {
+        match try_send_blob(registry, oref, upload).await {
+            Ok(sent) => return Ok(sent),
+            Err(Attempt::Transient(_)) if attempt < ATTEMPTS => {
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(Attempt::Transient(e)) => {
+                return Err(RegistryError::from_oci(
+                    e,
+                    &registry.host,
+                    Subject::Blob(upload.digest.as_str()),
+                )
+                .after_attempts(ATTEMPTS))
+            }
+            Err(Attempt::Final(e)) => return Err(e),
+        }
+    }
+}
+
+/// Why one attempt at sending a blob failed.
+enum Attempt {
+    /// Worth another try.
+    Transient(OciDistributionError),
+    /// Final.
+    Final(RegistryError),
+}
+
+async fn try_send_blob(
+    registry: &Registry,
+    oref: &oci_client::Reference,
+    upload: &Upload,
+) -> Result<Sent, Attempt> {
     let host = registry.host.as_str();
     let digest = upload.digest.as_str();
-    let oci_err = |e| RegistryError::from_oci(e, host, Subject::Blob(digest));
+    let classify = |e: OciDistributionError| {
+        if transient(&e) {
+            Attempt::Transient(e)
+        } else {
+            Attempt::Final(RegistryError::from_oci(e, host, Subject::Blob(digest)))
+        }
+    };
     if registry
         .client
         .blob_exists(oref, digest)
         .await
-        .map_err(oci_err)?
+        .map_err(classify)?
     {
         return Ok(Sent::Existed);
     }
@@ -298,10 +342,12 @@ async fn send_blob(
             return Ok(Sent::Mounted(from.clone()));
         }
     }
-    let file = std::fs::File::open(&upload.path).map_err(|source| RegistryError::Io {
-        op: "open blob",
-        path: upload.path.clone(),
-        source,
+    let file = std::fs::File::open(&upload.path).map_err(|source| {
+        Attempt::Final(RegistryError::Io {
+            op: "open blob",
+            path: upload.path.clone(),
+            source,
+        })
     })?;
     let body = futures_util::stream::unfold(Some(file), |file| async move {
         let mut file = file?;
@@ -312,16 +358,13 @@ async fn send_blob(
                 buf.truncate(n);
                 Some((Ok(bytes::Bytes::from(buf)), Some(file)))
             }
-            Err(e) => Some((
-                Err(oci_client::errors::OciDistributionError::IoError(e)),
-                None,
-            )),
+            Err(e) => Some((Err(OciDistributionError::IoError(e)), None)),
         }
     });
     registry
         .client
         .push_blob_stream(oref, body, digest, Some(upload.size))
         .await
-        .map_err(oci_err)?;
+        .map_err(classify)?;
     Ok(Sent::Pushed)
 }

@@ -1318,3 +1318,185 @@ fn broken_or_foreign_registry_content_is_refused() {
     assert!(image_ids(&fresh).is_empty(), "nothing may be added");
     assert!(tmp_files(&fresh).is_empty(), "{:?}", tmp_files(&fresh));
 }
+
+/// What a [`FlakyProxy`] does to the downloads of one blob.
+#[derive(Clone, Copy)]
+enum Flaw {
+    /// The first `times` responses are cut off after 64 KiB.
+    Cut { times: usize },
+    /// The first `times` requests are answered `503 Service Unavailable`.
+    Unavailable { times: usize },
+}
+
+/// A TCP proxy in front of a registry that spoils the downloads of one blob, for the retry tests.
+struct FlakyProxy {
+    port: u16,
+    /// Requests for the blob seen so far.
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether a request for the blob asked for a byte range (a resumed download).
+    ranged: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FlakyProxy {
+    fn start(upstream: u16, digest: &str, flaw: Flaw) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let ranged = Arc::new(AtomicBool::new(false));
+        let (seen, range_seen) = (requests.clone(), ranged.clone());
+        let needle = format!("/blobs/{digest}");
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    break;
+                };
+                // Response bytes at which the proxy cuts the connection, set when a spoilt request passes.
+                let cut_at: Arc<Mutex<Option<u64>>> = Arc::new(Mutex::new(None));
+                let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let (seen, range_seen, needle) = (seen.clone(), range_seen.clone(), needle.clone());
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let mut reply = client.try_clone().unwrap();
+                let (cut, count) = (cut_at.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from_client.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                        if text.starts_with("GET ") && text.contains(&needle) {
+                            let nth = seen.fetch_add(1, Ordering::SeqCst);
+                            if text.to_ascii_lowercase().contains("\r\nrange: bytes=")
+                                && !text.to_ascii_lowercase().contains("range: bytes=0-")
+                            {
+                                range_seen.store(true, Ordering::SeqCst);
+                            }
+                            match flaw {
+                                Flaw::Unavailable { times } if nth < times => {
+                                    let _ = reply.write_all(
+                                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                                    );
+                                    let _ = reply.shutdown(std::net::Shutdown::Both);
+                                    break;
+                                }
+                                Flaw::Cut { times } if nth < times => {
+                                    *cut.lock().unwrap() =
+                                        Some(count.load(Ordering::SeqCst) + 64 * 1024);
+                                }
+                                _ => {}
+                            }
+                        }
+                        if to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut from_server, mut to_client) = (server, client);
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match from_server.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let before = sent.load(Ordering::SeqCst);
+                        let limit = *cut_at.lock().unwrap();
+                        if let Some(limit) = limit {
+                            if before + n as u64 >= limit {
+                                let keep = (limit.saturating_sub(before)) as usize;
+                                let _ = to_client.write_all(&buf[..keep]);
+                                let _ = to_client.shutdown(std::net::Shutdown::Both);
+                                let _ = from_server.shutdown(std::net::Shutdown::Both);
+                                break;
+                            }
+                        }
+                        if to_client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                    let _ = to_client.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self {
+            port,
+            requests,
+            ranged,
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+#[test]
+fn broken_transfers_and_5xx_are_retried_and_resumed() {
+    use std::sync::atomic::Ordering;
+    let registry = Registry::start(Auth::None);
+    let b = Berth::with_busybox();
+    let target = format!("{}/flaky/bb:1", registry.host());
+    b.ok(&["tag", "busybox", &target]);
+    b.ok(&["push", &target]);
+    let manifest: Value = serde_json::from_str(&b.ok(&["manifest", "inspect", &target])).unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = b.ok(&["inspect", "-f", "{{.Id}}", "busybox"]);
+
+    // Cut off once: the download resumes where it stopped and the image is whole.
+    let proxy = FlakyProxy::start(registry.port, &layer, Flaw::Cut { times: 1 });
+    let fresh = Berth::empty();
+    let via = format!("{}/flaky/bb:1", proxy.host());
+    fresh.ok(&["pull", &via]);
+    assert_eq!(proxy.requests.load(Ordering::SeqCst), 2);
+    assert!(
+        proxy.ranged.load(Ordering::SeqCst),
+        "the retry asks for the rest only"
+    );
+    assert_eq!(fresh.ok(&["inspect", "-f", "{{.Id}}", &via]), id);
+    assert_eq!(fresh.ok(&["run", "--rm", &via, "echo", "whole"]), "whole\n");
+
+    // 503 twice, then served.
+    let proxy = FlakyProxy::start(registry.port, &layer, Flaw::Unavailable { times: 2 });
+    let fresh = Berth::empty();
+    let via = format!("{}/flaky/bb:1", proxy.host());
+    fresh.ok(&["pull", &via]);
+    assert_eq!(proxy.requests.load(Ordering::SeqCst), 3);
+
+    // Always cut: a few tries, then a clear failure that leaves nothing behind.
+    let proxy = FlakyProxy::start(registry.port, &layer, Flaw::Cut { times: usize::MAX });
+    let fresh = Berth::empty();
+    let via = format!("{}/flaky/bb:1", proxy.host());
+    let err = fails(&fresh, &["pull", &via], 1);
+    assert!(err.contains(&layer), "{err}");
+    assert_eq!(proxy.requests.load(Ordering::SeqCst), 4, "{err}");
+    assert!(image_ids(&fresh).is_empty());
+    assert!(tmp_files(&fresh).is_empty(), "{:?}", tmp_files(&fresh));
+    // Always 503.
+    let proxy = FlakyProxy::start(
+        registry.port,
+        &layer,
+        Flaw::Unavailable { times: usize::MAX },
+    );
+    let err = fails(
+        &fresh,
+        &["pull", &format!("{}/flaky/bb:1", proxy.host())],
+        1,
+    );
+    assert!(
+        err.contains("HTTP 503 Service Unavailable") && err.contains("gave up after 4 attempts"),
+        "{err}"
+    );
+    assert!(image_ids(&fresh).is_empty());
+}
