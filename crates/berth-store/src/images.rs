@@ -226,7 +226,7 @@ impl Store {
             )?;
             for tag in *tags {
                 tx.execute(
-                    "INSERT INTO tags (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+                    "INSERT INTO tags (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id, digest = NULL",
                     params![tag.to_string(), image.config_digest.as_str()],
                 )?;
             }
@@ -371,24 +371,48 @@ impl Store {
     }
 
     /// Records that the registry knows `image_id` as `repository@digest` (Docker's `RepoDigests`); a digest
-    /// recorded for another image moves to this one.
+    /// recorded for another image moves to this one. When `reference` has a tag that points at the image,
+    /// the tag remembers the digest too (it is what `images --digests` shows on that tag's row), until the
+    /// tag moves.
     pub fn add_repo_digest(
         &self,
         image_id: &Digest,
-        repository: &Reference,
+        reference: &Reference,
         digest: &Digest,
     ) -> Result<(), StoreError> {
-        self.db.execute(
+        let tx = self.write_transaction()?;
+        tx.execute(
             "INSERT INTO repo_digests (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
-            params![format!("{}@{digest}", repository.repository()), image_id.as_str()],
+            params![format!("{}@{digest}", reference.repository()), image_id.as_str()],
         )?;
+        if let Some(tag) = reference.tag() {
+            tx.execute(
+                "UPDATE tags SET digest = ?1 WHERE name = ?2 AND image_id = ?3",
+                params![
+                    digest.as_str(),
+                    reference.with_tag(tag)?.to_string(),
+                    image_id.as_str()
+                ],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    /// The registry digest a tag was last pulled or pushed as, if it has not moved since.
+    pub fn tag_digest(&self, tag: &Reference) -> Result<Option<Digest>, StoreError> {
+        let digest: Option<Option<String>> = self
+            .db
+            .prepare_cached("SELECT digest FROM tags WHERE name = ?1")?
+            .query_row([tag.to_string()], |r| r.get(0))
+            .optional()?;
+        digest.flatten().map(|d| Digest::parse(&d)).transpose()
     }
 
     /// Points `reference` at an image (moving it from any other).
     pub fn tag(&self, image_id: &Digest, reference: &Reference) -> Result<(), StoreError> {
         self.db.execute(
-            "INSERT INTO tags (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+            "INSERT INTO tags (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id, digest = NULL",
             params![reference.to_string(), image_id.as_str()],
         )?;
         Ok(())

@@ -615,6 +615,28 @@ fn images_pushed_by_skopeo_are_pulled_and_run_and_run_pulls_what_is_missing() {
             .trim(),
         oci_digest
     );
+    // Each tag shows the digest it was pulled as, even when both name the same image (skopeo kept the
+    // config, so the Docker and the OCI manifests describe one image).
+    let docker_digest = skopeo_json(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{docker_ref}"),
+    ])["Digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        fresh
+            .ok(&[
+                "images",
+                "--digests",
+                "--format",
+                "{{.Digest}}",
+                &docker_ref
+            ])
+            .trim(),
+        docker_digest
+    );
     assert_eq!(fresh.ok(&["start", "-a", "c"]), "");
 
     // --pull never does not pull; --pull always does even when the image is there.

@@ -282,12 +282,23 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
             ids.push(id.clone());
         }
         for (repo, tag) in names {
-            // The digest the registry knows this repository's image by; else, as Docker's containerd
-            // image store shows, the digest of the manifest the image has here.
-            let digest = digests
+            // The digest this tag was pulled or pushed as; else one the registry knows this repository's
+            // image by; else, as Docker's containerd image store shows, the digest of the manifest the
+            // image has here.
+            let tag_digest = image
+                .tags
                 .iter()
-                .find(|d| d.familiar_repository() == repo)
-                .and_then(|d| d.digest())
+                .filter_map(|t| Reference::parse(t).ok())
+                .find(|t| t.familiar_repository() == repo && t.tag() == Some(tag.as_str()))
+                .and_then(|t| engine.store().tag_digest(&t).ok().flatten());
+            let digest = tag_digest
+                .as_ref()
+                .or_else(|| {
+                    digests
+                        .iter()
+                        .find(|d| d.familiar_repository() == repo)
+                        .and_then(|d| d.digest())
+                })
                 .unwrap_or(&image.manifest_digest)
                 .to_string();
             rows.push(json!({
