@@ -377,6 +377,11 @@ pub(crate) fn transient(e: &OciDistributionError) -> bool {
     }
 }
 
+/// Whether the registry could not be connected to at all.
+fn unreachable(e: &OciDistributionError) -> bool {
+    matches!(e, OciDistributionError::RequestError(e) if e.is_connect())
+}
+
 fn transient_reqwest(e: &reqwest::Error) -> bool {
     match e.status() {
         Some(status) => status.is_server_error() || status.as_u16() == 429,
@@ -417,12 +422,14 @@ async fn fetch_manifest(
             .await
         {
             Ok(found) => return Ok(found),
-            Err(e) if attempt < ATTEMPTS && transient(&e) => {
+            // A registry that cannot be reached at all is reported at once (a pull of a missing image
+            // from `run` should not wait); one that answers 5xx or breaks off is tried again.
+            Err(e) if attempt < ATTEMPTS && transient(&e) && !unreachable(&e) => {
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
             }
             Err(e) => {
-                let retried = transient(&e);
+                let retried = transient(&e) && !unreachable(&e);
                 let err = RegistryError::from_oci(e, &registry.host, Subject::Manifest(what));
                 return Err(if retried {
                     err.after_attempts(ATTEMPTS)
