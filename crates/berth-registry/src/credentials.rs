@@ -2,6 +2,11 @@
 //! `~/.docker/config.json`): `{"auths": {"host:port": {"auth": base64("user:password")}}}`, read and written
 //! exactly as the `docker` CLI does, so both tools share one login. Other fields of the file are kept as they
 //! are; the file is replaced atomically and is readable by its owner only.
+//!
+//! Credential helpers are honoured as Docker does: a registry listed in `credHelpers`, or every registry
+//! when `credsStore` is set, keeps its secret in `docker-credential-<name>` (`get`, `store`, `erase` over
+//! stdin/stdout), and `auths` only lists it. A helper that is not installed is skipped: the file's own
+//! `auths` are used instead.
 
 use std::fs;
 use std::io::Write;
@@ -78,6 +83,9 @@ impl CredentialStore {
     /// path, so `https://host:5000/v2/` and `host:5000` are the same registry.
     pub fn get(&self, host: &str) -> Result<Option<Credentials>, RegistryError> {
         let config = self.read()?;
+        if let Some(helper) = self.helper(&config, host) {
+            return helper.get(&Self::key_for(host));
+        }
         let wanted = normalise_host(&Self::key_for(host));
         let Some(auths) = config.get("auths").and_then(Value::as_object) else {
             return Ok(None);
@@ -105,10 +113,21 @@ impl CredentialStore {
         Ok(None)
     }
 
-    /// Stores credentials for `host`, replacing any for the same registry.
+    /// Stores credentials for `host`, replacing any for the same registry (in its credential helper when
+    /// one is configured and installed).
     pub fn store(&self, host: &str, credentials: &Credentials) -> Result<(), RegistryError> {
         let mut config = self.read()?;
         let key = Self::key_for(host);
+        let helper = self.helper(&config, host);
+        let entry = match &helper {
+            // The helper keeps the secret; the file only lists the registry, as Docker writes it.
+            Some(_) => serde_json::json!({}),
+            None => {
+                let encoded = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", credentials.username, credentials.password));
+                serde_json::json!({ "auth": encoded })
+            }
+        };
         let auths = config
             .entry("auths")
             .or_insert_with(|| Value::Object(Map::new()));
@@ -120,26 +139,51 @@ impl CredentialStore {
         };
         let wanted = normalise_host(&key);
         auths.retain(|k, _| normalise_host(k) != wanted);
-        let encoded = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", credentials.username, credentials.password));
-        auths.insert(key, serde_json::json!({ "auth": encoded }));
+        auths.insert(key.clone(), entry);
+        if let Some(helper) = helper {
+            helper.store(&key, credentials)?;
+        }
         self.write(&config)
     }
 
-    /// Removes the credentials for `host`; returns whether there were any.
+    /// Removes the credentials for `host` (from its credential helper too); returns whether there were
+    /// any.
     pub fn remove(&self, host: &str) -> Result<bool, RegistryError> {
         let mut config = self.read()?;
-        let wanted = normalise_host(&Self::key_for(host));
+        let key = Self::key_for(host);
+        let erased = match self.helper(&config, host) {
+            Some(helper) => helper.erase(&key)?,
+            None => false,
+        };
+        let wanted = normalise_host(&key);
         let Some(auths) = config.get_mut("auths").and_then(Value::as_object_mut) else {
-            return Ok(false);
+            return Ok(erased);
         };
         let before = auths.len();
         auths.retain(|k, _| normalise_host(k) != wanted);
         if auths.len() == before {
-            return Ok(false);
+            return Ok(erased);
         }
         self.write(&config)?;
         Ok(true)
+    }
+
+    /// The credential helper for `host`: its `credHelpers` entry, else `credsStore`; none when the helper
+    /// program is not installed.
+    fn helper(&self, config: &Map<String, Value>, host: &str) -> Option<Helper> {
+        let wanted = normalise_host(&Self::key_for(host));
+        let name = config
+            .get("credHelpers")
+            .and_then(Value::as_object)
+            .and_then(|helpers| {
+                helpers
+                    .iter()
+                    .find(|(k, _)| normalise_host(k) == wanted)
+                    .and_then(|(_, v)| v.as_str())
+            })
+            .or_else(|| config.get("credsStore").and_then(Value::as_str))
+            .filter(|n| !n.is_empty() && !n.contains('/'))?;
+        Helper::find(name, &self.path)
     }
 
     fn decode(&self, key: &str, auth: &str) -> Result<Credentials, RegistryError> {
@@ -214,6 +258,125 @@ impl CredentialStore {
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+}
+
+/// A `docker-credential-<name>` program.
+struct Helper {
+    program: PathBuf,
+    /// The config file, for messages.
+    config: PathBuf,
+}
+
+/// What helpers answer to `get`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HelperCredentials {
+    username: String,
+    secret: String,
+}
+
+impl Helper {
+    /// The helper program on `PATH`, if installed.
+    fn find(name: &str, config: &Path) -> Option<Self> {
+        let file = format!("docker-credential-{name}");
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(&file))
+            .find(|candidate| {
+                fs::metadata(candidate).is_ok_and(|m| {
+                    m.is_file()
+                        && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                })
+            })
+            .map(|program| Self {
+                program,
+                config: config.to_path_buf(),
+            })
+    }
+
+    /// Runs `docker-credential-<name> <action>` with `input` on stdin; returns whether it succeeded and
+    /// its stdout.
+    fn call(&self, action: &str, input: &str) -> Result<(bool, String), RegistryError> {
+        let mut child = std::process::Command::new(&self.program)
+            .arg(action)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| RegistryError::Io {
+                op: "run credential helper",
+                path: self.program.clone(),
+                source,
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A helper that exits without reading its input is its own business.
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| RegistryError::Io {
+                op: "run credential helper",
+                path: self.program.clone(),
+                source,
+            })?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() && text.trim().is_empty() {
+            text = String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        Ok((out.status.success(), text))
+    }
+
+    fn failed(&self, action: &str, text: &str) -> RegistryError {
+        RegistryError::Credentials {
+            path: self.config.clone(),
+            reason: format!(
+                "credential helper {} {action}: {}",
+                self.program.display(),
+                text.trim()
+            ),
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Credentials>, RegistryError> {
+        let (ok, text) = self.call("get", key)?;
+        if !ok {
+            if text.contains("credentials not found") {
+                return Ok(None);
+            }
+            return Err(self.failed("get", &text));
+        }
+        let found: HelperCredentials =
+            serde_json::from_str(&text).map_err(|e| self.failed("get", &e.to_string()))?;
+        if found.username.is_empty() && found.secret.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Credentials {
+            username: found.username,
+            password: found.secret,
+        }))
+    }
+
+    fn store(&self, key: &str, credentials: &Credentials) -> Result<(), RegistryError> {
+        let input = serde_json::json!({
+            "ServerURL": key,
+            "Username": credentials.username,
+            "Secret": credentials.password,
+        })
+        .to_string();
+        match self.call("store", &input)? {
+            (true, _) => Ok(()),
+            (false, text) => Err(self.failed("store", &text)),
+        }
+    }
+
+    /// Erases the helper's entry; false when it had none.
+    fn erase(&self, key: &str) -> Result<bool, RegistryError> {
+        match self.call("erase", key)? {
+            (true, _) => Ok(true),
+            (false, text) if text.contains("credentials not found") => Ok(false),
+            (false, text) => Err(self.failed("erase", &text)),
+        }
     }
 }
 
@@ -295,6 +458,23 @@ mod tests {
         let json: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(json["detachKeys"], "ctrl-x");
         assert!(json["auths"]["https://reg.example:5000/v2/"].is_object());
+    }
+
+    #[test]
+    fn a_helper_that_is_not_installed_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let auth = base64::engine::general_purpose::STANDARD.encode("dan:pw");
+        fs::write(
+            &path,
+            format!(r#"{{"credsStore": "berth-no-such-helper", "auths": {{"h:1": {{"auth": "{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        let store = CredentialStore::at(path);
+        assert_eq!(
+            store.get("h:1").unwrap().map(|c| c.username),
+            Some("dan".to_string())
+        );
     }
 
     #[test]

@@ -1522,3 +1522,108 @@ fn broken_transfers_and_5xx_are_retried_and_resumed() {
     );
     assert!(image_ids(&fresh).is_empty());
 }
+
+/// A credential helper following Docker's protocol (`get`/`store`/`erase` on stdin), keeping one file per
+/// server beside itself, as `docker-credential-berthtest` in `dir`.
+fn install_credential_helper(dir: &Path) {
+    let script = r#"#!/bin/sh
+store="$(dirname "$0")/helper-store"
+mkdir -p "$store"
+input=$(cat)
+case "$1" in
+  store)
+    url=$(printf '%s' "$input" | sed -n 's/.*"ServerURL":"\([^"]*\)".*/\1/p')
+    printf '%s' "$input" > "$store/$(printf '%s' "$url" | tr '/:' '__')" ;;
+  get)
+    file="$store/$(printf '%s' "$input" | tr '/:' '__')"
+    if [ -f "$file" ]; then cat "$file"; else echo "credentials not found in native keychain"; exit 1; fi ;;
+  erase)
+    file="$store/$(printf '%s' "$input" | tr '/:' '__')"
+    if [ -f "$file" ]; then rm "$file"; else echo "credentials not found in native keychain"; exit 1; fi ;;
+  *) exit 1 ;;
+esac
+"#;
+    let path = dir.join("docker-credential-berthtest");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn credential_helpers_keep_the_secret() {
+    let registry = Registry::start(Auth::Basic("carol", "helper-pw"));
+    let b = Berth::with_busybox();
+    let host = registry.host();
+    let bin = b.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    install_credential_helper(&bin);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let target = format!("{host}/helped/bb:1");
+    b.ok(&["tag", "busybox", &target]);
+    for (n, config) in [
+        json!({"credsStore": "berthtest"}),
+        json!({"credHelpers": {host.clone(): "berthtest"}, "credsStore": "not-installed"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let config_dir = b.dir.path().join(format!("docker-{n}"));
+        std::fs::create_dir(&config_dir).unwrap();
+        std::fs::write(config_dir.join("config.json"), config.to_string()).unwrap();
+        let berth = |store: &Berth, args: &[&str], input: Option<&str>| {
+            let mut cmd = store.cmd(args);
+            cmd.env("DOCKER_CONFIG", &config_dir).env("PATH", &path);
+            let Some(input) = input else {
+                return cmd.output().unwrap();
+            };
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let out = berth(
+            &b,
+            &["login", "-u", "carol", "--password-stdin", &host],
+            Some("helper-pw"),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        // The secret is in the helper, the file only lists the registry.
+        let written = std::fs::read_to_string(config_dir.join("config.json")).unwrap();
+        assert!(
+            !written.contains("helper-pw") && !written.contains("\"auth\""),
+            "{written}"
+        );
+        let kept =
+            std::fs::read_to_string(bin.join("helper-store").join(host.replace(':', "_"))).unwrap();
+        assert!(kept.contains("\"Secret\":\"helper-pw\""), "{kept}");
+        let out = berth(&b, &["push", &target], None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = berth(&Berth::empty(), &["pull", "-q", &target], None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = berth(&b, &["logout", &host], None);
+        assert_eq!(
+            stdout(&out),
+            format!("Removing login credentials for {host}\n")
+        );
+        assert!(!bin
+            .join("helper-store")
+            .join(host.replace(':', "_"))
+            .exists());
+        let out = berth(&Berth::empty(), &["pull", &target], None);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
+    }
+}
