@@ -76,8 +76,19 @@ pub enum PullEvent {
     LayerExists(Digest),
     /// A layer that will be downloaded (`Pulling fs layer`).
     LayerQueued(Digest),
+    /// Bytes of a layer received so far (for progress bars; sent every few hundred KiB).
+    LayerProgress {
+        /// The layer.
+        digest: Digest,
+        /// Bytes received.
+        received: u64,
+        /// The layer's size.
+        total: u64,
+    },
     /// A layer downloaded and verified against its digest (`Download complete`).
     LayerDownloaded(Digest),
+    /// A layer being unpacked (`Extracting`).
+    LayerExtracting(Digest),
     /// A layer unpacked and ready (`Pull complete`).
     LayerComplete(Digest),
 }
@@ -234,6 +245,7 @@ async fn pull_one(
             store.blobs(),
             &manifest.config,
             host,
+            &|_| {},
         )
         .await?;
     }
@@ -299,11 +311,14 @@ async fn pull_one(
         let tx = tx.clone();
         let permits = permits.clone();
         downloads.spawn(async move {
+            let report = |received| {
+                let _ = tx.send(Message::Progress(i, received));
+            };
             let result = match permits.acquire_owned().await {
-                Ok(_permit) => download(&client, &oref, &blobs, &layer, &host).await,
+                Ok(_permit) => download(&client, &oref, &blobs, &layer, &host, &report).await,
                 Err(_) => Err(RegistryError::InvalidArgument("download cancelled".into())),
             };
-            let _ = tx.send((i, result));
+            let _ = tx.send(Message::Done(i, result));
         });
     }
     drop(tx);
@@ -314,10 +329,22 @@ async fn pull_one(
             layers[i] = Some(store_layer(store, layer, &diff_ids[i])?);
         }
     }
-    while let Some((i, result)) = rx.recv().await {
+    while let Some(message) = rx.recv().await {
+        let (i, result) = match message {
+            Message::Progress(i, received) => {
+                on_event(PullEvent::LayerProgress {
+                    digest: manifest.layers[i].digest.clone(),
+                    received,
+                    total: manifest.layers[i].size,
+                });
+                continue;
+            }
+            Message::Done(i, result) => (i, result),
+        };
         result?;
         let layer = &manifest.layers[i];
         on_event(PullEvent::LayerDownloaded(layer.digest.clone()));
+        on_event(PullEvent::LayerExtracting(layer.digest.clone()));
         layers[i] = Some(store_layer(store, layer, &diff_ids[i])?);
         on_event(PullEvent::LayerComplete(layer.digest.clone()));
     }
@@ -357,6 +384,17 @@ async fn pull_one(
         digest: top_digest,
     })
 }
+
+/// What a download task tells the pulling thread.
+enum Message {
+    /// Bytes of layer `i` received so far.
+    Progress(usize, u64),
+    /// Layer `i` is in the blob store, or failed.
+    Done(usize, Result<(), RegistryError>),
+}
+
+/// Progress is reported after at least this many new bytes.
+const PROGRESS_STEP: u64 = 256 << 10;
 
 /// How many times a transfer is tried before its error is final.
 pub(crate) const ATTEMPTS: u32 = 4;
@@ -450,13 +488,16 @@ async fn download(
     blobs: &BlobStore,
     layer: &Descriptor,
     host: &str,
+    report: &(dyn Fn(u64) + Sync),
 ) -> Result<(), RegistryError> {
     let digest = &layer.digest;
-    let mut writer = blobs.writer()?;
-    let mut received: u64 = 0;
+    let mut blob = InFlight {
+        writer: blobs.writer()?,
+        received: 0,
+    };
     let mut attempt = 1;
     loop {
-        match fetch_into(client, oref, blobs, layer, host, &mut writer, &mut received).await {
+        match fetch_into(client, oref, blobs, layer, host, &mut blob, report).await {
             Ok(()) => break,
             Err(Fetch::Transient(_)) if attempt < ATTEMPTS => {
                 tokio::time::sleep(backoff(attempt)).await;
@@ -471,13 +512,19 @@ async fn download(
             Err(Fetch::Final(e)) => return Err(e),
         }
     }
-    if received != layer.size {
+    if blob.received != layer.size {
         return Err(size_mismatch(host, digest, layer.size, "fewer"));
     }
-    writer
+    blob.writer
         .commit(Some(digest))
         .map_err(|e| mismatch(e, host, digest))?;
     Ok(())
+}
+
+/// A blob being downloaded: what has arrived so far.
+struct InFlight {
+    writer: BlobWriter,
+    received: u64,
 }
 
 /// Why one attempt at a blob failed.
@@ -495,8 +542,8 @@ async fn fetch_into(
     blobs: &BlobStore,
     layer: &Descriptor,
     host: &str,
-    writer: &mut BlobWriter,
-    received: &mut u64,
+    blob: &mut InFlight,
+    report: &(dyn Fn(u64) + Sync),
 ) -> Result<(), Fetch> {
     let digest = &layer.digest;
     let classify = |e: OciDistributionError| {
@@ -511,29 +558,34 @@ async fn fetch_into(
         }
     };
     let response = client
-        .pull_blob_stream_partial(oref, digest.as_str(), *received, None)
+        .pull_blob_stream_partial(oref, digest.as_str(), blob.received, None)
         .await
         .map_err(classify)?;
     let mut stream = match response {
         BlobResponse::Partial(stream) => stream,
         BlobResponse::Full(stream) => {
-            if *received > 0 {
+            if blob.received > 0 {
                 // The registry ignored the range: start over.
-                *writer = blobs.writer().map_err(|e| Fetch::Final(e.into()))?;
-                *received = 0;
+                blob.writer = blobs.writer().map_err(|e| Fetch::Final(e.into()))?;
+                blob.received = 0;
             }
             stream
         }
     };
+    let mut reported = blob.received;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| classify(OciDistributionError::IoError(e)))?;
-        *received += chunk.len() as u64;
-        if *received > layer.size {
+        blob.received += chunk.len() as u64;
+        if blob.received - reported >= PROGRESS_STEP {
+            report(blob.received);
+            reported = blob.received;
+        }
+        if blob.received > layer.size {
             return Err(Fetch::Final(size_mismatch(
                 host, digest, layer.size, "more",
             )));
         }
-        writer.write_all(&chunk).map_err(|source| {
+        blob.writer.write_all(&chunk).map_err(|source| {
             Fetch::Final(RegistryError::Io {
                 op: "write blob",
                 path: blobs.path(digest),

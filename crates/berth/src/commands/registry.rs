@@ -11,6 +11,8 @@ use berth_runtime::Engine;
 use berth_store::{Reference, StoreError};
 use clap::Args;
 
+use crate::format::human_size;
+
 /// `pull` flags.
 #[derive(Args)]
 pub struct PullArgs {
@@ -129,19 +131,125 @@ impl Output {
     }
 }
 
-/// Docker's non-tty progress lines for one pull event.
-fn pull_line(event: &PullEvent) -> String {
-    let short = |d: &berth_store::Digest| d.hex()[..12].to_string();
-    match event {
-        PullEvent::Resolved {
-            tag_or_digest,
-            repository,
-        } => format!("{tag_or_digest}: Pulling from {repository}"),
-        PullEvent::LayerExists(d) => format!("{}: Already exists", short(d)),
-        PullEvent::LayerQueued(d) => format!("{}: Pulling fs layer", short(d)),
-        PullEvent::LayerDownloaded(d) => format!("{}: Download complete", short(d)),
-        PullEvent::LayerComplete(d) => format!("{}: Pull complete", short(d)),
+impl Output {
+    fn is_terminal(self) -> bool {
+        let tty = match self {
+            Output::Stdout => std::io::stdout().is_terminal(),
+            Output::Stderr => std::io::stderr().is_terminal(),
+        };
+        tty && std::env::var("TERM").map_or(true, |t| t != "dumb")
     }
+
+    fn raw(self, text: &str) {
+        match self {
+            Output::Stdout => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+            Output::Stderr => {
+                let mut err = std::io::stderr().lock();
+                let _ = err.write_all(text.as_bytes());
+                let _ = err.flush();
+            }
+        }
+    }
+}
+
+/// Pull progress as Docker shows it: on a terminal, one line per layer redrawn in place with a progress
+/// bar; otherwise one plain line per step.
+struct PullView {
+    output: Output,
+    quiet: bool,
+    tty: bool,
+    /// Layer short ID and its current status, in the order they appeared.
+    rows: Vec<(String, String)>,
+    /// How many rows are on screen below the cursor's starting point.
+    drawn: usize,
+}
+
+impl PullView {
+    fn new(output: Output, quiet: bool) -> Self {
+        Self {
+            output,
+            quiet,
+            tty: output.is_terminal(),
+            rows: Vec::new(),
+            drawn: 0,
+        }
+    }
+
+    fn event(&mut self, event: &PullEvent) {
+        if self.quiet {
+            return;
+        }
+        let short = |d: &berth_store::Digest| d.hex()[..12].to_string();
+        let (id, status) = match event {
+            PullEvent::Resolved {
+                tag_or_digest,
+                repository,
+            } => {
+                self.rows.clear();
+                self.drawn = 0;
+                self.output
+                    .line(&format!("{tag_or_digest}: Pulling from {repository}"));
+                return;
+            }
+            PullEvent::LayerExists(d) => (short(d), "Already exists".to_string()),
+            PullEvent::LayerQueued(d) => (short(d), "Pulling fs layer".to_string()),
+            PullEvent::LayerProgress {
+                digest,
+                received,
+                total,
+            } => {
+                if !self.tty {
+                    return;
+                }
+                (
+                    short(digest),
+                    progress_bar("Downloading", *received, *total),
+                )
+            }
+            PullEvent::LayerDownloaded(d) => (short(d), "Download complete".to_string()),
+            PullEvent::LayerExtracting(d) => {
+                if !self.tty {
+                    return;
+                }
+                (short(d), "Extracting".to_string())
+            }
+            PullEvent::LayerComplete(d) => (short(d), "Pull complete".to_string()),
+        };
+        if !self.tty {
+            self.output.line(&format!("{id}: {status}"));
+            return;
+        }
+        match self.rows.iter_mut().find(|(row, _)| *row == id) {
+            Some(row) => row.1 = status,
+            None => self.rows.push((id, status)),
+        }
+        let mut screen = String::new();
+        if self.drawn > 0 {
+            screen.push_str(&format!("\x1b[{}A", self.drawn));
+        }
+        for (id, status) in &self.rows {
+            screen.push_str(&format!("\x1b[2K{id}: {status}\n"));
+        }
+        self.drawn = self.rows.len();
+        self.output.raw(&screen);
+    }
+}
+
+/// Docker's `Downloading [=====>      ]  1.2MB/3.4MB`.
+fn progress_bar(what: &str, done: u64, total: u64) -> String {
+    const WIDTH: u64 = 50;
+    let filled = (done.min(total) * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH)
+        .max(1);
+    let mut bar = "=".repeat(filled as usize - 1);
+    bar.push('>');
+    bar.push_str(&" ".repeat((WIDTH - filled) as usize));
+    format!("{what} [{bar}]  {}/{}", human_size(done), human_size(total))
 }
 
 /// Pulls `reference` printing Docker's lines (unless `quiet`); used by `pull` and by `run`/`create`.
@@ -156,11 +264,8 @@ fn pull_reference(
         platform,
         ..PullOptions::default()
     };
-    let mut on_event = |event: PullEvent| {
-        if !quiet {
-            output.line(&pull_line(&event));
-        }
-    };
+    let mut view = PullView::new(output, quiet);
+    let mut on_event = |event: PullEvent| view.event(&event);
     let pulled = berth_registry::pull(engine.store(), reference, &options, &mut on_event)?;
     if !quiet {
         output.line(&format!("Digest: {}", pulled.digest));
@@ -184,11 +289,8 @@ pub fn pull(engine: &Engine, args: PullArgs) -> anyhow::Result<i32> {
             ..PullOptions::default()
         };
         let quiet = args.quiet;
-        let mut on_event = |event: PullEvent| {
-            if !quiet {
-                Output::Stdout.line(&pull_line(&event));
-            }
-        };
+        let mut view = PullView::new(Output::Stdout, quiet);
+        let mut on_event = |event: PullEvent| view.event(&event);
         let pulled =
             berth_registry::pull_all_tags(engine.store(), &repository, &options, &mut on_event)?;
         if !quiet {
@@ -561,7 +663,27 @@ fn reindent_json(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::reindent_json;
+    use super::{progress_bar, reindent_json};
+
+    #[test]
+    fn progress_bars_look_like_docker() {
+        assert_eq!(
+            progress_bar("Downloading", 1_000_000, 4_000_000),
+            format!(
+                "Downloading [{}>{}]  1MB/4MB",
+                "=".repeat(11),
+                " ".repeat(38)
+            )
+        );
+        assert_eq!(
+            progress_bar("Downloading", 0, 10),
+            format!("Downloading [>{}]  0B/10B", " ".repeat(49))
+        );
+        assert_eq!(
+            progress_bar("Downloading", 10, 10),
+            format!("Downloading [{}>]  10B/10B", "=".repeat(49))
+        );
+    }
 
     #[test]
     fn reindents_keeping_order() {
