@@ -244,7 +244,8 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
             }
             names.push(("<none>".into(), "<none>".into()));
         }
-        let dangling = image.tags.is_empty() && image.repo_digests.is_empty();
+        // Untagged is dangling even when known by digest (`repo <none>`), as Docker prunes it.
+        let dangling = image.tags.is_empty();
         let mut keep = true;
         for f in &args.filter {
             let (k, v) = f
