@@ -44,6 +44,17 @@ CREATE TABLE IF NOT EXISTS volumes (
 );
 ";
 
+/// Version 2: the registry digests an image is known by (`docker.io/library/busybox@sha256:…`), Docker's
+/// `RepoDigests`, recorded by pull and push; and the digest each tag was pulled or pushed as.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS repo_digests (
+    name TEXT PRIMARY KEY,
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS repo_digests_image ON repo_digests(image_id);
+ALTER TABLE tags ADD COLUMN digest TEXT;
+";
+
 /// Opens the database, creating the schema on first use.
 pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
@@ -64,5 +75,50 @@ pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
             "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = 1; COMMIT;"
         ))?;
     }
+    if version < 2 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
+        ))?;
+    }
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!("{SCHEMA} PRAGMA user_version = 1;"))
+                .unwrap();
+            conn.execute(
+                "INSERT INTO images (id, manifest_digest, config, size, added) VALUES ('i', 'm', '{}', 0, 0)",
+                [],
+            )
+            .unwrap();
+            conn.execute("INSERT INTO tags (name, image_id) VALUES ('t', 'i')", [])
+                .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let digest: Option<String> = conn
+            .query_row("SELECT digest FROM tags WHERE name = 't'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(digest, None);
+        conn.execute(
+            "INSERT INTO repo_digests (name, image_id) VALUES ('r@d', 'i')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        // Opening again changes nothing.
+        assert!(open(&path).is_ok());
+    }
 }

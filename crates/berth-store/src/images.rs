@@ -37,6 +37,9 @@ pub struct ImageRecord {
     pub config: ImageConfig,
     /// Full references tagging it (`docker.io/library/busybox:latest`), sorted.
     pub tags: Vec<String>,
+    /// Registry digests it is known by (`docker.io/library/busybox@sha256:…`), sorted: Docker's
+    /// `RepoDigests`, recorded when the image is pulled or pushed.
+    pub repo_digests: Vec<String>,
     /// Sum of uncompressed layer sizes.
     pub size: u64,
     /// Unix time the image entered this store.
@@ -223,7 +226,7 @@ impl Store {
             )?;
             for tag in *tags {
                 tx.execute(
-                    "INSERT INTO tags (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+                    "INSERT INTO tags (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id, digest = NULL",
                     params![tag.to_string(), image.config_digest.as_str()],
                 )?;
             }
@@ -266,7 +269,8 @@ impl Store {
     /// All images, newest first.
     pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT i.id, i.manifest_digest, i.config, i.size, i.added, group_concat(t.name, char(10))
+            "SELECT i.id, i.manifest_digest, i.config, i.size, i.added, group_concat(t.name, char(10)),
+               (SELECT group_concat(r.name, char(10)) FROM repo_digests r WHERE r.image_id = i.id)
              FROM images i LEFT JOIN tags t ON t.image_id = i.id GROUP BY i.id ORDER BY i.added DESC",
         )?;
         let rows = stmt.query_map([], row_to_raw_image)?;
@@ -280,7 +284,8 @@ impl Store {
 
     fn image_by_id(&self, id: &Digest) -> Result<Option<ImageRecord>, StoreError> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT i.id, i.manifest_digest, i.config, i.size, i.added, group_concat(t.name, char(10))
+            "SELECT i.id, i.manifest_digest, i.config, i.size, i.added, group_concat(t.name, char(10)),
+               (SELECT group_concat(r.name, char(10)) FROM repo_digests r WHERE r.image_id = i.id)
              FROM images i LEFT JOIN tags t ON t.image_id = i.id WHERE i.id = ?1 GROUP BY i.id",
         )?;
         stmt.query_row([id.as_str()], row_to_raw_image)
@@ -321,11 +326,25 @@ impl Store {
         }
         let reference = Reference::parse(name_or_id)?;
         if let Some(digest) = reference.digest() {
-            // name@digest: the manifest digest or the config digest of an image in that repository.
-            let mut stmt = self.db.prepare_cached(
-                "SELECT id FROM images WHERE manifest_digest = ?1 OR id = ?1 LIMIT 1",
-            )?;
-            let id: Option<String> = stmt.query_row([digest.as_str()], |r| r.get(0)).optional()?;
+            // name@digest: a digest the image was pulled or pushed by in that repository, else the manifest
+            // digest or the config digest of an image.
+            let by_repo: Option<String> = self
+                .db
+                .prepare_cached("SELECT image_id FROM repo_digests WHERE name = ?1")?
+                .query_row([format!("{}@{digest}", reference.repository())], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let id: Option<String> = match by_repo {
+                Some(id) => Some(id),
+                None => self
+                    .db
+                    .prepare_cached(
+                        "SELECT id FROM images WHERE manifest_digest = ?1 OR id = ?1 LIMIT 1",
+                    )?
+                    .query_row([digest.as_str()], |r| r.get(0))
+                    .optional()?,
+            };
             return match id {
                 Some(id) => self
                     .image_by_id(&Digest::parse(&id)?)?
@@ -351,10 +370,49 @@ impl Store {
         }
     }
 
+    /// Records that the registry knows `image_id` as `repository@digest` (Docker's `RepoDigests`); a digest
+    /// recorded for another image moves to this one. When `reference` has a tag that points at the image,
+    /// the tag remembers the digest too (it is what `images --digests` shows on that tag's row), until the
+    /// tag moves.
+    pub fn add_repo_digest(
+        &self,
+        image_id: &Digest,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<(), StoreError> {
+        let tx = self.write_transaction()?;
+        tx.execute(
+            "INSERT INTO repo_digests (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+            params![format!("{}@{digest}", reference.repository()), image_id.as_str()],
+        )?;
+        if let Some(tag) = reference.tag() {
+            tx.execute(
+                "UPDATE tags SET digest = ?1 WHERE name = ?2 AND image_id = ?3",
+                params![
+                    digest.as_str(),
+                    reference.with_tag(tag)?.to_string(),
+                    image_id.as_str()
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The registry digest a tag was last pulled or pushed as, if it has not moved since.
+    pub fn tag_digest(&self, tag: &Reference) -> Result<Option<Digest>, StoreError> {
+        let digest: Option<Option<String>> = self
+            .db
+            .prepare_cached("SELECT digest FROM tags WHERE name = ?1")?
+            .query_row([tag.to_string()], |r| r.get(0))
+            .optional()?;
+        digest.flatten().map(|d| Digest::parse(&d)).transpose()
+    }
+
     /// Points `reference` at an image (moving it from any other).
     pub fn tag(&self, image_id: &Digest, reference: &Reference) -> Result<(), StoreError> {
         self.db.execute(
-            "INSERT INTO tags (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+            "INSERT INTO tags (name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id, digest = NULL",
             params![reference.to_string(), image_id.as_str()],
         )?;
         Ok(())
@@ -489,7 +547,15 @@ impl Store {
     }
 }
 
-type RawImage = (String, String, String, i64, i64, Option<String>);
+type RawImage = (
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+);
 
 fn row_to_raw_image(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawImage> {
     Ok((
@@ -499,21 +565,28 @@ fn row_to_raw_image(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawImage> {
         row.get(3)?,
         row.get(4)?,
         row.get(5)?,
+        row.get(6)?,
     ))
 }
 
 fn raw_to_image(
-    (id, manifest, config, size, added, tags): RawImage,
+    (id, manifest, config, size, added, tags, repo_digests): RawImage,
 ) -> Result<ImageRecord, StoreError> {
-    let mut tags: Vec<String> = tags
-        .map(|t| t.split('\n').map(str::to_string).collect())
-        .unwrap_or_default();
-    tags.sort();
+    let split = |list: Option<String>| {
+        let mut items: Vec<String> = list
+            .map(|t| t.split('\n').map(str::to_string).collect())
+            .unwrap_or_default();
+        items.sort();
+        items
+    };
+    let tags = split(tags);
+    let repo_digests = split(repo_digests);
     Ok(ImageRecord {
         id: Digest::parse(&id)?,
         manifest_digest: Digest::parse(&manifest)?,
         config: serde_json::from_str(&config)?,
         tags,
+        repo_digests,
         size: size as u64,
         added,
     })

@@ -43,7 +43,15 @@ fn bad_input_exits_125_with_a_clear_error() {
     let b = Berth::with_busybox();
     let out = b.run(&["run", "--no-such-flag", "busybox"]);
     assert_eq!(out.status.code(), Some(125));
+    // A missing image is pulled (from Docker Hub, unreachable here or not there): that fails with 125.
     let out = b.run(&["run", "--rm", "nosuchimage"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).starts_with("Unable to find image 'nosuchimage:latest' locally\n"),
+        "{}",
+        stderr(&out)
+    );
+    let out = b.run(&["run", "--rm", "--pull", "never", "nosuchimage"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("No such image"), "{}", stderr(&out));
     let out = b.run(&["run", "--rm", "Bad:Reference::x"]);

@@ -168,6 +168,12 @@ pub struct CreateArgs {
     /// Mount volumes from the specified container(s)
     #[arg(long = "volumes-from")]
     volumes_from: Vec<String>,
+    /// Pull image before running ("always", "missing", "never")
+    #[arg(long, value_enum, default_value = "missing")]
+    pull: super::registry::PullPolicy,
+    /// Set platform if server is multi-platform capable (os/arch[/variant])
+    #[arg(long)]
+    platform: Option<String>,
     /// Image to run
     image: String,
     /// Command and arguments
@@ -575,14 +581,24 @@ pub fn container_command(engine: &Engine, command: ContainerCommand) -> anyhow::
 }
 
 pub fn create(engine: &Engine, args: CreateArgs) -> anyhow::Result<i32> {
-    let record = engine.create(&args.options(false)?)?;
+    let options = args.options(false)?;
+    super::registry::ensure_image(engine, &args.image, args.pull, args.platform.as_deref())?;
+    let record = engine.create(&options)?;
     println!("{}", record.id);
     Ok(0)
 }
 
 pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
     let attach = !args.detach;
-    let record = engine.create(&args.create.options(attach)?)?;
+    let options = args.create.options(attach)?;
+    // Any pull is over (and its threads gone) before the container starts: the runtime forks.
+    super::registry::ensure_image(
+        engine,
+        &args.create.image,
+        args.create.pull,
+        args.create.platform.as_deref(),
+    )?;
+    let record = engine.create(&options)?;
     let stdio = if attach {
         StdioMode::Inherit
     } else {

@@ -168,6 +168,10 @@ pub enum ImageCommand {
     Tag(TagArgs),
     /// Show the history of an image
     History(HistoryArgs),
+    /// Download an image from a registry
+    Pull(super::registry::PullArgs),
+    /// Upload an image to a registry
+    Push(super::registry::PushArgs),
 }
 
 pub fn image_command(engine: &Engine, command: ImageCommand) -> anyhow::Result<i32> {
@@ -181,6 +185,8 @@ pub fn image_command(engine: &Engine, command: ImageCommand) -> anyhow::Result<i
         ImageCommand::Load(a) => load(engine, a),
         ImageCommand::Tag(a) => tag(engine, a),
         ImageCommand::History(a) => history(engine, a),
+        ImageCommand::Pull(a) => super::registry::pull(engine, a),
+        ImageCommand::Push(a) => super::registry::push(engine, a),
     }
 }
 
@@ -215,12 +221,30 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
                 )
             })
             .collect();
+        // An untagged image pulled by digest is listed under its repository, as Docker does.
+        let digests: Vec<Reference> = image
+            .repo_digests
+            .iter()
+            .filter_map(|d| Reference::parse(d).ok())
+            .collect();
+        if names.is_empty() {
+            for d in &digests {
+                let repo = d.familiar_repository();
+                let matches = wanted
+                    .as_ref()
+                    .is_none_or(|w| w.repository() == d.repository() && w.tag().is_none());
+                if matches && !names.iter().any(|(r, _)| r == &repo) {
+                    names.push((repo, "<none>".into()));
+                }
+            }
+        }
         if names.is_empty() {
             if wanted.is_some() {
                 continue;
             }
             names.push(("<none>".into(), "<none>".into()));
         }
+        // Untagged is dangling even when known by digest (`repo <none>`), as Docker prunes it.
         let dangling = image.tags.is_empty();
         let mut keep = true;
         for f in &args.filter {
@@ -259,11 +283,30 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
             ids.push(id.clone());
         }
         for (repo, tag) in names {
+            // The digest this tag was pulled or pushed as; else one the registry knows this repository's
+            // image by; else, as Docker's containerd image store shows, the digest of the manifest the
+            // image has here.
+            let tag_digest = image
+                .tags
+                .iter()
+                .filter_map(|t| Reference::parse(t).ok())
+                .find(|t| t.familiar_repository() == repo && t.tag() == Some(tag.as_str()))
+                .and_then(|t| engine.store().tag_digest(&t).ok().flatten());
+            let digest = tag_digest
+                .as_ref()
+                .or_else(|| {
+                    digests
+                        .iter()
+                        .find(|d| d.familiar_repository() == repo)
+                        .and_then(|d| d.digest())
+                })
+                .unwrap_or(&image.manifest_digest)
+                .to_string();
             rows.push(json!({
                 "Repository": repo,
                 "Tag": tag,
                 "ID": id,
-                "Digest": image.manifest_digest.to_string(),
+                "Digest": digest,
                 "CreatedSince": created_ago(image),
                 "CreatedAt": image.created().to_rfc3339(),
                 "Size": human_size(image.size),
@@ -429,7 +472,7 @@ pub fn image_json(engine: &Engine, image: &ImageRecord) -> Value {
     json!({
         "Id": image.id,
         "RepoTags": image.tags.iter().map(|t| familiar_name(t)).collect::<Vec<_>>(),
-        "RepoDigests": [],
+        "RepoDigests": image.repo_digests.iter().map(|d| familiar_name(d)).collect::<Vec<_>>(),
         "Parent": "",
         "Comment": c.history.last().and_then(|h| h.comment.clone()).unwrap_or_default(),
         "Created": c.created.clone().unwrap_or_default(),

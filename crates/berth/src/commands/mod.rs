@@ -4,6 +4,7 @@ mod container;
 mod filesystem;
 mod image;
 mod network;
+mod registry;
 mod system;
 mod volume;
 
@@ -84,6 +85,19 @@ pub enum Command {
     Rmi(image::RmiArgs),
     /// Show the history of an image
     History(image::HistoryArgs),
+    /// Download an image from a registry
+    Pull(registry::PullArgs),
+    /// Upload an image to a registry
+    Push(registry::PushArgs),
+    /// Log in to a registry
+    Login(registry::LoginArgs),
+    /// Log out from a registry
+    Logout(registry::LogoutArgs),
+    /// Search registries for images
+    Search(registry::SearchArgs),
+    /// Inspect image manifests in registries
+    #[command(subcommand)]
+    Manifest(registry::ManifestCommand),
     /// Manage images
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -150,6 +164,14 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
         _ => 1,
     };
     let result = (|| -> anyhow::Result<i32> {
+        // Credentials live in the user's Docker config, not in the store.
+        let command = match command {
+            Command::Login(a) => return registry::login(a),
+            Command::Logout(a) => return registry::logout(a),
+            Command::Search(a) => return registry::search(a),
+            Command::Manifest(c) => return registry::manifest_command(c),
+            other => other,
+        };
         let engine = Engine::open(root, runroot)?;
         match command {
             Command::Run(a) => container::run(&engine, a),
@@ -183,6 +205,11 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::Tag(a) => image::tag(&engine, a),
             Command::Rmi(a) => image::rmi(&engine, a),
             Command::History(a) => image::history(&engine, a),
+            Command::Pull(a) => registry::pull(&engine, a),
+            Command::Push(a) => registry::push(&engine, a),
+            Command::Login(_) | Command::Logout(_) | Command::Search(_) | Command::Manifest(_) => {
+                Ok(0)
+            }
             Command::Image(c) => image::image_command(&engine, c),
             Command::Volume(c) => volume::volume_command(&engine, c),
             Command::Network(c) => network::network_command(&engine, c),
