@@ -69,6 +69,32 @@ fn load(state_dir: &Path) -> HashMap<String, Vec<Ipv4Addr>> {
     map
 }
 
+/// A name on one of the querying container's other networks (joined with `network connect`): the
+/// querier is found by its address among this network's records, then its records on its other
+/// networks say which networks those are.
+fn on_querier_networks(state_dir: &Path, peer: SocketAddr, name: &str) -> Option<Vec<Ipv4Addr>> {
+    let std::net::IpAddr::V4(peer_ip) = peer.ip() else {
+        return None;
+    };
+    let own = names_dir(state_dir);
+    let querier = fs::read_dir(&own).ok()?.flatten().find_map(|entry| {
+        let text = fs::read_to_string(entry.path()).ok()?;
+        let ip: Ipv4Addr = text.split_whitespace().next()?.parse().ok()?;
+        (ip == peer_ip).then(|| entry.file_name())
+    })?;
+    let networks = state_dir.parent()?;
+    for entry in fs::read_dir(networks).ok()?.flatten() {
+        let other = entry.path();
+        if other == state_dir || !names_dir(&other).join(&querier).exists() {
+            continue;
+        }
+        if let Some(addresses) = load(&other).remove(name) {
+            return Some(addresses);
+        }
+    }
+    None
+}
+
 /// The host's resolvers, for names that are not containers (loopback ones are unreachable from the
 /// server's point of view only when they are in another namespace; the server runs on the host).
 fn upstreams() -> Vec<SocketAddr> {
@@ -201,8 +227,12 @@ pub fn serve(network: &Network) -> Result<(), NetError> {
             seen = mtime;
         }
         let key = name.trim_end_matches('.');
-        if let Some(addresses) = cache.get(key) {
-            let _ = socket.send_to(&answer(&query, end, qtype, addresses), peer);
+        let found = cache
+            .get(key)
+            .cloned()
+            .or_else(|| on_querier_networks(&network.state_dir, peer, key));
+        if let Some(addresses) = found {
+            let _ = socket.send_to(&answer(&query, end, qtype, &addresses), peer);
             continue;
         }
         let reply_socket = match socket.try_clone() {

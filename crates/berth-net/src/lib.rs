@@ -62,6 +62,19 @@ pub struct PortMapping {
     pub host_port: u16,
 }
 
+/// How a container joins a network.
+#[derive(Debug, Clone, Default)]
+pub struct Attachment<'a> {
+    /// `--ip`.
+    pub ip: Option<Ipv4Addr>,
+    /// Published ports (first network only).
+    pub ports: &'a [PortMapping],
+    /// DNS names (container name, short ID, aliases).
+    pub names: &'a [String],
+    /// N of `ethN` in the container: 0 for its first network.
+    pub interface: u32,
+}
+
 /// What a container got on a network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -397,42 +410,61 @@ impl Network {
         Ok(())
     }
 
-    fn veth_name(container_id: &str) -> String {
-        format!("vb{}", &container_id[..container_id.len().min(11)])
+    /// The host end of a container's veth on its `interface`th network (15 characters at most).
+    fn veth_name(container_id: &str, interface: u32) -> String {
+        if interface == 0 {
+            format!("vb{}", &container_id[..container_id.len().min(11)])
+        } else {
+            format!(
+                "vb{}{interface:02x}",
+                &container_id[..container_id.len().min(9)]
+            )
+        }
     }
 
-    /// Wires container `id` (its init is `pid`, not yet started) to this network: an address lease
-    /// (`ip` when one is asked for), a veth pair with `eth0` inside, the default route (not on an
-    /// internal network), `lo` up, and the published `ports`.
-    pub fn attach(
-        &self,
-        id: &str,
-        pid: i32,
-        ip: Option<Ipv4Addr>,
-        ports: &[PortMapping],
-        names: &[String],
-    ) -> Result<Endpoint, NetError> {
-        let ip = match ip {
+    /// Wires container `id` (its process is `pid`) to this network: an address lease (`ip` when one is
+    /// asked for), a veth pair with `eth<interface>` inside, `lo` up, the default route (through the
+    /// first interface, not on an internal network), the published ports and the DNS names.
+    pub fn attach(&self, id: &str, pid: i32, how: &Attachment<'_>) -> Result<Endpoint, NetError> {
+        let ip = match how.ip {
             Some(ip) => ipam::lease_address(&self.state_dir, &self.subnet, self.gateway, ip, id)?,
             None => ipam::lease(&self.state_dir, &self.subnet, self.gateway, id)?,
         };
-        let result = self.wire(id, pid, ip, ports);
+        let result = self.wire(id, pid, ip, how);
         if let Ok(endpoint) = &result {
             // The default bridge resolves no names (Docker's behaviour).
-            if self.name != "bridge" && !names.is_empty() {
-                dns::register(&self.state_dir, id, endpoint.ip, names)?;
+            if self.name != "bridge" && !how.names.is_empty() {
+                dns::register(&self.state_dir, id, endpoint.ip, how.names)?;
             }
         }
         if result.is_err() {
             // The namespace lives on (the init waits to be started), so the veth must go by hand.
             if let Ok(mut nl) = netlink::Netlink::new() {
-                if let Ok(Some(index)) = nl.link_index(&Self::veth_name(id)) {
+                if let Ok(Some(index)) = nl.link_index(&Self::veth_name(id, how.interface)) {
                     let _ = nl.delete_link(index);
                 }
             }
-            self.detach(id, !ports.is_empty());
+            self.detach(id, !how.ports.is_empty());
         }
         result
+    }
+
+    /// Takes a running container (`pid`) off this network: its `eth<interface>`, ports, lease, names.
+    pub fn detach_running(
+        &self,
+        id: &str,
+        pid: i32,
+        interface: u32,
+        published: bool,
+    ) -> Result<(), NetError> {
+        let path = format!("/proc/{pid}/ns/net");
+        let netns = fs::File::open(&path).map_err(|e| io(&path, e))?;
+        let mut inside = netlink::Netlink::in_namespace(netns.as_raw_fd())?;
+        if let Some(index) = inside.link_index(&format!("eth{interface}"))? {
+            inside.delete_link(index)?;
+        }
+        self.detach(id, published);
+        Ok(())
     }
 
     fn wire(
@@ -440,7 +472,7 @@ impl Network {
         id: &str,
         pid: i32,
         ip: Ipv4Addr,
-        ports: &[PortMapping],
+        how: &Attachment<'_>,
     ) -> Result<Endpoint, NetError> {
         let netns_path = format!("/proc/{pid}/ns/net");
         let netns = fs::File::open(&netns_path).map_err(|e| io(&netns_path, e))?;
@@ -448,10 +480,11 @@ impl Network {
         let bridge = host
             .link_index(&self.bridge)?
             .ok_or_else(|| NetError::Netlink(format!("bridge {} is missing", self.bridge)))?;
-        let veth = Self::veth_name(id);
+        let veth = Self::veth_name(id, how.interface);
+        let eth = format!("eth{}", how.interface);
         let o = ip.octets();
         let mac = [0x02, 0x42, o[0], o[1], o[2], o[3]];
-        host.create_veth(&veth, "eth0", mac, netns.as_raw_fd())?;
+        host.create_veth(&veth, &eth, mac, netns.as_raw_fd())?;
         let index = host
             .link_index(&veth)?
             .ok_or_else(|| NetError::Netlink(format!("{veth} vanished")))?;
@@ -460,15 +493,15 @@ impl Network {
         if let Some(lo) = inside.link_index("lo")? {
             inside.set_up(lo)?;
         }
-        let eth0 = inside
-            .link_index("eth0")?
-            .ok_or_else(|| NetError::Netlink("eth0 is missing in the container".into()))?;
-        inside.add_address(eth0, ip, self.subnet.prefix)?;
-        inside.set_up(eth0)?;
-        if !self.internal {
+        let eth_index = inside
+            .link_index(&eth)?
+            .ok_or_else(|| NetError::Netlink(format!("{eth} is missing in the container")))?;
+        inside.add_address(eth_index, ip, self.subnet.prefix)?;
+        inside.set_up(eth_index)?;
+        if !self.internal && how.interface == 0 {
             inside.add_default_route(self.gateway)?;
         }
-        let ports = firewall::publish(id, ip, ports)?;
+        let ports = firewall::publish(id, ip, how.ports)?;
         Ok(Endpoint {
             ip,
             prefix: self.subnet.prefix,

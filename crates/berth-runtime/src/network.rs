@@ -3,8 +3,10 @@
 
 use std::net::Ipv4Addr;
 
-use berth_net::{Network, PortMapping};
-use berth_store::container::{ContainerRecord, NetworkSettings, PortBinding};
+use berth_net::{Attachment, Network, PortMapping};
+use berth_store::container::{
+    ContainerRecord, EndpointSettings, ExtraNetwork, NetworkSettings, PortBinding,
+};
 
 use crate::engine::Engine;
 use crate::error::RuntimeError;
@@ -72,22 +74,7 @@ pub(crate) fn connect(
         }
         "host" => return Ok(None),
         mode if mode.starts_with("container:") => return Ok(None),
-        name => {
-            let network = find(engine, name)?;
-            network.ensure().map_err(net_err)?;
-            let exe = std::env::current_exe()
-                .map_err(|e| RuntimeError::Io(format!("locate the berth binary: {e}")))?;
-            let args: Vec<&std::ffi::OsStr> = vec![
-                "--root".as_ref(),
-                engine.store().root().as_os_str(),
-                "--runroot".as_ref(),
-                engine.runroot().as_os_str(),
-                "dns-server".as_ref(),
-                name.as_ref(),
-            ];
-            berth_net::dns::ensure_server(&network, &exe, &args).map_err(net_err)?;
-            network
-        }
+        name => joinable(engine, name)?,
     };
     let mut names = vec![record.name.clone(), record.id[..12].to_string()];
     names.extend(record.host_config.network_aliases.iter().cloned());
@@ -98,13 +85,17 @@ pub(crate) fn connect(
                 RuntimeError::InvalidOption(format!("invalid IPv4 address: {text}"))
             })?),
         };
+    let ports = port_mappings(record)?;
     let endpoint = network
         .attach(
             &record.id,
             pid.as_raw(),
-            ip,
-            &port_mappings(record)?,
-            &names,
+            &Attachment {
+                ip,
+                ports: &ports,
+                names: &names,
+                interface: 0,
+            },
         )
         .map_err(net_err)?;
     let mut ports: std::collections::BTreeMap<String, Vec<PortBinding>> = Default::default();
@@ -117,13 +108,26 @@ pub(crate) fn connect(
                 host_port: p.host_port.to_string(),
             });
     }
-    let settings = NetworkSettings {
+    let mut settings = NetworkSettings {
         ip_address: endpoint.ip.to_string(),
         ip_prefix_len: endpoint.prefix,
         gateway: endpoint.gateway.to_string(),
         mac_address: endpoint.mac.clone(),
         ports,
+        networks: Default::default(),
     };
+    for (i, extra) in record.host_config.extra_networks.iter().enumerate() {
+        match join_extra(engine, record, pid.as_raw(), extra, i as u32 + 1) {
+            Ok(endpoint) => {
+                settings.networks.insert(extra.name.clone(), endpoint);
+            }
+            Err(e) => {
+                disconnect_extras(engine, record, &settings);
+                network.detach(&record.id, !endpoint.ports.is_empty());
+                return Err(e);
+            }
+        }
+    }
     let stored = engine.store().update_container(&record.id, |r| {
         r.network_settings = settings.clone();
         Ok::<(), ()>(())
@@ -192,8 +196,180 @@ pub fn find(engine: &Engine, name: &str) -> Result<Network, RuntimeError> {
         .ok_or_else(|| RuntimeError::InvalidOption(format!("network {name} not found")))
 }
 
+/// A network by name for joining: user-defined ones get their DNS server started.
+fn joinable(engine: &Engine, name: &str) -> Result<Network, RuntimeError> {
+    let network = find(engine, name)?;
+    network.ensure().map_err(net_err)?;
+    let exe = std::env::current_exe()
+        .map_err(|e| RuntimeError::Io(format!("locate the berth binary: {e}")))?;
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--root".as_ref(),
+        engine.store().root().as_os_str(),
+        "--runroot".as_ref(),
+        engine.runroot().as_os_str(),
+        "dns-server".as_ref(),
+        name.as_ref(),
+    ];
+    berth_net::dns::ensure_server(&network, &exe, &args).map_err(net_err)?;
+    Ok(network)
+}
+
+/// Joins one `network connect`ed network as `eth<interface>`.
+fn join_extra(
+    engine: &Engine,
+    record: &ContainerRecord,
+    pid: i32,
+    extra: &ExtraNetwork,
+    interface: u32,
+) -> Result<EndpointSettings, RuntimeError> {
+    let network = joinable(engine, &extra.name)?;
+    let ip =
+        match extra.ip.as_str() {
+            "" => None,
+            text => Some(text.parse().map_err(|_| {
+                RuntimeError::InvalidOption(format!("invalid IPv4 address: {text}"))
+            })?),
+        };
+    let mut names = vec![record.name.clone(), record.id[..12].to_string()];
+    names.extend(extra.aliases.iter().cloned());
+    let endpoint = network
+        .attach(
+            &record.id,
+            pid,
+            &Attachment {
+                ip,
+                ports: &[],
+                names: &names,
+                interface,
+            },
+        )
+        .map_err(net_err)?;
+    Ok(EndpointSettings {
+        ip_address: endpoint.ip.to_string(),
+        ip_prefix_len: endpoint.prefix,
+        gateway: endpoint.gateway.to_string(),
+        mac_address: endpoint.mac,
+        aliases: extra.aliases.clone(),
+    })
+}
+
+fn disconnect_extras(engine: &Engine, record: &ContainerRecord, settings: &NetworkSettings) {
+    for name in settings.networks.keys() {
+        if let Ok(Some(n)) = Network::load(&engine.store().root().join("networks"), name) {
+            n.detach(&record.id, false);
+        }
+    }
+}
+
+impl Engine {
+    /// `network connect`: records the network for the container and, when it runs, joins it now as its
+    /// next `ethN`.
+    pub fn network_connect(
+        &self,
+        network: &str,
+        container: &str,
+        aliases: &[String],
+        ip: Option<&str>,
+    ) -> Result<(), RuntimeError> {
+        let record = self.container(container)?;
+        let mode = record.host_config.network_mode.as_str();
+        if matches!(mode, "none" | "host") || mode.starts_with("container:") {
+            return Err(RuntimeError::InvalidOption(format!(
+                "container cannot be connected to multiple networks with one of the networks in private ({mode}) mode"
+            )));
+        }
+        if network == "bridge" || network == mode {
+            return Err(RuntimeError::InvalidOption(format!(
+                "endpoint with name {} already exists in network {network}",
+                record.name
+            )));
+        }
+        find(self, network)?;
+        if record
+            .host_config
+            .extra_networks
+            .iter()
+            .any(|e| e.name == network)
+        {
+            return Err(RuntimeError::InvalidOption(format!(
+                "endpoint with name {} already exists in network {network}",
+                record.name
+            )));
+        }
+        let extra = ExtraNetwork {
+            name: network.to_string(),
+            aliases: aliases.to_vec(),
+            ip: ip.unwrap_or_default().to_string(),
+        };
+        let interface = record.host_config.extra_networks.len() as u32 + 1;
+        if record.state.running && record.state.pid > 0 {
+            let endpoint = join_extra(self, &record, record.state.pid, &extra, interface)?;
+            let stored = self.store().update_container(&record.id, |r| {
+                r.host_config.extra_networks.push(extra.clone());
+                r.network_settings
+                    .networks
+                    .insert(network.to_string(), endpoint.clone());
+                Ok::<(), ()>(())
+            });
+            if !matches!(stored, Ok(Ok(_))) {
+                if let Ok(n) = find(self, network) {
+                    let _ = n.detach_running(&record.id, record.state.pid, interface, false);
+                }
+                return Err(RuntimeError::Io("record the network connection".into()));
+            }
+        } else {
+            self.store()
+                .update_container(&record.id, |r| {
+                    r.host_config.extra_networks.push(extra.clone());
+                    Ok::<(), ()>(())
+                })?
+                .map_err(|_| RuntimeError::Io("record the network connection".into()))?;
+        }
+        Ok(())
+    }
+
+    /// `network disconnect`: leaves a network joined with `network connect`.
+    pub fn network_disconnect(&self, network: &str, container: &str) -> Result<(), RuntimeError> {
+        let record = self.container(container)?;
+        let Some(position) = record
+            .host_config
+            .extra_networks
+            .iter()
+            .position(|e| e.name == network)
+        else {
+            if record.host_config.network_mode == network {
+                return Err(RuntimeError::InvalidOption(format!(
+                    "container {} is connected to {network} as its first network, which cannot be disconnected",
+                    record.name
+                )));
+            }
+            return Err(RuntimeError::InvalidOption(format!(
+                "container {} is not connected to network {network}",
+                record.name
+            )));
+        };
+        let interface = position as u32 + 1;
+        if record.state.running && record.state.pid > 0 {
+            let n = find(self, network)?;
+            n.detach_running(&record.id, record.state.pid, interface, false)
+                .map_err(net_err)?;
+        }
+        self.store()
+            .update_container(&record.id, |r| {
+                r.host_config.extra_networks.retain(|e| e.name != network);
+                r.network_settings.networks.remove(network);
+                Ok::<(), ()>(())
+            })?
+            .map_err(|_| RuntimeError::Io("record the network disconnection".into()))?;
+        Ok(())
+    }
+}
+
 /// Undoes [`connect`] after the container stopped.
 pub(crate) fn disconnect(engine: &Engine, record: &ContainerRecord, network: Option<&Network>) {
+    if let Ok(current) = engine.store().container(&record.id) {
+        disconnect_extras(engine, record, &current.network_settings);
+    }
     if let Some(network) = network {
         let published = engine
             .store()

@@ -632,6 +632,7 @@ pub(crate) fn build_record(
         ipv4_address,
         network_aliases: options.network_aliases.clone(),
         links: options.links.clone(),
+        extra_networks: Vec::new(),
         extra_hosts: options.add_hosts.clone(),
         dns: options.dns.clone(),
         dns_search: options.dns_search.clone(),

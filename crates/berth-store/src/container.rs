@@ -214,6 +214,13 @@ pub struct HostConfig {
     /// `--link name[:alias]`.
     #[serde(default)]
     pub links: Vec<String>,
+    /// Networks joined with `network connect`, after the first (`network_mode`), in interface order.
+    #[serde(
+        default,
+        rename = "BerthNetworks",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub extra_networks: Vec<ExtraNetwork>,
     /// `--add-host name:ip`.
     #[serde(default)]
     pub extra_hosts: Vec<String>,
@@ -223,6 +230,39 @@ pub struct HostConfig {
     /// `--dns-search`.
     #[serde(default)]
     pub dns_search: Vec<String>,
+}
+
+/// A network a container joined with `network connect`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExtraNetwork {
+    /// Network name.
+    pub name: String,
+    /// `--alias`es.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `--ip` (empty: any).
+    #[serde(default, rename = "IPv4Address")]
+    pub ip: String,
+}
+
+/// A container's address on one network (Docker's `EndpointSettings`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointSettings {
+    /// Address.
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    /// Prefix length.
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    /// Gateway.
+    pub gateway: String,
+    /// MAC address.
+    pub mac_address: String,
+    /// Aliases.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// One host side of a published port (Docker's `PortBinding`).
@@ -252,6 +292,9 @@ pub struct NetworkSettings {
     pub mac_address: String,
     /// Published ports as bound: `80/tcp` to host bindings.
     pub ports: BTreeMap<String, Vec<PortBinding>>,
+    /// The networks joined with `network connect` (the first network is the fields above).
+    #[serde(default)]
+    pub networks: BTreeMap<String, EndpointSettings>,
 }
 
 /// Docker's `Mounts` entry of inspect: a mount as set up.

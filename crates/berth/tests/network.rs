@@ -640,3 +640,106 @@ fn links_and_shared_network_namespaces() {
         assert_eq!(out.status.code(), Some(125), "{args:?}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn network_connect_and_disconnect() {
+    let b = Berth::with_busybox();
+    b.ok(&["network", "create", "neta"]);
+    b.ok(&["network", "create", "netb"]);
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "a1",
+        "--network",
+        "neta",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "b1",
+        "--network",
+        "netb",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir /w && echo b1 > /w/index.html && exec httpd -f -p 80 -h /w",
+    ]);
+    b.ok(&["network", "connect", "--alias", "bee", "netb", "a1"]);
+    // a1 now has eth1 on netb, reaches b1 by name there, and is known as `bee` on netb.
+    let out = b.ok(&[
+        "exec",
+        "a1",
+        "sh",
+        "-c",
+        "ls /sys/class/net | sort | tr '\\n' ' '",
+    ]);
+    assert_eq!(out, "eth0 eth1 lo ");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = b.run(&["exec", "a1", "wget", "-qO-", "http://b1/"]);
+        if String::from_utf8_lossy(&out.stdout) == "b1\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b1 unreachable from a1: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let a1_on_b = b.ok(&[
+        "inspect",
+        "-f",
+        "{{json .NetworkSettings.Networks.netb.IPAddress}}",
+        "a1",
+    ]);
+    let out = b.ok(&["exec", "b1", "nslookup", "bee"]);
+    assert!(out.contains(a1_on_b.trim().trim_matches('"')), "{out}");
+    // Bad requests.
+    for (args, message) in [
+        (&["network", "connect", "netb", "a1"][..], "already exists"),
+        (
+            &["network", "connect", "nosuchnet", "a1"][..],
+            "network nosuchnet not found",
+        ),
+        (
+            &["network", "disconnect", "neta", "a1"][..],
+            "first network",
+        ),
+        (&["network", "rm", "netb"][..], "active endpoints"),
+    ] {
+        let out = b.run(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+    }
+    // Disconnect takes eth1 away at once; a connection recorded while stopped is made at start.
+    b.ok(&["network", "disconnect", "netb", "a1"]);
+    assert_eq!(
+        b.ok(&[
+            "exec",
+            "a1",
+            "sh",
+            "-c",
+            "ls /sys/class/net | sort | tr '\\n' ' '"
+        ]),
+        "eth0 lo "
+    );
+    b.ok(&["stop", "-t", "0", "a1"]);
+    b.ok(&["network", "connect", "netb", "a1"]);
+    b.ok(&["start", "a1"]);
+    assert_eq!(
+        b.ok(&[
+            "exec",
+            "a1",
+            "sh",
+            "-c",
+            "ls /sys/class/net | sort | tr '\\n' ' '"
+        ]),
+        "eth0 eth1 lo "
+    );
+}

@@ -1095,16 +1095,31 @@ fn network_settings_json(r: &ContainerRecord) -> Value {
     for (port, bindings) in &n.ports {
         ports.insert(port.clone(), json!(bindings));
     }
-    let endpoint = json!({
-        "IPAddress": n.ip_address, "IPPrefixLen": n.ip_prefix_len, "Gateway": n.gateway,
-        "MacAddress": n.mac_address, "NetworkID": r.host_config.network_mode,
-    });
+    let mut networks = serde_json::Map::new();
+    networks.insert(
+        r.host_config.network_mode.clone(),
+        json!({
+            "IPAddress": n.ip_address, "IPPrefixLen": n.ip_prefix_len, "Gateway": n.gateway,
+            "MacAddress": n.mac_address, "NetworkID": r.host_config.network_mode,
+            "Aliases": r.host_config.network_aliases,
+        }),
+    );
+    for extra in &r.host_config.extra_networks {
+        let e = n.networks.get(&extra.name).cloned().unwrap_or_default();
+        networks.insert(
+            extra.name.clone(),
+            json!({
+                "IPAddress": e.ip_address, "IPPrefixLen": e.ip_prefix_len, "Gateway": e.gateway,
+                "MacAddress": e.mac_address, "NetworkID": extra.name, "Aliases": extra.aliases,
+            }),
+        );
+    }
     json!({
         "Bridge": "", "SandboxID": "", "HairpinMode": false,
         "Ports": if r.state.running { Value::Object(ports) } else { json!({}) },
         "IPAddress": n.ip_address, "IPPrefixLen": n.ip_prefix_len, "Gateway": n.gateway,
         "MacAddress": n.mac_address,
-        "Networks": { r.host_config.network_mode.clone(): endpoint },
+        "Networks": networks,
     })
 }
 

@@ -18,6 +18,10 @@ pub enum NetworkCommand {
     Rm(RmArgs),
     /// Remove all unused networks
     Prune(PruneArgs),
+    /// Connect a container to a network
+    Connect(ConnectArgs),
+    /// Disconnect a container from a network
+    Disconnect(DisconnectArgs),
     /// List networks
     #[command(alias = "list")]
     Ls(LsArgs),
@@ -51,6 +55,33 @@ pub struct CreateArgs {
     label: Vec<String>,
     /// Network name
     name: String,
+}
+
+/// `network connect` flags.
+#[derive(Args)]
+pub struct ConnectArgs {
+    /// Add network-scoped alias for the container
+    #[arg(long)]
+    alias: Vec<String>,
+    /// IPv4 address (e.g., 172.30.100.104)
+    #[arg(long)]
+    ip: Option<String>,
+    /// Network
+    network: String,
+    /// Container
+    container: String,
+}
+
+/// `network disconnect` flags.
+#[derive(Args)]
+pub struct DisconnectArgs {
+    /// Force the container to disconnect from a network
+    #[arg(short = 'f', long)]
+    force: bool,
+    /// Network
+    network: String,
+    /// Container
+    container: String,
 }
 
 /// `network rm` arguments.
@@ -101,10 +132,16 @@ fn builtin(name: &str, driver: &str) -> Value {
 fn network_json(engine: &Engine, n: &Network) -> anyhow::Result<Value> {
     let mut containers = serde_json::Map::new();
     for r in engine.containers()? {
-        if r.host_config.network_mode == n.name && !r.network_settings.ip_address.is_empty() {
+        let ns = &r.network_settings;
+        if r.host_config.network_mode == n.name && !ns.ip_address.is_empty() {
             containers.insert(
                 r.id.clone(),
-                json!({"Name": r.name, "IPv4Address": format!("{}/{}", r.network_settings.ip_address, r.network_settings.ip_prefix_len), "MacAddress": r.network_settings.mac_address}),
+                json!({"Name": r.name, "IPv4Address": format!("{}/{}", ns.ip_address, ns.ip_prefix_len), "MacAddress": ns.mac_address}),
+            );
+        } else if let Some(e) = ns.networks.get(&n.name) {
+            containers.insert(
+                r.id.clone(),
+                json!({"Name": r.name, "IPv4Address": format!("{}/{}", e.ip_address, e.ip_prefix_len), "MacAddress": e.mac_address}),
             );
         }
     }
@@ -133,13 +170,16 @@ fn all(engine: &Engine) -> anyhow::Result<Vec<Value>> {
     Ok(out)
 }
 
-/// Names of the networks some container (in any state) is configured to use.
+/// (network, container name) for every network some container (in any state) is configured to use.
 fn in_use(engine: &Engine) -> anyhow::Result<Vec<(String, String)>> {
-    Ok(engine
-        .containers()?
-        .into_iter()
-        .map(|r| (r.host_config.network_mode.clone(), r.name.clone()))
-        .collect())
+    let mut out = Vec::new();
+    for r in engine.containers()? {
+        out.push((r.host_config.network_mode.clone(), r.name.clone()));
+        for e in &r.host_config.extra_networks {
+            out.push((e.name.clone(), r.name.clone()));
+        }
+    }
+    Ok(out)
 }
 
 fn create(engine: &Engine, args: CreateArgs) -> anyhow::Result<i32> {
@@ -226,6 +266,20 @@ fn remove(engine: &Engine, names: &[String], quiet_unused: bool) -> anyhow::Resu
 pub fn network_command(engine: &Engine, command: NetworkCommand) -> anyhow::Result<i32> {
     match command {
         NetworkCommand::Create(args) => create(engine, args),
+        NetworkCommand::Connect(args) => {
+            engine.network_connect(
+                &args.network,
+                &args.container,
+                &args.alias,
+                args.ip.as_deref(),
+            )?;
+            Ok(0)
+        }
+        NetworkCommand::Disconnect(args) => {
+            let _ = args.force;
+            engine.network_disconnect(&args.network, &args.container)?;
+            Ok(0)
+        }
         NetworkCommand::Rm(args) => {
             if remove(engine, &args.networks, false)? {
                 Ok(0)
