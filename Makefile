@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 APT_PACKAGES := busybox-static tini python3 iptables libseccomp-dev pkg-config file skopeo umoci tar gzip zstd iproute2 procps docker-registry apache2-utils openssl
-BERTH := target/release/berth
+BERTH := $(or $(CARGO_TARGET_DIR),target)/release/berth
 DEMO_ROOT ?= /var/lib/berth
 DEMO_RUNROOT ?= /run/berth
 
