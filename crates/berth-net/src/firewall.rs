@@ -130,6 +130,36 @@ pub fn add_network(bridge: &str, subnet: &Subnet, internal: bool) -> Result<(), 
     local.push(b.clone());
     local.extend(with_comment(vec![], &["-j", "MASQUERADE"]));
     run(local)?;
+    // Hairpin: a container reaching a published port of its own network through a host address is
+    // DNAT'd back into the bridge; masquerading it makes the answer come back the same way.
+    let mut hairpin: Vec<String> = ["-t", "nat", "-A", POSTROUTING, "-s"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    hairpin.extend([subnet.clone(), "-o".into(), b.clone()]);
+    hairpin.extend(
+        ["-m", "conntrack", "--ctstate", "DNAT"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    hairpin.extend(with_comment(vec![], &["-j", "MASQUERADE"]));
+    run(hairpin)?;
+    keep_established_first()
+}
+
+/// Puts the two rules that must precede every network's isolation drops at the top of
+/// `BERTH-FORWARD`: answers of allowed connections, and connections to published ports (DNAT'd:
+/// whoever can reach the host may use them, from any network, as with Docker's proxy).
+fn keep_established_first() -> Result<(), NetError> {
+    for state in ["DNAT", "RELATED,ESTABLISHED"] {
+        let rule = ["-m", "conntrack", "--ctstate", state, "-j", "ACCEPT"];
+        let mut delete = vec!["-t", "filter", "-D", FORWARD];
+        delete.extend_from_slice(&rule);
+        while iptables(&delete).is_ok() {}
+        let mut insert = vec!["-t", "filter", "-I", FORWARD, "1"];
+        insert.extend_from_slice(&rule);
+        iptables(&insert)?;
+    }
     Ok(())
 }
 

@@ -154,10 +154,12 @@ pub fn lease_address(
     }
 }
 
-/// Leases the lowest free address of `subnet` (never the gateway) to container `owner`.
+/// Leases the lowest free address of `subnet` (within `range` when given; never the gateway) to
+/// container `owner`.
 pub fn lease(
     state_dir: &Path,
     subnet: &Subnet,
+    range: Option<&Subnet>,
     gateway: Ipv4Addr,
     owner: &str,
 ) -> Result<Ipv4Addr, NetError> {
@@ -169,7 +171,7 @@ pub fn lease(
     }
     for n in 1..subnet.size().saturating_sub(1) {
         let ip = subnet.host(n);
-        if ip == gateway {
+        if ip == gateway || range.is_some_and(|r| !r.contains(ip)) {
             continue;
         }
         if claim(&dir, ip, owner)? {
@@ -221,19 +223,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("berth-ipam-{}", std::process::id()));
         let s: Subnet = "10.99.1.0/29".parse().unwrap();
         let gw = s.host(1);
-        let a = lease(&dir, &s, gw, "a").unwrap();
-        let b = lease(&dir, &s, gw, "b").unwrap();
+        let a = lease(&dir, &s, None, gw, "a").unwrap();
+        let b = lease(&dir, &s, None, gw, "b").unwrap();
         assert_ne!(a, b);
-        assert_eq!(lease(&dir, &s, gw, "a").unwrap(), a);
+        assert_eq!(lease(&dir, &s, None, gw, "a").unwrap(), a);
         for owner in ["c", "d", "e", "f"] {
-            let _ = lease(&dir, &s, gw, owner);
+            let _ = lease(&dir, &s, None, gw, owner);
         }
         assert!(
-            lease(&dir, &s, gw, "g").is_err(),
+            lease(&dir, &s, None, gw, "g").is_err(),
             "a /29 has 5 leasable addresses"
         );
         release(&dir, "a");
-        assert_eq!(lease(&dir, &s, gw, "g").unwrap(), a);
+        assert_eq!(lease(&dir, &s, None, gw, "g").unwrap(), a);
         assert!(lease_address(&dir, &s, gw, b, "h").is_err(), "taken");
         assert!(lease_address(&dir, &s, gw, gw, "h").is_err(), "gateway");
         assert!(lease_address(&dir, &s, gw, Ipv4Addr::new(10, 0, 0, 1), "h").is_err());

@@ -121,6 +121,13 @@ pub struct Network {
     /// No route out (`--internal`).
     #[serde(default)]
     pub internal: bool,
+    /// `--ip-range`: where automatic addresses come from (the whole subnet when absent).
+    #[serde(
+        default,
+        with = "optional_subnet_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ip_range: Option<Subnet>,
     /// `--label`s.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
@@ -144,6 +151,25 @@ mod subnet_text {
     }
 }
 
+mod optional_subnet_text {
+    use super::Subnet;
+
+    pub fn serialize<S: serde::Serializer>(s: &Option<Subnet>, ser: S) -> Result<S::Ok, S::Error> {
+        match s {
+            Some(s) => ser.serialize_str(&s.to_string()),
+            None => ser.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        de: D,
+    ) -> Result<Option<Subnet>, D::Error> {
+        let text = <Option<String> as serde::Deserialize>::deserialize(de)?;
+        text.map(|t| t.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 /// `network create` options.
 #[derive(Debug, Clone, Default)]
 pub struct CreateOptions {
@@ -151,6 +177,8 @@ pub struct CreateOptions {
     pub subnet: Option<String>,
     /// `--gateway` (default: the subnet's first address).
     pub gateway: Option<String>,
+    /// `--ip-range`: a sub-range of the subnet for automatic addresses.
+    pub ip_range: Option<String>,
     /// `--internal`.
     pub internal: bool,
     /// `--label`s.
@@ -217,6 +245,7 @@ impl Network {
             gateway: subnet.host(1),
             subnet,
             internal: false,
+            ip_range: None,
             labels: Default::default(),
             created: String::new(),
             state_dir: dir.join("bridge"),
@@ -311,6 +340,18 @@ impl Network {
             }
             None => subnet.host(1),
         };
+        let ip_range = match &options.ip_range {
+            Some(text) => {
+                let range: Subnet = text.parse()?;
+                if range.prefix < subnet.prefix || !subnet.contains(range.base) {
+                    return Err(NetError::Invalid(format!(
+                        "invalid pool request: ip-range {range} is not within subnet {subnet}"
+                    )));
+                }
+                Some(range)
+            }
+            None => None,
+        };
         let net = Network {
             name: name.to_string(),
             id: options.id.clone(),
@@ -318,6 +359,7 @@ impl Network {
             subnet,
             gateway,
             internal: options.internal,
+            ip_range,
             labels: options.labels.clone(),
             created: options.created.clone(),
             state_dir: dir.join(name),
@@ -428,7 +470,13 @@ impl Network {
     pub fn attach(&self, id: &str, pid: i32, how: &Attachment<'_>) -> Result<Endpoint, NetError> {
         let ip = match how.ip {
             Some(ip) => ipam::lease_address(&self.state_dir, &self.subnet, self.gateway, ip, id)?,
-            None => ipam::lease(&self.state_dir, &self.subnet, self.gateway, id)?,
+            None => ipam::lease(
+                &self.state_dir,
+                &self.subnet,
+                self.ip_range.as_ref(),
+                self.gateway,
+                id,
+            )?,
         };
         let result = self.wire(id, pid, ip, how);
         if let Ok(endpoint) = &result {
@@ -489,6 +537,9 @@ impl Network {
             .link_index(&veth)?
             .ok_or_else(|| NetError::Netlink(format!("{veth} vanished")))?;
         host.attach_to_bridge(index, bridge)?;
+        // A container reaching its own published port through a host address comes back in through
+        // the port it left by.
+        let _ = fs::write(format!("/sys/class/net/{veth}/brport/hairpin_mode"), "1");
         let mut inside = netlink::Netlink::in_namespace(netns.as_raw_fd())?;
         if let Some(lo) = inside.link_index("lo")? {
             inside.set_up(lo)?;

@@ -105,6 +105,30 @@ fn published_ports_answer_on_loopback_and_the_host_address() {
         &format!("http://{}/", ip.trim()),
     ]);
     assert_eq!(out, "hello-web1\n");
+    // And through the host's address (hairpin): from the same network, from the container itself,
+    // from another network.
+    if let Some(host) = host_address() {
+        let url = format!("http://{host}:{port}/");
+        assert_eq!(
+            b.ok(&["run", "--rm", "busybox", "wget", "-qO-", &url]),
+            "hello-web1\n"
+        );
+        assert_eq!(b.ok(&["exec", "web", "wget", "-qO-", &url]), "hello-web1\n");
+        b.ok(&["network", "create", "elsewhere"]);
+        assert_eq!(
+            b.ok(&[
+                "run",
+                "--rm",
+                "--network",
+                "elsewhere",
+                "busybox",
+                "wget",
+                "-qO-",
+                &url
+            ]),
+            "hello-web1\n"
+        );
+    }
 
     // The same host port again is refused with a clear error, and leaves nothing behind.
     let out = b.run(&[
@@ -742,4 +766,78 @@ fn network_connect_and_disconnect() {
         ]),
         "eth0 eth1 lo "
     );
+}
+
+#[test]
+fn concurrent_runs_never_share_an_address_and_ip_range_is_honoured() {
+    let b = Berth::with_busybox();
+    b.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.233.0.0/24",
+        "--ip-range",
+        "10.233.0.128/27",
+        "ranged",
+    ]);
+    let out = b.run(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.234.0.0/24",
+        "--ip-range",
+        "10.9.0.0/27",
+        "badrange",
+    ]);
+    assert!(
+        stderr(&out).contains("not within subnet"),
+        "{}",
+        stderr(&out)
+    );
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let cmd = b.cmd(&[
+                "run",
+                "-d",
+                "--name",
+                &format!("c{i}"),
+                "--network",
+                "ranged",
+                "busybox",
+                "sleep",
+                "300",
+            ]);
+            std::thread::spawn(move || {
+                let mut cmd = cmd;
+                cmd.output().unwrap()
+            })
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let mut ips: Vec<std::net::Ipv4Addr> = (0..16)
+        .map(|i| {
+            b.ok(&[
+                "inspect",
+                "-f",
+                "{{.NetworkSettings.IPAddress}}",
+                &format!("c{i}"),
+            ])
+            .trim()
+            .parse()
+            .unwrap()
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 16, "an address was handed out twice: {ips:?}");
+    for ip in &ips {
+        let o = ip.octets();
+        assert!(
+            o[0] == 10 && o[1] == 233 && (128..160).contains(&o[3]),
+            "{ip} outside the range"
+        );
+    }
 }

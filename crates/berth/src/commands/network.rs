@@ -44,7 +44,7 @@ pub struct CreateArgs {
     /// IPv4 Gateway for the master subnet
     #[arg(long)]
     gateway: Option<String>,
-    /// Allocate container ip from a sub-range (accepted; the whole subnet is used)
+    /// Allocate container ip from a sub-range
     #[arg(long = "ip-range")]
     ip_range: Option<String>,
     /// Restrict external access to the network
@@ -148,7 +148,7 @@ fn network_json(engine: &Engine, n: &Network) -> anyhow::Result<Value> {
     Ok(json!({
         "Name": n.name, "Id": n.id, "Created": n.created, "Driver": "bridge", "Scope": "local",
         "Internal": n.internal, "Labels": n.labels,
-        "IPAM": {"Driver": "default", "Config": [{"Subnet": n.subnet.to_string(), "Gateway": n.gateway.to_string()}]},
+        "IPAM": {"Driver": "default", "Config": [{"Subnet": n.subnet.to_string(), "Gateway": n.gateway.to_string(), "IPRange": n.ip_range.map(|r| r.to_string()).unwrap_or_default()}]},
         "Options": {"com.docker.network.bridge.name": n.bridge},
         "Containers": containers,
     }))
@@ -199,13 +199,13 @@ fn create(engine: &Engine, args: CreateArgs) -> anyhow::Result<i32> {
         berth_store::random_hex(16),
         berth_store::random_hex(16)
     );
-    let _ = args.ip_range;
     let n = Network::create(
         engine.store().root(),
         &args.name,
         &CreateOptions {
             subnet: args.subnet,
             gateway: args.gateway,
+            ip_range: args.ip_range,
             internal: args.internal,
             labels,
             created: berth_store::now_rfc3339(),
