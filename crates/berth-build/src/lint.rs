@@ -504,15 +504,15 @@ pub fn check(source: &str, file: &str, build_args: &BTreeMap<String, String>) ->
                             format!("Stage name should not use the same name as reserved stage {lower:?}"),
                         );
                     }
-                    if stage_names.contains_key(&lower) {
-                        lint.warn(
-                            "DuplicateStageName",
-                            line,
-                            col,
-                            format!("Duplicate stage name {lower:?}, stage names should be unique"),
-                        );
-                    } else {
-                        stage_names.insert(lower, stages.len());
+                    let message =
+                        format!("Duplicate stage name {lower:?}, stage names should be unique");
+                    match stage_names.entry(lower) {
+                        std::collections::btree_map::Entry::Occupied(_) => {
+                            lint.warn("DuplicateStageName", line, col, message)
+                        }
+                        std::collections::btree_map::Entry::Vacant(slot) => {
+                            slot.insert(stages.len());
+                        }
                     }
                 }
                 stages.push(Stage {

@@ -933,15 +933,11 @@ fn validate_run_flags(flags: &[Flag]) -> Result<(), String> {
     for f in flags {
         let value = f.value.as_deref().unwrap_or("");
         match f.name.as_str() {
-            "network" => {
-                if !matches!(value, "default" | "none" | "host") {
-                    return Err(format!("unsupported network mode {value:?}"));
-                }
+            "network" if !matches!(value, "default" | "none" | "host") => {
+                return Err(format!("unsupported network mode {value:?}"));
             }
-            "security" => {
-                if !matches!(value, "insecure" | "sandbox") {
-                    return Err(format!("unsupported security mode {value:?}"));
-                }
+            "security" if !matches!(value, "insecure" | "sandbox") => {
+                return Err(format!("unsupported security mode {value:?}"));
             }
             "mount" => validate_mount(value)?,
             _ => {}
