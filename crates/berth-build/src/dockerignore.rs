@@ -179,18 +179,11 @@ impl Matcher {
     /// matches the path or one of its parent directories decides.
     pub fn excluded(&self, path: &str) -> bool {
         let path = clean(path);
-        let parents: Vec<&str> = {
-            let mut v = Vec::new();
-            let mut end = 0;
-            for (i, c) in path.char_indices() {
-                if c == '/' {
-                    v.push(&path[..i]);
-                }
-                end = i;
-            }
-            let _ = end;
-            v
-        };
+        let parents: Vec<&str> = path
+            .char_indices()
+            .filter(|(_, c)| *c == '/')
+            .map(|(i, _)| &path[..i])
+            .collect();
         let mut excluded = false;
         for p in &self.patterns {
             if excluded != p.exclusion {

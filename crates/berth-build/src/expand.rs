@@ -103,7 +103,7 @@ impl Lexer<'_> {
         c
     }
 
-    /// Processes until `stop` (not consumed... consumed by the caller) or the end.
+    /// Processes until `stop` (left for the caller to consume) or the end of the word.
     fn process(&mut self, stop: Option<char>) -> Result<String, ExpandError> {
         let mut out = String::new();
         while let Some(ch) = self.peek() {
