@@ -510,7 +510,10 @@ pub(crate) fn build_record(
             port_bindings.entry(port).or_default().push(binding);
         }
     }
-    if network_mode != "bridge" && (!port_bindings.is_empty() || options.publish_all) {
+    let private_stack = network_mode == "none" || network_mode.starts_with("container:");
+    if (network_mode == "host" || private_stack)
+        && (!port_bindings.is_empty() || options.publish_all)
+    {
         if network_mode == "host" {
             // Docker ignores published ports in host mode (with a warning).
             port_bindings.clear();

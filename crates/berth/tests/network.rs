@@ -841,3 +841,72 @@ fn concurrent_runs_never_share_an_address_and_ip_range_is_honoured() {
         );
     }
 }
+
+#[test]
+fn a_crashed_monitor_leaves_no_lease_or_rule_behind() {
+    let b = Berth::with_busybox();
+    b.ok(&["network", "create", "crashnet"]);
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "victim",
+        "--network",
+        "crashnet",
+        "-p",
+        "127.0.0.1::80",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    let id = b
+        .ok(&["inspect", "-f", "{{.Id}}", "victim"])
+        .trim()
+        .to_string();
+    let pid = b
+        .ok(&["inspect", "-f", "{{.State.Pid}}", "victim"])
+        .trim()
+        .to_string();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let monitor = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    std::process::Command::new("kill")
+        .args(["-9", &monitor])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The next look at the container finds the monitor gone and cleans up after it.
+    assert_eq!(b.ok(&["ps", "-a", "--format", "{{.State}}"]), "exited\n");
+    let rules = std::process::Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains(&id),
+        "a DNAT rule survived"
+    );
+    let leases = b.root.join("networks/crashnet/leases");
+    assert_eq!(
+        std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0),
+        0,
+        "the lease survived"
+    );
+    let names = b.root.join("networks/crashnet/names");
+    assert_eq!(
+        std::fs::read_dir(&names).map(|d| d.count()).unwrap_or(0),
+        0,
+        "the DNS record survived"
+    );
+    // And the container starts again with an address.
+    b.ok(&["start", "victim"]);
+    assert!(!b
+        .ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "victim"])
+        .trim()
+        .is_empty());
+}
