@@ -180,6 +180,16 @@ fn lock_path(network: &Network) -> PathBuf {
 
 /// Serves DNS for `network` until the network is removed (its state directory disappears).
 pub fn serve(network: &Network) -> Result<(), NetError> {
+    // Started by a monitor, which ignores SIGTERM and friends; ignored dispositions survive exec, and
+    // `network rm` stops this server with SIGTERM.
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        // SAFETY: SIG_DFL installs no handler code; this process has no other threads yet.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+    }
     let _ = fs::create_dir_all("/run/berth-net");
     let lock = fs::File::options()
         .create(true)
@@ -305,6 +315,14 @@ pub fn stop_server(network: &Network) {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGTERM,
                 );
+                // Wait for it to let go of the gateway's port 53: a network created next may get the
+                // same subnet, and its server must be able to bind.
+                for _ in 0..200 {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         }
     }
