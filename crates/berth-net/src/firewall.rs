@@ -87,7 +87,7 @@ pub fn add_network(bridge: &str, subnet: &Subnet, internal: bool) -> Result<(), 
         iptables(&refs)
     };
     // Inserted in reverse: the intra-bridge accept ends up above the isolation drops.
-    for other in ["brt+", "berth0"] {
+    for other in ["brt+", "berth0"].into_iter().filter(|o| *o != bridge) {
         let mut rule: Vec<String> = ["-t", "filter", "-I", FORWARD, "1", "-i"]
             .iter()
             .map(|s| s.to_string())
