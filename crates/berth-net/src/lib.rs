@@ -96,11 +96,11 @@ pub fn loopback_up(pid: i32) -> Result<(), NetError> {
     let path = format!("/proc/{pid}/ns/net");
     let netns = fs::File::open(&path).map_err(|e| io(&path, e))?;
     let mut inside = netlink::Netlink::in_namespace(netns.as_raw_fd())?;
-    if let Some(lo) = inside.link_index("lo")? {
-        inside.set_up(lo)?;
-    }
-    Ok(())
+    inside.set_up(LOOPBACK_INDEX)
 }
+
+/// The interface index of `lo` in every network namespace.
+const LOOPBACK_INDEX: u32 = 1;
 
 /// A bridge network as stored in `<root>/networks/<name>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -532,18 +532,13 @@ impl Network {
         let eth = format!("eth{}", how.interface);
         let o = ip.octets();
         let mac = [0x02, 0x42, o[0], o[1], o[2], o[3]];
-        host.create_veth(&veth, &eth, mac, netns.as_raw_fd())?;
-        let index = host
-            .link_index(&veth)?
-            .ok_or_else(|| NetError::Netlink(format!("{veth} vanished")))?;
-        host.attach_to_bridge(index, bridge)?;
+        host.create_veth(&veth, &eth, mac, netns.as_raw_fd(), bridge)?;
         // A container reaching its own published port through a host address comes back in through
         // the port it left by.
         let _ = fs::write(format!("/sys/class/net/{veth}/brport/hairpin_mode"), "1");
         let mut inside = netlink::Netlink::in_namespace(netns.as_raw_fd())?;
-        if let Some(lo) = inside.link_index("lo")? {
-            inside.set_up(lo)?;
-        }
+        // Loopback is interface 1 in every network namespace.
+        inside.set_up(LOOPBACK_INDEX)?;
         let eth_index = inside
             .link_index(&eth)?
             .ok_or_else(|| NetError::Netlink(format!("{eth} is missing in the container")))?;

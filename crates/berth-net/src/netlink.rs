@@ -157,14 +157,15 @@ impl Netlink {
         .map(drop)
     }
 
-    /// Creates a veth pair `host` / `peer`, the peer (with MAC `mac`) directly in network namespace
-    /// `netns` (a fd).
+    /// Creates a veth pair `host` / `peer`: the host end enslaved to `bridge` and up, the peer (with
+    /// MAC `mac`) directly in network namespace `netns` (a fd).
     pub fn create_veth(
         &mut self,
         host: &str,
         peer: &str,
         mac: [u8; 6],
         netns: RawFd,
+        bridge: u32,
     ) -> Result<(), NetError> {
         let mut peer_message = LinkMessage::default();
         peer_message
@@ -174,10 +175,14 @@ impl Netlink {
             .attributes
             .push(LinkAttribute::Address(mac.to_vec()));
         peer_message.attributes.push(LinkAttribute::NetNsFd(netns));
+        // The host end is created enslaved to the bridge and up: no lookups and SETLINKs afterwards.
         let mut message = LinkMessage::default();
+        message.header.flags = LinkFlags::Up;
+        message.header.change_mask = LinkFlags::Up;
         message
             .attributes
             .push(LinkAttribute::IfName(host.to_string()));
+        message.attributes.push(LinkAttribute::Controller(bridge));
         message.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_message))),
