@@ -74,76 +74,52 @@ pub fn add_network(bridge: &str, subnet: &Subnet, internal: bool) -> Result<(), 
     remove_network(bridge);
     let subnet = subnet.to_string();
     let comment = tag(bridge);
-    let with_comment = |mut rule: Vec<&'static str>, tail: &[&'static str]| -> Vec<String> {
-        let mut out: Vec<String> = rule.drain(..).map(str::to_string).collect();
-        out.extend(["-m", "comment", "--comment"].iter().map(|s| s.to_string()));
-        out.push(comment.clone());
-        out.extend(tail.iter().map(|s| s.to_string()));
-        out
+    // Every rule: `iptables -t TABLE ACTION CHAIN [POS] MATCH… -m comment --comment berth:BRIDGE -j VERDICT`.
+    let add = |head: &[&str], matches: &[&str], verdict: &str| {
+        let mut rule: Vec<&str> = head.to_vec();
+        rule.extend_from_slice(matches);
+        rule.extend_from_slice(&["-m", "comment", "--comment", &comment, "-j", verdict]);
+        iptables(&rule).map(drop)
     };
-    let b = bridge.to_string();
-    let run = |rule: Vec<String>| {
-        let refs: Vec<&str> = rule.iter().map(String::as_str).collect();
-        iptables(&refs)
-    };
+    let insert_forward = ["-t", "filter", "-I", FORWARD, "1"];
+    let append_forward = ["-t", "filter", "-A", FORWARD];
+    let append_nat = ["-t", "nat", "-A", POSTROUTING];
     // Inserted in reverse: the intra-bridge accept ends up above the isolation drops.
     for other in ["brt+", "berth0"].into_iter().filter(|o| *o != bridge) {
-        let mut rule: Vec<String> = ["-t", "filter", "-I", FORWARD, "1", "-i"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        rule.extend([b.clone(), "-o".into(), other.into()]);
-        let tail = with_comment(vec![], &["-j", "DROP"]);
-        rule.extend(tail);
-        run(rule)?;
+        add(&insert_forward, &["-i", bridge, "-o", other], "DROP")?;
     }
-    let mut intra: Vec<String> = ["-t", "filter", "-I", FORWARD, "1", "-i"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    intra.extend([b.clone(), "-o".into(), b.clone()]);
-    intra.extend(with_comment(vec![], &["-j", "ACCEPT"]));
-    run(intra)?;
+    add(&insert_forward, &["-i", bridge, "-o", bridge], "ACCEPT")?;
     let verdict = if internal { "DROP" } else { "ACCEPT" };
-    for direction in ["-i", "-o"] {
-        let mut rule: Vec<String> = ["-t", "filter", "-A", FORWARD, direction]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        rule.push(b.clone());
-        rule.extend(with_comment(vec![], &["-j", verdict]));
-        run(rule)?;
-    }
+    add(&append_forward, &["-i", bridge], verdict)?;
+    add(&append_forward, &["-o", bridge], verdict)?;
     if !internal {
-        let mut masq: Vec<String> = ["-t", "nat", "-A", POSTROUTING, "-s"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        masq.extend([subnet.clone(), "!".into(), "-o".into(), b.clone()]);
-        masq.extend(with_comment(vec![], &["-j", "MASQUERADE"]));
-        run(masq)?;
+        add(
+            &append_nat,
+            &["-s", &subnet, "!", "-o", bridge],
+            "MASQUERADE",
+        )?;
     }
-    let mut local: Vec<String> = ["-t", "nat", "-A", POSTROUTING, "-s", "127.0.0.0/8", "-o"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    local.push(b.clone());
-    local.extend(with_comment(vec![], &["-j", "MASQUERADE"]));
-    run(local)?;
+    add(
+        &append_nat,
+        &["-s", "127.0.0.0/8", "-o", bridge],
+        "MASQUERADE",
+    )?;
     // Hairpin: a container reaching a published port of its own network through a host address is
     // DNAT'd back into the bridge; masquerading it makes the answer come back the same way.
-    let mut hairpin: Vec<String> = ["-t", "nat", "-A", POSTROUTING, "-s"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    hairpin.extend([subnet.clone(), "-o".into(), b.clone()]);
-    hairpin.extend(
-        ["-m", "conntrack", "--ctstate", "DNAT"]
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    hairpin.extend(with_comment(vec![], &["-j", "MASQUERADE"]));
-    run(hairpin)?;
+    add(
+        &append_nat,
+        &[
+            "-s",
+            &subnet,
+            "-o",
+            bridge,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "DNAT",
+        ],
+        "MASQUERADE",
+    )?;
     keep_established_first()
 }
 

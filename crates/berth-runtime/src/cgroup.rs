@@ -139,21 +139,7 @@ pub fn pids(id: &str) -> Vec<i32> {
 /// tree alike): writing a PID to each moves that process into the same cgroups, as `exec` needs.
 pub fn procs_files_of(pid: i32) -> Vec<PathBuf> {
     let membership = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    // mountinfo: id parent major:minor root mount-point options... - fstype source super-options
-    let cgroup_mounts: Vec<(String, String, Vec<String>)> = mounts
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mut r = right.split_whitespace();
-            let fstype = r.next()?.to_string();
-            let super_opts: Vec<String> = r.nth(1)?.split(',').map(str::to_string).collect();
-            let mount_point = left.split_whitespace().nth(4)?.to_string();
-            fstype
-                .starts_with("cgroup")
-                .then_some((fstype, mount_point, super_opts))
-        })
-        .collect();
+    let cgroup_mounts = cgroup_mounts();
     let mut files = Vec::new();
     for line in membership.lines() {
         let mut f = line.splitn(3, ':');
@@ -181,17 +167,22 @@ pub fn procs_files_of(pid: i32) -> Vec<PathBuf> {
     files
 }
 
-/// Every cgroup filesystem mount point (v1 controllers, the v2 tree, named hierarchies).
-fn cgroup_mount_points() -> Vec<PathBuf> {
+/// Every cgroup filesystem mount: (fstype `cgroup`/`cgroup2`, mount point, super options — the v1
+/// controllers or `name=…`), from one read of mountinfo.
+fn cgroup_mounts() -> Vec<(String, String, Vec<String>)> {
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // mountinfo: id parent major:minor root mount-point options... - fstype source super-options
     mounts
         .lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split_whitespace().nth(4)?;
-            right
+            let mut r = right.split_whitespace();
+            let fstype = r.next()?.to_string();
+            let super_opts: Vec<String> = r.nth(1)?.split(',').map(str::to_string).collect();
+            let mount_point = left.split_whitespace().nth(4)?.to_string();
+            fstype
                 .starts_with("cgroup")
-                .then(|| PathBuf::from(mount_point))
+                .then_some((fstype, mount_point, super_opts))
         })
         .collect()
 }
@@ -201,8 +192,8 @@ fn cgroup_mount_points() -> Vec<PathBuf> {
 /// Processes still in them (left over by an exec) are killed first.
 pub fn remove(id: &str) {
     let relative = cgroups_path(id);
-    for mount in cgroup_mount_points() {
-        let dir = mount.join(relative.trim_start_matches('/'));
+    for (_, mount, _) in cgroup_mounts() {
+        let dir = Path::new(&mount).join(relative.trim_start_matches('/'));
         if !dir.is_dir() {
             continue;
         }

@@ -302,6 +302,28 @@ impl Engine {
         }
     }
 
+    /// Takes the container's monitor lock (`runroot/containers/<id>/monitor.lock`), exclusively and
+    /// without waiting: None when a monitor (or another holder) has it. A monitor holds it for its
+    /// whole life; `cp` and friends hold it so a stopped container cannot be started underneath them.
+    pub(crate) fn lock_monitor(&self, id: &str) -> Result<Option<File>, RuntimeError> {
+        let dir = self.run_dir(id);
+        fs::create_dir_all(&dir).map_err(|e| io_err(dir.display(), e))?;
+        let path = dir.join("monitor.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(path.display(), e))?;
+        #[allow(deprecated)]
+        let taken = nix::fcntl::flock(
+            lock.as_raw_fd(),
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        );
+        Ok(taken.is_ok().then_some(lock))
+    }
+
     /// Whether the container's monitor process is alive (it holds its lock for its whole life).
     pub fn monitor_alive(&self, id: &str) -> bool {
         let path = self.run_dir(id).join("monitor.lock");
@@ -449,12 +471,15 @@ impl Engine {
         }
         // A new start is not stopped by the user; cleared here, before the monitor exists, so that a
         // `stop` racing the monitor's start-up is not undone by it.
-        self.store
-            .update_container(&record.id, |r| {
-                r.state.stopped_by_user = false;
-                Ok::<(), ()>(())
-            })?
-            .map_err(|_| RuntimeError::Io("update".into()))?;
+        // (Only when set: a fresh `run` pays no extra write.)
+        if record.state.stopped_by_user {
+            self.store
+                .update_container(&record.id, |r| {
+                    r.state.stopped_by_user = false;
+                    Ok::<(), ()>(())
+                })?
+                .map_err(|_| RuntimeError::Io("update".into()))?;
+        }
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
         let exe = std::env::current_exe().map_err(|e| io_err("locate the berth binary", e))?;

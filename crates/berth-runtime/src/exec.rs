@@ -583,29 +583,11 @@ fn prepare_and_exec(
     }
 }
 
-/// The signals a foreground exec passes on to its process.
-const PROXIED: [Signal; 6] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
-
-fn exit_status(status: WaitStatus) -> Option<i32> {
-    match status {
-        WaitStatus::Exited(_, code) => Some(code),
-        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
-        _ => None,
-    }
-}
-
 /// Waits for `pid` while forwarding the usual terminating signals to it.
 fn wait_proxying_signals(pid: Pid) -> Result<i32, RuntimeError> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
-    for s in PROXIED {
+    for s in crate::signal::PROXIED {
         mask.add(s);
     }
     mask.thread_block().map_err(|e| io_err("sigprocmask", e))?;
@@ -615,7 +597,7 @@ fn wait_proxying_signals(pid: Pid) -> Result<i32, RuntimeError> {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {}
             Ok(status) => {
-                if let Some(code) = exit_status(status) {
+                if let Some(code) = crate::signal::exit_code(status) {
                     return Ok(code);
                 }
             }
@@ -643,7 +625,7 @@ fn pump_tty(pid: Pid, master: OwnedFd, interactive: bool) -> Result<ExecEnd, Run
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.add(Signal::SIGWINCH);
-    for s in PROXIED {
+    for s in crate::signal::PROXIED {
         mask.add(s);
     }
     mask.thread_block().map_err(|e| io_err("sigprocmask", e))?;
@@ -660,7 +642,7 @@ fn pump_tty(pid: Pid, master: OwnedFd, interactive: bool) -> Result<ExecEnd, Run
         if exit.is_none() {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => {}
-                Ok(status) => exit = exit_status(status),
+                Ok(status) => exit = crate::signal::exit_code(status),
             }
         }
         let mut fds = vec![
@@ -706,7 +688,7 @@ fn pump_tty(pid: Pid, master: OwnedFd, interactive: bool) -> Result<ExecEnd, Run
                 // EIO: every slave fd closed, the process and its children are gone.
                 _ => {
                     if exit.is_none() {
-                        exit = waitpid(pid, None).ok().and_then(exit_status);
+                        exit = waitpid(pid, None).ok().and_then(crate::signal::exit_code);
                     }
                     break;
                 }
@@ -727,7 +709,10 @@ fn pump_tty(pid: Pid, master: OwnedFd, interactive: bool) -> Result<ExecEnd, Run
     }
     let code = match exit {
         Some(code) => code,
-        None => waitpid(pid, None).ok().and_then(exit_status).unwrap_or(137),
+        None => waitpid(pid, None)
+            .ok()
+            .and_then(crate::signal::exit_code)
+            .unwrap_or(137),
     };
     Ok(ExecEnd::Exited(code))
 }

@@ -9,7 +9,6 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 
 use berth_archive::{Change, UnpackOptions, WhiteoutMode};
@@ -208,22 +207,7 @@ impl Engine {
                 record.id
             )));
         }
-        let dir = self.run_dir(&record.id);
-        fs::create_dir_all(&dir).map_err(|e| io_err(dir.display(), e))?;
-        let lock_path = dir.join("monitor.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_err(lock_path.display(), e))?;
-        #[allow(deprecated)]
-        nix::fcntl::flock(
-            lock.as_raw_fd(),
-            nix::fcntl::FlockArg::LockExclusiveNonblock,
-        )
-        .map_err(|_| {
+        let lock = self.lock_monitor(&record.id)?.ok_or_else(|| {
             RuntimeError::InvalidOption(format!(
                 "container {} is being started or used; try again",
                 record.id

@@ -108,25 +108,11 @@ fn supervise(
     let id = record.id.clone();
     let run_dir = engine.run_dir(&id);
     fs::create_dir_all(&run_dir).map_err(|e| io_err(run_dir.display(), e))?;
-    let lock_path = run_dir.join("monitor.lock");
-    let mut lock = File::options()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| io_err(lock_path.display(), e))?;
-    #[allow(deprecated)]
-    if nix::fcntl::flock(
-        lock.as_raw_fd(),
-        nix::fcntl::FlockArg::LockExclusiveNonblock,
-    )
-    .is_err()
-    {
+    let Some(mut lock) = engine.lock_monitor(&id)? else {
         return Err(RuntimeError::Monitor(format!(
             "container {id} already has a monitor"
         )));
-    }
+    };
     let _ = lock.set_len(0);
     let mut attachments = Attachments {
         listener: Some(crate::attach::listen(&run_dir)?),
@@ -163,6 +149,7 @@ fn supervise(
                     r.state.pid = 0;
                     r.state.exit_code = code;
                     r.state.error = message.clone();
+                    r.network_settings = Default::default();
                     Ok::<(), ()>(())
                 });
                 record_exit_code(&mut lock, code);
@@ -180,6 +167,7 @@ fn supervise(
             r.state.exit_code = outcome.exit_code;
             r.state.oom_killed = outcome.oom_killed;
             r.state.finished_at = berth_store::now_rfc3339();
+            r.network_settings = Default::default();
             let policy = &r.host_config.restart_policy;
             let restart = !r.state.stopped_by_user
                 && !r.host_config.auto_remove
@@ -494,13 +482,15 @@ fn run_once(
         set_monitor_signals(true);
         let mut container = built.map_err(|e| classify_start_error(&e.to_string(), record))?;
         // The init waits for start(): wire its network namespace up first.
-        let network = match crate::network::connect(engine, record, container.pid()) {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = container.delete(true);
-                return Err(e);
-            }
-        };
+        let (network, network_settings) =
+            match crate::network::connect(engine, record, container.pid()) {
+                Ok(Some((n, settings))) => (Some(n), Some(settings)),
+                Ok(None) => (None, None),
+                Err(e) => {
+                    let _ = container.delete(true);
+                    return Err(e);
+                }
+            };
         if let Err(e) = container.start() {
             let _ = container.delete(true);
             crate::network::disconnect(engine, record, network.as_ref());
@@ -539,6 +529,9 @@ fn run_once(
                 r.state.error.clear();
                 r.state.started_at = berth_store::now_rfc3339();
                 r.state.health = crate::health::initial_health(r.config.healthcheck.as_ref());
+                if let Some(settings) = &network_settings {
+                    r.network_settings = settings.clone();
+                }
                 Ok::<(), ()>(())
             })?
             .map_err(|_| RuntimeError::Io("update".into()))?;
@@ -620,14 +613,6 @@ fn receive_pty_master(listener: &UnixListener) -> Result<OwnedFd, RuntimeError> 
         }
     }
     Err(RuntimeError::Start("console socket sent no pty".into()))
-}
-
-fn decode_status(status: WaitStatus) -> Option<i32> {
-    match status {
-        WaitStatus::Exited(_, code) => Some(code),
-        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
-        _ => None,
-    }
 }
 
 /// Moves bytes between the container and the log / attached caller until the container exits and its
@@ -885,10 +870,10 @@ fn reap(pid: Pid, mut prober: Option<&mut crate::health::Prober>) -> Option<i32>
             Ok(WaitStatus::StillAlive) | Err(_) => return found,
             Ok(status) => {
                 if status.pid() == Some(pid) {
-                    found = decode_status(status);
+                    found = crate::signal::exit_code(status);
                 } else if let Some(p) = prober.as_deref_mut() {
                     if status.pid().is_some() && status.pid() == p.pid() {
-                        if let Some(code) = decode_status(status) {
+                        if let Some(code) = crate::signal::exit_code(status) {
                             p.exited(code);
                         }
                     }

@@ -58,13 +58,32 @@ fn port_mappings(record: &ContainerRecord) -> Result<Vec<PortMapping>, RuntimeEr
     Ok(mappings)
 }
 
+/// `--ip` / `network connect --ip` as recorded (empty: any address).
+fn requested_ip(text: &str) -> Result<Option<Ipv4Addr>, RuntimeError> {
+    match text {
+        "" => Ok(None),
+        text => text
+            .parse()
+            .map(Some)
+            .map_err(|_| RuntimeError::InvalidOption(format!("invalid IPv4 address: {text}"))),
+    }
+}
+
+/// The names a container answers to on a network: its name, short ID and the aliases given there.
+fn dns_names(record: &ContainerRecord, aliases: &[String]) -> Vec<String> {
+    let mut names = vec![record.name.clone(), record.id[..12].to_string()];
+    names.extend(aliases.iter().cloned());
+    names
+}
+
 /// Connects a created (not yet started) container to its network; returns the network to disconnect
-/// from later, or None when it has none to join (`none`, `host`).
+/// from later and the settings to record with the container's running state (one store write for
+/// both), or None when it has none to join (`none`, `host`, `container:`).
 pub(crate) fn connect(
     engine: &Engine,
     record: &ContainerRecord,
     pid: Option<nix::unistd::Pid>,
-) -> Result<Option<Network>, RuntimeError> {
+) -> Result<Option<(Network, NetworkSettings)>, RuntimeError> {
     let pid = pid.ok_or_else(|| RuntimeError::Start("container has no init process".into()))?;
     let network = match record.host_config.network_mode.as_str() {
         "bridge" => Network::default_bridge(engine.store().root()).map_err(net_err)?,
@@ -76,15 +95,8 @@ pub(crate) fn connect(
         mode if mode.starts_with("container:") => return Ok(None),
         name => joinable(engine, name)?,
     };
-    let mut names = vec![record.name.clone(), record.id[..12].to_string()];
-    names.extend(record.host_config.network_aliases.iter().cloned());
-    let ip =
-        match record.host_config.ipv4_address.as_str() {
-            "" => None,
-            text => Some(text.parse().map_err(|_| {
-                RuntimeError::InvalidOption(format!("invalid IPv4 address: {text}"))
-            })?),
-        };
+    let names = dns_names(record, &record.host_config.network_aliases);
+    let ip = requested_ip(&record.host_config.ipv4_address)?;
     let ports = port_mappings(record)?;
     let endpoint = network
         .attach(
@@ -128,14 +140,6 @@ pub(crate) fn connect(
             }
         }
     }
-    let stored = engine.store().update_container(&record.id, |r| {
-        r.network_settings = settings.clone();
-        Ok::<(), ()>(())
-    });
-    if stored.is_err() {
-        network.detach(&record.id, true);
-        return Err(RuntimeError::Start("record network settings".into()));
-    }
     // Docker lists the container's own address with its hostname.
     let hosts = engine.store().container_dir(&record.id).join("hosts");
     if let Ok(text) = std::fs::read_to_string(&hosts) {
@@ -148,7 +152,7 @@ pub(crate) fn connect(
         add_links(engine, record, &mut text);
         let _ = std::fs::write(&hosts, text);
     }
-    Ok(Some(network))
+    Ok(Some((network, settings)))
 }
 
 /// For `--network container:<other>`: the network namespace of that (running) container.
@@ -223,15 +227,8 @@ fn join_extra(
     interface: u32,
 ) -> Result<EndpointSettings, RuntimeError> {
     let network = joinable(engine, &extra.name)?;
-    let ip =
-        match extra.ip.as_str() {
-            "" => None,
-            text => Some(text.parse().map_err(|_| {
-                RuntimeError::InvalidOption(format!("invalid IPv4 address: {text}"))
-            })?),
-        };
-    let mut names = vec![record.name.clone(), record.id[..12].to_string()];
-    names.extend(extra.aliases.iter().cloned());
+    let ip = requested_ip(&extra.ip)?;
+    let names = dns_names(record, &extra.aliases);
     let endpoint = network
         .attach(
             &record.id,
@@ -367,20 +364,16 @@ impl Engine {
 
 /// Undoes [`connect`] after the container stopped.
 pub(crate) fn disconnect(engine: &Engine, record: &ContainerRecord, network: Option<&Network>) {
-    if let Ok(current) = engine.store().container(&record.id) {
+    // The current record: `network connect` may have added networks while it ran.
+    let current = engine.store().container(&record.id).ok();
+    if let Some(current) = &current {
         disconnect_extras(engine, record, &current.network_settings);
     }
     if let Some(network) = network {
-        let published = engine
-            .store()
-            .container(&record.id)
-            .map(|r| !r.network_settings.ports.is_empty())
-            .unwrap_or(true);
+        let published = current
+            .as_ref()
+            .is_none_or(|r| !r.network_settings.ports.is_empty());
         network.detach(&record.id, published);
-        let _ = engine.store().update_container(&record.id, |r| {
-            r.network_settings = NetworkSettings::default();
-            Ok::<(), ()>(())
-        });
     }
 }
 

@@ -62,15 +62,8 @@ pub fn wait_attached(
     };
     let _raw = tty.then(RawTerminal::enter);
     let mut mask = SigSet::empty();
-    for sig in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-    ] {
+    mask.add(Signal::SIGWINCH);
+    for sig in crate::signal::PROXIED {
         mask.add(sig);
     }
     mask.thread_block().map_err(|e| io_err("sigprocmask", e))?;

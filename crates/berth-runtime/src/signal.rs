@@ -21,6 +21,26 @@ pub fn parse_signal(input: &str) -> Result<Signal, RuntimeError> {
     Signal::from_str(&name).map_err(|_| bad())
 }
 
+/// The signals a foreground `run`, `attach` or `exec` passes on to the container's process (Docker's
+/// sig-proxy); the rest either stop the caller or mean nothing to the container.
+pub(crate) const PROXIED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// A child's exit status as a shell reports it: the exit code, or 128 + the signal that killed it.
+pub(crate) fn exit_code(status: nix::sys::wait::WaitStatus) -> Option<i32> {
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, code) => Some(code),
+        nix::sys::wait::WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,3 +138,33 @@ pub fn stdout(out: &Output) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({:?}): {}{}",
+        out.status.code(),
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// skopeo without a system policy.json.
+pub fn skopeo(args: &[&str]) -> String {
+    run_ok(Command::new("skopeo").arg("--insecure-policy").args(args))
+}
+
+/// skopeo's JSON output.
+pub fn skopeo_json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&skopeo(args)).expect("skopeo prints JSON")
+}
+
+/// A test path as the &str command lines take.
+pub fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 test path")
+}

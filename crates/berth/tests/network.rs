@@ -29,6 +29,20 @@ fn http_get(addr: &str) -> String {
     }
 }
 
+/// Runs `berth ARGS` until its stdout is `want` (servers take a moment to come up); fails with `what`
+/// and the last stderr after 15 s.
+fn wait_for_output(b: &Berth, args: &[&str], want: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = b.run(args);
+        if String::from_utf8_lossy(&out.stdout) == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A global IPv4 address of this host (not loopback), if it has one.
 fn host_address() -> Option<String> {
     let out = std::process::Command::new("ip")
@@ -344,9 +358,9 @@ fn user_networks_are_isolated_and_validated() {
         "10.231.7.50\n"
     );
     // Same network: reachable.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = b.run(&[
+    wait_for_output(
+        &b,
+        &[
             "run",
             "--rm",
             "--network",
@@ -355,17 +369,10 @@ fn user_networks_are_isolated_and_validated() {
             "wget",
             "-qO-",
             "http://10.231.7.50/",
-        ]);
-        if String::from_utf8_lossy(&out.stdout) == "f1\n" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "f1 never answered: {}",
-            stderr(&out)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        ],
+        "f1\n",
+        "f1 never answered",
+    );
     // Another network: dropped (wget would hang; nc gives up after 2 s).
     let b1 = b.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "b1"]);
     let out = b.run(&[
@@ -538,9 +545,9 @@ fn containers_resolve_each_other_by_name_on_user_networks() {
         ])
     };
     // By name (the seeds' http://data-service:5001), by alias (all addresses), by short ID.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = b.run(&[
+    wait_for_output(
+        &b,
+        &[
             "run",
             "--rm",
             "--network",
@@ -549,17 +556,10 @@ fn containers_resolve_each_other_by_name_on_user_networks() {
             "wget",
             "-qO-",
             "http://data-service:5001/",
-        ]);
-        if String::from_utf8_lossy(&out.stdout) == "data\n" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no answer by name: {}",
-            stderr(&out)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        ],
+        "data\n",
+        "no answer by name",
+    );
     let pool = String::from_utf8_lossy(&lookup("pool").stdout).into_owned();
     assert!(
         pool.contains(ip1.trim()) && pool.contains(ip2.trim()),
@@ -605,9 +605,9 @@ fn links_and_shared_network_namespaces() {
     ]);
     let ip = b.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "db"]);
     // --link: the alias and the name resolve through /etc/hosts on the default bridge.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = b.run(&[
+    wait_for_output(
+        &b,
+        &[
             "run",
             "--rm",
             "--link",
@@ -616,17 +616,10 @@ fn links_and_shared_network_namespaces() {
             "wget",
             "-qO-",
             "http://database/",
-        ]);
-        if String::from_utf8_lossy(&out.stdout) == "db\n" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "link never answered: {}",
-            stderr(&out)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        ],
+        "db\n",
+        "link never answered",
+    );
     // --network container:db shares db's stack: its server is on 127.0.0.1, its address is eth0's.
     let out = b.ok(&[
         "run",
@@ -703,19 +696,12 @@ fn network_connect_and_disconnect() {
         "ls /sys/class/net | sort | tr '\\n' ' '",
     ]);
     assert_eq!(out, "eth0 eth1 lo ");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = b.run(&["exec", "a1", "wget", "-qO-", "http://b1/"]);
-        if String::from_utf8_lossy(&out.stdout) == "b1\n" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "b1 unreachable from a1: {}",
-            stderr(&out)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_output(
+        &b,
+        &["exec", "a1", "wget", "-qO-", "http://b1/"],
+        "b1\n",
+        "b1 unreachable from a1",
+    );
     let a1_on_b = b.ok(&[
         "inspect",
         "-f",

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{stderr, stdout, Berth};
+use common::{p, run_ok, skopeo, skopeo_json, stderr, stdout, Berth};
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
@@ -324,32 +324,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({:?}): {}{}",
-        out.status.code(),
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-fn skopeo(args: &[&str]) -> String {
-    run_ok(Command::new("skopeo").arg("--insecure-policy").args(args))
-}
-
-fn skopeo_json(args: &[&str]) -> Value {
-    serde_json::from_str(&skopeo(args)).expect("skopeo prints JSON")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 test path")
 }
 
 /// A berth command failing with exit code `code`; returns its stderr.

@@ -8,36 +8,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{stderr, stdout, Berth};
+use common::{p, run_ok, skopeo, skopeo_json, stderr, stdout, Berth};
 use serde_json::Value;
-
-/// Runs a command that must succeed; returns its stdout.
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({:?}): {}{}",
-        out.status.code(),
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-/// skopeo without a system policy.json.
-fn skopeo(args: &[&str]) -> String {
-    run_ok(Command::new("skopeo").arg("--insecure-policy").args(args))
-}
-
-fn skopeo_json(args: &[&str]) -> Value {
-    serde_json::from_str(&skopeo(args)).expect("skopeo prints JSON")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 test path")
-}
 
 /// Builds an OCI image layout with umoci in `dir`/oci, tag `t`: the busybox rootfs as its one layer
 /// (gzip, as umoci writes it), CMD sh. Returns the layout directory.
