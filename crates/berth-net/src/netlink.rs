@@ -194,17 +194,6 @@ impl Netlink {
         .map(drop)
     }
 
-    /// Enslaves link `index` to bridge `bridge` and brings it up.
-    pub fn attach_to_bridge(&mut self, index: u32, bridge: u32) -> Result<(), NetError> {
-        let mut message = LinkMessage::default();
-        message.header.index = index;
-        message.header.flags = LinkFlags::Up;
-        message.header.change_mask = LinkFlags::Up;
-        message.attributes.push(LinkAttribute::Controller(bridge));
-        self.request(RouteNetlinkMessage::SetLink(message), 0)
-            .map(drop)
-    }
-
     /// Brings link `index` up.
     pub fn set_up(&mut self, index: u32) -> Result<(), NetError> {
         let mut message = LinkMessage::default();

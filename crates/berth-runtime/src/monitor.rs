@@ -26,6 +26,9 @@ use crate::error::{io_err, RuntimeError};
 use crate::logs::{JsonLogWriter, Stream};
 use crate::session::{copy_window_size, scan_detach_keys};
 
+/// How long a container runs before its monitor sheds the memory it needed to create it.
+const SHED_STARTUP_MEMORY_AFTER: Duration = Duration::from_secs(1);
+
 /// Docker's restart backoff: 100 ms doubling, reset after the container ran this long.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
@@ -538,7 +541,6 @@ fn run_once(
         if first {
             status.send(&MonitorEvent::Started(pid));
         }
-        release_startup_memory();
         let mut prober = crate::health::Prober::new(record.config.healthcheck.as_ref());
         let exit_code = pump(
             Pid::from_raw(pid),
@@ -675,6 +677,9 @@ fn pump_loop(
     let mut out_open = true;
     let mut err_open = io.err.is_some();
     let mut drain_deadline: Option<Instant> = None;
+    // Memory from creating the container is given back once it has run a moment: short-lived
+    // containers (`run --rm … true`) never pay for it.
+    let mut shed_at = Some(Instant::now() + SHED_STARTUP_MEMORY_AFTER);
     loop {
         if exit.is_some() {
             if !out_open && !err_open {
@@ -692,11 +697,18 @@ fn pump_loop(
                 prober.tick(health.engine, health.record, pid);
             }
         }
+        if exit.is_none() && shed_at.is_some_and(|t| Instant::now() >= t) {
+            release_startup_memory();
+            shed_at = None;
+        }
+        let wake_at = [health.prober.as_ref().map(|p| p.wake_at()), shed_at]
+            .into_iter()
+            .flatten()
+            .min();
         let timeout = if exit.is_some() {
             PollTimeout::from(100u16)
-        } else if let Some(prober) = health.prober.as_ref() {
-            let ms = prober
-                .wake_at()
+        } else if let Some(at) = wake_at {
+            let ms = at
                 .saturating_duration_since(Instant::now())
                 .as_millis()
                 .clamp(1, 60_000);
