@@ -82,6 +82,18 @@ impl Drop for ContainerRoot<'_> {
     }
 }
 
+/// Mount points the runtime creates in a container's upper dir for its own mounts (/dev, /proc, /sys
+/// and the bind-mounted /etc files): not the container's changes, so `diff` hides them and `commit`
+/// leaves the /etc files out of the layer (Docker keeps them in a hidden init layer).
+const RUNTIME_MOUNT_POINTS: [&str; 6] = [
+    "dev",
+    "proc",
+    "sys",
+    "etc/hosts",
+    "etc/hostname",
+    "etc/resolv.conf",
+];
+
 /// `/a/./b/../c` → `/a/c`, never above `/`.
 fn clean_absolute(path: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
@@ -395,17 +407,11 @@ impl Engine {
             .map_err(|e| RuntimeError::Io(format!("diff: {e}")))?;
         // The mount points the runtime itself creates are not the container's changes (Docker keeps
         // them in a hidden init layer).
-        const RUNTIME_MADE: [&str; 6] = [
-            "/dev",
-            "/proc",
-            "/sys",
-            "/etc/hosts",
-            "/etc/hostname",
-            "/etc/resolv.conf",
-        ];
         let (hidden, kept): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(|c| {
             c.kind == berth_archive::ChangeKind::Added
-                && RUNTIME_MADE.iter().any(|p| c.path == Path::new(p))
+                && RUNTIME_MOUNT_POINTS
+                    .iter()
+                    .any(|p| c.path == Path::new("/").join(p))
         });
         // A directory shown modified only because of those entries (`/etc`) is not a change either.
         let only_hidden_below = |c: &Change| {
@@ -450,11 +456,11 @@ impl Engine {
         let upper = store.snapshots().upper_dir(&record.id);
         let mut blob = store.blobs().writer()?;
         // The mount points of the bind-mounted /etc files are the runtime's, not the container's.
-        let skip = [
-            Path::new("etc/hosts"),
-            Path::new("etc/hostname"),
-            Path::new("etc/resolv.conf"),
-        ];
+        let skip: Vec<&Path> = RUNTIME_MOUNT_POINTS
+            .iter()
+            .filter(|p| p.starts_with("etc/"))
+            .map(Path::new)
+            .collect();
         berth_archive::write_layer_from_upper_skipping(&upper, &skip, &mut blob)
             .map_err(|e| RuntimeError::Io(format!("commit: {e}")))?;
         let (blob_digest, _) = blob.commit(None)?;
