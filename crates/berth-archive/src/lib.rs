@@ -123,3 +123,88 @@ pub fn decompress<'a, R: Read + 'a>(
         Compression::None => Ok((compression, Box::new(stream))),
     }
 }
+
+/// What [`resolve_in_root`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The real path relative to the root, with every symlink (the last one too) followed inside
+    /// the root; empty for the root itself.
+    pub path: std::path::PathBuf,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+}
+
+/// Resolves `path` inside the tree at `root` as if `root` were `/`: `..` and symlinks, absolute or
+/// relative, are followed but can never leave `root`. `Ok(None)` when nothing is there. Used by the
+/// builder to find COPY sources (whose top-level symlinks Docker follows) and destinations.
+pub fn resolve_in_root(
+    root: &std::path::Path,
+    path: &std::path::Path,
+) -> Result<Option<Resolved>, ArchiveError> {
+    use nix::fcntl::{OFlag, ResolveFlag};
+    let root_dir =
+        sys::open_dir(root).map_err(|e| ArchiveError::io(root.display().to_string(), e))?;
+    let clean = sys::clean_in_root(path);
+    let file = match sys::openat2(
+        &root_dir,
+        &clean,
+        OFlag::O_PATH,
+        ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    ) {
+        Ok(f) => f,
+        Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => return Ok(None),
+        Err(e) => return Err(ArchiveError::io(path.display().to_string(), e)),
+    };
+    let is_dir = file
+        .metadata()
+        .map_err(|e| ArchiveError::io(path.display().to_string(), e))?
+        .is_dir();
+    let real = |f: &std::fs::File| std::fs::read_link(sys::fd_path(f));
+    let root_path = real(&root_dir).map_err(|e| ArchiveError::io(root.display().to_string(), e))?;
+    let file_path = real(&file).map_err(|e| ArchiveError::io(path.display().to_string(), e))?;
+    let rel = file_path
+        .strip_prefix(&root_path)
+        .map_err(|_| ArchiveError::PathEscapes {
+            path: path.display().to_string(),
+        })?;
+    Ok(Some(Resolved {
+        path: rel.to_path_buf(),
+        is_dir,
+    }))
+}
+
+/// Creates directory `path` and its missing parents inside the tree at `root` (mode 0755, owned
+/// by the caller), resolving what exists as [`resolve_in_root`] does, so a symlink in the tree
+/// cannot place the directories outside it. The runtime uses it for a missing working directory,
+/// which Docker creates.
+pub fn create_dir_all_in_root(
+    root: &std::path::Path,
+    path: &std::path::Path,
+) -> Result<(), ArchiveError> {
+    let clean = sys::clean_in_root(path);
+    let parts: Vec<_> = clean.components().collect();
+    for existing in (0..=parts.len()).rev() {
+        let prefix: std::path::PathBuf = parts[..existing].iter().collect();
+        let Some(found) = resolve_in_root(root, &prefix)? else {
+            continue;
+        };
+        if !found.is_dir {
+            return Err(ArchiveError::io(
+                path.display().to_string(),
+                std::io::Error::from(std::io::ErrorKind::NotADirectory),
+            ));
+        }
+        let mut dir = root.join(found.path);
+        for part in &parts[existing..] {
+            dir.push(part);
+            match std::fs::create_dir(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(ArchiveError::io(dir.display().to_string(), e))
+                }
+                _ => {}
+            }
+        }
+        return Ok(());
+    }
+    Ok(())
+}

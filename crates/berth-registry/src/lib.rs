@@ -29,7 +29,7 @@ pub use pull::{
     pull, pull_all_tags, PullEvent, PullOptions, PulledImage, DEFAULT_CONCURRENT_DOWNLOADS,
 };
 pub use push::{push, PushEvent, PushOptions, PushedImage, DEFAULT_CONCURRENT_UPLOADS};
-pub use remote::{inspect_manifest, search, RemoteManifest, SearchResult};
+pub use remote::{download, inspect_manifest, search, RemoteManifest, SearchResult};
 pub use tls::{certs_dir, CERTS_DIR, CERTS_DIR_ENV};
 
 /// Worker threads of the runtime: network I/O and hashing of the blobs in flight, while the calling thread

@@ -179,3 +179,37 @@ async fn search_docker_hub(term: &str, limit: usize) -> Result<Vec<SearchResult>
         })
         .collect())
 }
+
+/// Downloads `url` (http or https, system CAs, redirects followed) into `out`, streaming: the
+/// builder's `ADD https://…`. A non-2xx answer is an error naming the status.
+pub fn download(url: &str, out: &mut dyn std::io::Write) -> Result<u64, RegistryError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| RegistryError::InvalidArgument(format!("invalid URL {url:?}: {e}")))?;
+    let host = parsed.host_str().unwrap_or_default().to_string();
+    crate::run(async {
+        let client = reqwest::Client::builder()
+            .connect_timeout(crate::client::CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| from_reqwest(&e, &host))?;
+        let mut response = client
+            .get(parsed)
+            .send()
+            .await
+            .map_err(|e| from_reqwest(&e, &host))?
+            .error_for_status()
+            .map_err(|e| from_reqwest(&e, &host))?;
+        let mut written = 0u64;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| from_reqwest(&e, &host))?
+        {
+            out.write_all(&chunk).map_err(|e| RegistryError::Registry {
+                host: host.clone(),
+                message: format!("writing the download: {e}"),
+            })?;
+            written += chunk.len() as u64;
+        }
+        Ok(written)
+    })?
+}

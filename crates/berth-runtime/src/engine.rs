@@ -28,13 +28,16 @@ pub struct Engine {
 }
 
 /// How the caller of `start` wants the container's stdio.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum StdioMode {
     /// Detached: output only to the log.
     Detached,
     /// The caller's own stdin/stdout/stderr are handed to the monitor, which forwards container stdio
     /// to them (and to the log) until the caller goes away.
     Inherit,
+    /// No stdin; stdout and stderr both go to this descriptor (a pipe the caller reads), which the
+    /// monitor holds until it exits: a build step's output.
+    Output(std::os::fd::OwnedFd),
 }
 
 /// What the monitor tells the process that started it, one line each on the status pipe.
@@ -503,6 +506,13 @@ impl Engine {
                 if !record.config.open_stdin {
                     cmd.stdin(Stdio::null());
                 }
+            }
+            StdioMode::Output(fd) => {
+                let copy = fd.try_clone().map_err(|e| io_err("dup output", e))?;
+                cmd.arg("--attached")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(fd))
+                    .stderr(Stdio::from(copy));
             }
         }
         let status_fd = write_end.as_raw_fd();

@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 use berth_archive::{Change, UnpackOptions, WhiteoutMode};
 use berth_store::container::ContainerRecord;
 use berth_store::image::{History, RunConfig};
-use berth_store::{ImageRecord, Reference};
+use berth_store::{ImageRecord, LayerRecord, Reference};
 
 use crate::engine::Engine;
 use crate::error::{io_err, RuntimeError};
@@ -447,13 +447,11 @@ impl Engine {
         result
     }
 
-    fn commit_paused(
-        &self,
-        record: &ContainerRecord,
-        options: &CommitOptions,
-    ) -> Result<ImageRecord, RuntimeError> {
+    /// Writes what a container changed (its upper dir, less the runtime's /etc mount points) as a
+    /// layer and records it in the store. `commit` and the builder's RUN steps use it.
+    pub fn write_changes_as_layer(&self, id: &str) -> Result<LayerRecord, RuntimeError> {
         let store = self.store();
-        let upper = store.snapshots().upper_dir(&record.id);
+        let upper = store.snapshots().upper_dir(id);
         let mut blob = store.blobs().writer()?;
         // The mount points of the bind-mounted /etc files are the runtime's, not the container's.
         let skip: Vec<&Path> = RUNTIME_MOUNT_POINTS
@@ -462,10 +460,18 @@ impl Engine {
             .map(Path::new)
             .collect();
         berth_archive::write_layer_from_upper_skipping(&upper, &skip, &mut blob)
-            .map_err(|e| RuntimeError::Io(format!("commit: {e}")))?;
+            .map_err(|e| RuntimeError::Io(format!("write layer: {e}")))?;
         let (blob_digest, _) = blob.commit(None)?;
-        let layer =
-            store.add_layer(&blob_digest, berth_store::image::MEDIA_TYPE_OCI_LAYER, None)?;
+        Ok(store.add_layer(&blob_digest, berth_store::image::MEDIA_TYPE_OCI_LAYER, None)?)
+    }
+
+    fn commit_paused(
+        &self,
+        record: &ContainerRecord,
+        options: &CommitOptions,
+    ) -> Result<ImageRecord, RuntimeError> {
+        let store = self.store();
+        let layer = self.write_changes_as_layer(&record.id)?;
         let mut layers = Vec::new();
         for diff_id in &record.layers {
             let l = store.layer(diff_id)?.ok_or_else(|| {

@@ -383,6 +383,12 @@ fn run_once(
     let rootfs = store.snapshots().mount_container(id, &record.layers)?;
     let result = (|| {
         fill_new_volumes(record, &rootfs)?;
+        // A missing working directory is created, as Docker (runc) does.
+        let cwd = &record.config.working_dir;
+        if !cwd.is_empty() && cwd != "/" {
+            berth_archive::create_dir_all_in_root(&rootfs, Path::new(cwd))
+                .map_err(|e| RuntimeError::Io(format!("working directory {cwd}: {e}")))?;
+        }
         let files = store.container_dir(id);
         let shared_netns = crate::network::shared_namespace(engine, record)?;
         let spec = crate::spec::build_spec(

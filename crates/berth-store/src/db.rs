@@ -55,6 +55,18 @@ CREATE INDEX IF NOT EXISTS repo_digests_image ON repo_digests(image_id);
 ALTER TABLE tags ADD COLUMN digest TEXT;
 ";
 
+/// Version 3: the build cache. Each row maps the cache key of a build step (its parent's key and
+/// the step with everything it reads) to the image that step produced. The foreign key makes an
+/// entry vanish with its image, so a removed image is a cache miss, never a dangling hit.
+const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS build_cache (
+    key TEXT PRIMARY KEY,
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    last_used INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS build_cache_image ON build_cache(image_id);
+";
+
 /// Opens the database, creating the schema on first use.
 pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
@@ -78,6 +90,11 @@ pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
     if version < 2 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
+        ))?;
+    }
+    if version < 3 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"
         ))?;
     }
     Ok(conn)
@@ -107,7 +124,7 @@ mod tests {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
         let digest: Option<String> = conn
             .query_row("SELECT digest FROM tags WHERE name = 't'", [], |r| r.get(0))
             .unwrap();

@@ -1,6 +1,7 @@
 //! Image records, tags, layers and their garbage collection.
 
 use std::collections::HashSet;
+use std::fs;
 use std::io::{self, Read};
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
@@ -282,7 +283,7 @@ impl Store {
         Ok(out)
     }
 
-    fn image_by_id(&self, id: &Digest) -> Result<Option<ImageRecord>, StoreError> {
+    pub(crate) fn image_by_id(&self, id: &Digest) -> Result<Option<ImageRecord>, StoreError> {
         let mut stmt = self.db.prepare_cached(
             "SELECT i.id, i.manifest_digest, i.config, i.size, i.added, group_concat(t.name, char(10)),
                (SELECT group_concat(r.name, char(10)) FROM repo_digests r WHERE r.image_id = i.id)
@@ -473,8 +474,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes layers, blobs and snapshots no image or container references any more.
-    pub fn collect_garbage(&self) -> Result<(), StoreError> {
+    /// Deletes layers, blobs and snapshots no image or container references any more; returns the
+    /// bytes freed (unpacked snapshots and blobs).
+    pub fn collect_garbage(&self) -> Result<u64, StoreError> {
+        let mut freed = 0;
         let _lock = self.lock(true)?;
         let mut referenced_layers: HashSet<String> = HashSet::new();
         let mut referenced_blobs: HashSet<String> = HashSet::new();
@@ -514,15 +517,18 @@ impl Store {
             if !referenced_layers.contains(&diff_id) {
                 self.db
                     .execute("DELETE FROM layers WHERE diff_id = ?1", [&diff_id])?;
-                self.snapshots.remove_layer(&Digest::parse(&diff_id)?)?;
+                let diff_id = Digest::parse(&diff_id)?;
+                freed += crate::snapshot::dir_size(&self.snapshots.layer_dir(&diff_id));
+                self.snapshots.remove_layer(&diff_id)?;
             }
         }
         for blob in self.blobs.list()? {
             if !referenced_blobs.contains(blob.as_str()) {
+                freed += fs::metadata(self.blobs.path(&blob)).map_or(0, |m| m.len());
                 self.blobs.remove(&blob)?;
             }
         }
-        Ok(())
+        Ok(freed)
     }
 
     /// The manifest of an image.

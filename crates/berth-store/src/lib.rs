@@ -6,6 +6,7 @@
 //! `containers/<id>/` (logs, hosts, resolv.conf), `volumes/<name>/_data`, `metadata.db`, `tmp/`.
 
 pub mod blobs;
+mod build_cache;
 pub mod container;
 mod containers;
 pub use containers::validate_name;
@@ -27,6 +28,7 @@ use rand::RngCore;
 use rusqlite::Connection;
 
 pub use blobs::BlobStore;
+pub use build_cache::BuildCachePrune;
 pub use digest::Digest;
 pub use error::StoreError;
 pub use images::{ImageRecord, LayerRecord, NewImage, RemovedImage};

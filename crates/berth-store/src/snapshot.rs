@@ -137,6 +137,42 @@ impl Snapshotter {
         Ok(merged)
     }
 
+    /// Mounts `layers` read-only (no upper dir) at snapshot `id`'s mount point: the root filesystem
+    /// of an image for the builder's `COPY --from`. Undone with [`Self::remove_container`].
+    pub fn mount_layers_readonly(
+        &self,
+        id: &str,
+        layers: &[Digest],
+    ) -> Result<PathBuf, StoreError> {
+        self.create_container(id)?;
+        let merged = self.merged_dir(id);
+        let mut lowers: Vec<String> = self
+            .lower_dirs(layers)
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        // overlayfs without an upper dir needs two lower dirs at least.
+        match lowers.len() {
+            0 => return Ok(self.empty.clone()),
+            1 => lowers.push(self.empty.to_string_lossy().into_owned()),
+            _ => {}
+        }
+        let options = format!("lowerdir={}", lowers.join(":"));
+        mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            MsFlags::MS_RDONLY,
+            Some(options.as_str()),
+        )
+        .map_err(|source| StoreError::Mount {
+            op: "mount overlay on",
+            path: merged.clone(),
+            source,
+        })?;
+        Ok(merged)
+    }
+
     /// Unmounts a container's root filesystem; not mounted is not an error.
     pub fn unmount_container(&self, id: &str) -> Result<(), StoreError> {
         let merged = self.merged_dir(id);

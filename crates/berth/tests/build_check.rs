@@ -118,8 +118,4 @@ fn bad_input() {
     let (code, _, err) = check(&b, &["/nonexistent-context-dir"]);
     assert_eq!(code, 1);
     assert!(err.contains("not found"), "{err}");
-    // Only --check exists in this version.
-    let out = b.run(&["build", path]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
 }

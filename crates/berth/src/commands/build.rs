@@ -1,11 +1,19 @@
-//! `build`: in this increment only `--check` (parse and lint the Dockerfile without building).
+//! `build` (and `builder prune`): flags mapped onto [`berth_build::build`], the context read from a
+//! directory, a tar on stdin or nothing (`-` with a Dockerfile on stdin), base images pulled as
+//! `run` pulls them.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context as _};
+use berth_build::progress::{Mode, Progress};
+use berth_build::{BuildError, BuildOptions, Context};
+use berth_runtime::Engine;
+use berth_store::{ImageRecord, Reference};
 use clap::Args;
+
+use super::registry::{ensure_image, PullPolicy};
 
 /// `build` flags.
 #[derive(Args)]
@@ -25,52 +33,354 @@ pub struct BuildArgs {
     /// Set the target build stage to build
     #[arg(long)]
     target: Option<String>,
-    /// Build context: a directory, or - for a Dockerfile on stdin
+    /// Do not use cache when building the image
+    #[arg(long = "no-cache")]
+    no_cache: bool,
+    /// Always attempt to pull all referenced images
+    #[arg(long)]
+    pull: bool,
+    /// Set metadata for an image
+    #[arg(long)]
+    label: Vec<String>,
+    /// Write the image ID to the file
+    #[arg(long)]
+    iidfile: Option<PathBuf>,
+    /// Set type of progress output (auto, plain, tty)
+    #[arg(long, default_value = "auto", value_parser = ["auto", "plain", "tty", "quiet", "rawjson"])]
+    progress: String,
+    /// Suppress the build output and print image ID on success
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Set the networking mode for the RUN instructions during build
+    #[arg(long)]
+    network: Option<String>,
+    /// Add a custom host-to-IP mapping (format: 'host:ip')
+    #[arg(long = "add-host")]
+    add_host: Vec<String>,
+    /// Output destination (format: 'type=local,dest=path' or 'type=tar,dest=path')
+    #[arg(short = 'o', long)]
+    output: Vec<String>,
+    /// Build context: a directory, or - for a tar (or a Dockerfile) on stdin
     path: String,
 }
 
-/// Runs `build`; returns the exit code.
-pub fn build(args: BuildArgs) -> anyhow::Result<i32> {
-    if !args.check {
-        bail!("not implemented yet: only `berth build --check` is available in this version");
-    }
-    let stdin_dockerfile = args.file.as_deref() == Some("-") || args.path == "-";
-    let (name, source) = if stdin_dockerfile {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading the Dockerfile from stdin")?;
-        ("Dockerfile".to_string(), text)
-    } else {
-        let path = match &args.file {
-            Some(f) => PathBuf::from(f),
-            None => Path::new(&args.path).join("Dockerfile"),
-        };
-        if !Path::new(&args.path).is_dir() {
-            bail!("unable to prepare context: path {:?} not found", args.path);
-        }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("failed to read Dockerfile {}", path.display()))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "Dockerfile".into());
-        (name, text)
-    };
-    let mut build_args = BTreeMap::new();
+/// Where the Dockerfile and the context come from.
+struct Inputs {
+    dockerfile: String,
+    name: String,
+    context: Context,
+}
+
+fn build_args(args: &BuildArgs) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
     for kv in &args.build_arg {
         match kv.split_once('=') {
-            Some((k, v)) => build_args.insert(k.to_string(), v.to_string()),
+            Some((k, v)) => {
+                out.insert(k.to_string(), v.to_string());
+            }
             // `--build-arg NAME` takes the value from the environment, as Docker does.
-            None => match std::env::var(kv) {
-                Ok(v) => build_args.insert(kv.clone(), v),
-                Err(_) => continue,
-            },
-        };
+            None => {
+                if let Ok(v) = std::env::var(kv) {
+                    out.insert(kv.clone(), v);
+                }
+            }
+        }
     }
-    let report = berth_build::check(&source, &name, &build_args);
+    out
+}
+
+/// Reads the Dockerfile and opens the context as Docker does: `build DIR` (Dockerfile in DIR or
+/// `-f`), `build -f- DIR`, `build - < Dockerfile` (no context), `build - < context.tar`.
+fn inputs(engine: &Engine, args: &BuildArgs) -> anyhow::Result<Inputs> {
+    let read_stdin = |what: &str| -> anyhow::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .with_context(|| format!("reading {what} from stdin"))?;
+        Ok(buf)
+    };
+    let scratch = engine.store().tmp_dir();
+    if args.path == "-" {
+        let bytes = read_stdin("the build context")?;
+        let is_tar = bytes.len() >= 262 && &bytes[257..262] == b"ustar"
+            || berth_archive::Compression::sniff(&bytes) != berth_archive::Compression::None;
+        if !is_tar {
+            let text = String::from_utf8(bytes).context("the Dockerfile on stdin is not UTF-8")?;
+            return Ok(Inputs {
+                dockerfile: text,
+                name: "Dockerfile".into(),
+                context: Context::empty(&scratch)?,
+            });
+        }
+        let context = Context::tar(&bytes[..], &scratch)?;
+        let name = args.file.clone().unwrap_or_else(|| "Dockerfile".into());
+        let path = context.root().join(name.trim_start_matches('/'));
+        let resolved = berth_archive::resolve_in_root(context.root(), Path::new(&name))
+            .ok()
+            .flatten()
+            .map(|r| context.root().join(r.path))
+            .unwrap_or(path);
+        let dockerfile = std::fs::read_to_string(&resolved)
+            .with_context(|| format!("failed to read {name} from the context tar"))?;
+        return Ok(Inputs {
+            dockerfile,
+            name,
+            context,
+        });
+    }
+    let dir = Path::new(&args.path);
+    if !dir.is_dir() {
+        bail!("unable to prepare context: path {:?} not found", args.path);
+    }
+    if args.file.as_deref() == Some("-") {
+        let text = String::from_utf8(read_stdin("the Dockerfile")?)
+            .context("the Dockerfile on stdin is not UTF-8")?;
+        return Ok(Inputs {
+            dockerfile: text,
+            name: "Dockerfile".into(),
+            context: Context::dir(dir, None)?,
+        });
+    }
+    let path = match &args.file {
+        Some(f) => PathBuf::from(f),
+        None => dir.join("Dockerfile"),
+    };
+    let dockerfile = std::fs::read_to_string(&path)
+        .with_context(|| format!("failed to read Dockerfile {}", path.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "Dockerfile".into());
+    Ok(Inputs {
+        dockerfile,
+        name,
+        context: Context::dir(dir, Some(&path))?,
+    })
+}
+
+/// Runs `build`; returns the exit code.
+pub fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<i32> {
+    let build_args = build_args(&args);
+    if args.check {
+        return check(engine, &args, &build_args);
+    }
+    let tags: Vec<Reference> = args
+        .tag
+        .iter()
+        .map(|t| Reference::parse(t).with_context(|| format!("invalid tag {t:?}")))
+        .collect::<anyhow::Result<_>>()?;
+    let outputs: Vec<Output> = args
+        .output
+        .iter()
+        .map(|o| Output::parse(o))
+        .collect::<anyhow::Result<_>>()?;
+    let mut labels = BTreeMap::new();
+    for l in &args.label {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let inputs = inputs(engine, &args)?;
+    let options = BuildOptions {
+        dockerfile: inputs.dockerfile.clone(),
+        dockerfile_name: inputs.name.clone(),
+        build_args,
+        target: args.target.clone(),
+        no_cache: args.no_cache,
+        labels,
+        network: args.network.clone(),
+        add_hosts: args.add_host.clone(),
+    };
+    let quiet = args.quiet || args.progress == "quiet";
+    let mut progress = Progress::new(if quiet { Mode::Quiet } else { Mode::Plain });
+    let host = CliHost {
+        engine,
+        pull: args.pull,
+        quiet,
+    };
+    let built = match berth_build::build(engine, &inputs.context, &options, &host, &mut progress) {
+        Ok(b) => b,
+        Err(e) => {
+            report_failure(&inputs, &e);
+            return Ok(1);
+        }
+    };
+    let image = built.image;
+    for tag in &tags {
+        engine.store().tag(&image.id, tag)?;
+    }
+    for output in &outputs {
+        output.write(engine, &image)?;
+    }
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, image.id.as_str())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if quiet {
+        println!("{}", image.id);
+    } else {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "#- writing image {} done", image.id);
+        for tag in &tags {
+            let _ = writeln!(err, "#- naming to {tag} done");
+        }
+        let _ = writeln!(
+            err,
+            "Built {} in {:.1}s ({} steps run, {} cached)",
+            image.id.short(),
+            progress.elapsed(),
+            built.steps_run,
+            built.steps_cached
+        );
+    }
+    Ok(0)
+}
+
+/// Prints a failed build as BuildKit does: the instruction in its Dockerfile context, then the
+/// error.
+fn report_failure(inputs: &Inputs, e: &BuildError) {
+    let line = match e {
+        BuildError::Step { line, .. } => Some(*line),
+        BuildError::Parse { error, .. } => Some(error.line),
+        _ => None,
+    };
+    let mut err = std::io::stderr().lock();
+    if let Some(line) = line {
+        let _ = writeln!(err, "{}:{line}", inputs.name);
+        let _ = writeln!(err, "--------------------");
+        let lines: Vec<&str> = inputs.dockerfile.lines().collect();
+        let first = line.saturating_sub(2).max(1);
+        for n in first..=(line + 1).min(lines.len()) {
+            let marker = if n == line { ">>>" } else { "   " };
+            let _ = writeln!(
+                err,
+                " {n:>3} | {marker} {}",
+                lines.get(n - 1).copied().unwrap_or("")
+            );
+        }
+        let _ = writeln!(err, "--------------------");
+    }
+    let what = match e {
+        BuildError::Step { line, message, .. } => format!("{}:{line}: {message}", inputs.name),
+        other => other.to_string(),
+    };
+    let _ = writeln!(err, "ERROR: failed to solve: {what}");
+}
+
+/// Base images and downloads for the builder.
+struct CliHost<'a> {
+    engine: &'a Engine,
+    pull: bool,
+    quiet: bool,
+}
+
+impl berth_build::Host for CliHost<'_> {
+    fn base_image(&self, reference: &str) -> Result<ImageRecord, String> {
+        let policy = if self.pull {
+            PullPolicy::Always
+        } else {
+            PullPolicy::Missing
+        };
+        let _ = self.quiet;
+        ensure_image(self.engine, reference, policy, None).map_err(|e| format!("{e:#}"))?;
+        self.engine
+            .store()
+            .image(reference)
+            .map_err(|e| e.to_string())
+    }
+
+    fn download(&self, url: &str, out: &mut dyn Write) -> Result<(), String> {
+        berth_registry::download(url, out)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// An `--output` destination.
+enum Output {
+    /// `type=tar,dest=file` (`-` for stdout): the image's root filesystem as a tar.
+    Tar(String),
+    /// `type=local,dest=dir`: the root filesystem written into a directory.
+    Local(PathBuf),
+}
+
+impl Output {
+    fn parse(spec: &str) -> anyhow::Result<Self> {
+        let mut kind = None;
+        let mut dest = None;
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("type", v)) => kind = Some(v.to_string()),
+                Some(("dest", v)) => dest = Some(v.to_string()),
+                // `-o dir` is short for type=local,dest=dir.
+                None if kind.is_none() && dest.is_none() => {
+                    kind = Some("local".into());
+                    dest = Some(part.to_string());
+                }
+                _ => bail!("invalid --output {spec:?}: expected type=local|tar,dest=PATH"),
+            }
+        }
+        let dest = dest.with_context(|| format!("invalid --output {spec:?}: dest is required"))?;
+        match kind.as_deref() {
+            Some("tar") => Ok(Output::Tar(dest)),
+            Some("local") | None => Ok(Output::Local(PathBuf::from(dest))),
+            Some(other) => bail!("unsupported --output type {other:?}: use local or tar"),
+        }
+    }
+
+    fn write(&self, engine: &Engine, image: &ImageRecord) -> anyhow::Result<()> {
+        let snapshots = engine.store().snapshots();
+        let id = format!("build-out-{}", berth_store::random_hex(12));
+        let root = snapshots.mount_layers_readonly(&id, &image.config.rootfs.diff_ids)?;
+        let result = (|| -> anyhow::Result<()> {
+            match self {
+                Output::Tar(dest) if dest == "-" => {
+                    let out = std::io::stdout().lock();
+                    if out.is_terminal() {
+                        bail!("refusing to write a tar to a terminal: use -o type=tar,dest=FILE");
+                    }
+                    berth_archive::write_tree(&root, out)?.flush()?;
+                }
+                Output::Tar(dest) => {
+                    let file =
+                        std::fs::File::create(dest).with_context(|| format!("creating {dest}"))?;
+                    berth_archive::write_tree(&root, std::io::BufWriter::new(file))?.flush()?;
+                }
+                Output::Local(dir) => {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    let (reader, writer) = std::io::pipe()?;
+                    let root = root.clone();
+                    let producer = std::thread::spawn(move || {
+                        berth_archive::write_tree(&root, writer).map(drop)
+                    });
+                    let options = berth_archive::UnpackOptions {
+                        whiteouts: berth_archive::WhiteoutMode::Literal,
+                        allow_devices: false,
+                    };
+                    let unpacked = berth_archive::unpack_layer(reader, dir, &options);
+                    let produced = producer
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("archive writer panicked"))?;
+                    produced?;
+                    unpacked?;
+                }
+            }
+            Ok(())
+        })();
+        let _ = snapshots.remove_container(&id);
+        result
+    }
+}
+
+fn check(
+    engine: &Engine,
+    args: &BuildArgs,
+    build_args: &BTreeMap<String, String>,
+) -> anyhow::Result<i32> {
+    let inputs = inputs(engine, args)?;
+    let report = berth_build::check(&inputs.dockerfile, &inputs.name, build_args);
     if let Some(target) = &args.target {
-        let known = berth_build::parse(&source).ok().is_some_and(|df| {
+        let known = berth_build::parse(&inputs.dockerfile).ok().is_some_and(|df| {
             df.instructions.iter().any(|i| {
                 matches!(&i.command, berth_build::parser::Command::From { name: Some(n), .. } if n.eq_ignore_ascii_case(target))
             })
@@ -82,4 +392,43 @@ pub fn build(args: BuildArgs) -> anyhow::Result<i32> {
     }
     print!("{}", report.render());
     Ok(if report.failed() { 1 } else { 0 })
+}
+
+/// `builder` subcommands.
+#[derive(clap::Subcommand)]
+pub enum BuilderCommand {
+    /// Remove build cache
+    Prune(BuilderPruneArgs),
+}
+
+/// Runs a `builder` subcommand.
+pub fn builder_command(engine: &Engine, command: BuilderCommand) -> anyhow::Result<i32> {
+    match command {
+        BuilderCommand::Prune(a) => builder_prune(engine, a),
+    }
+}
+
+/// `builder prune` flags.
+#[derive(Args)]
+pub struct BuilderPruneArgs {
+    /// Remove all unused build cache, not just dangling ones
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Do not prompt for confirmation
+    #[arg(short = 'f', long)]
+    force: bool,
+}
+
+/// `builder prune`: forgets the build cache and frees what only it kept.
+fn builder_prune(engine: &Engine, args: BuilderPruneArgs) -> anyhow::Result<i32> {
+    let _ = (args.all, args.force);
+    let pruned = engine.store().prune_build_cache()?;
+    for id in &pruned.images {
+        println!("Deleted build cache objects:\n{}", id.short());
+    }
+    println!(
+        "Total reclaimed space: {}",
+        crate::format::human_size(pruned.reclaimed)
+    );
+    Ok(0)
 }

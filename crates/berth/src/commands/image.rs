@@ -197,6 +197,8 @@ fn created_ago(image: &ImageRecord) -> String {
 
 pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
     let images = engine.store().images()?;
+    // Build steps' images are intermediate: shown with -a only, as Docker shows them.
+    let intermediate = engine.store().build_cache_images()?;
     let wanted = args
         .repository
         .as_deref()
@@ -205,6 +207,9 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
     let mut rows = Vec::new();
     let mut ids = Vec::new();
     for image in &images {
+        if !args.all && image.tags.is_empty() && intermediate.contains(&image.id) {
+            continue;
+        }
         let mut names: Vec<(String, String)> = image
             .tags
             .iter()
@@ -565,10 +570,12 @@ fn prune(engine: &Engine, args: ImagePruneArgs) -> anyhow::Result<i32> {
         .into_iter()
         .map(|c| c.image_id)
         .collect();
+    // The build cache's images are `builder prune`'s to remove.
+    let intermediate = engine.store().build_cache_images()?;
     let mut reclaimed = 0;
     let mut lines = Vec::new();
     for image in engine.store().images()? {
-        let unused = !used.contains(&image.id);
+        let unused = !used.contains(&image.id) && !intermediate.contains(&image.id);
         if unused && (image.tags.is_empty() || args.all) {
             for a in engine.store().remove_image(image.id.as_str(), true)? {
                 match a {

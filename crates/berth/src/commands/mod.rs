@@ -86,8 +86,11 @@ pub enum Command {
     Rmi(image::RmiArgs),
     /// Show the history of an image
     History(image::HistoryArgs),
-    /// Build an image from a Dockerfile (this version: only --check)
+    /// Build an image from a Dockerfile
     Build(build::BuildArgs),
+    /// Manage the build cache
+    #[command(subcommand)]
+    Builder(build::BuilderCommand),
     /// Download an image from a registry
     Pull(registry::PullArgs),
     /// Upload an image to a registry
@@ -170,7 +173,6 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
         // Credentials live in the user's Docker config, not in the store.
         let command = match command {
             Command::Login(a) => return registry::login(a),
-            Command::Build(a) => return build::build(a),
             Command::Logout(a) => return registry::logout(a),
             Command::Search(a) => return registry::search(a),
             Command::Manifest(c) => return registry::manifest_command(c),
@@ -211,11 +213,11 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::History(a) => image::history(&engine, a),
             Command::Pull(a) => registry::pull(&engine, a),
             Command::Push(a) => registry::push(&engine, a),
-            Command::Login(_)
-            | Command::Build(_)
-            | Command::Logout(_)
-            | Command::Search(_)
-            | Command::Manifest(_) => Ok(0),
+            Command::Build(a) => build::build(&engine, a),
+            Command::Builder(c) => build::builder_command(&engine, c),
+            Command::Login(_) | Command::Logout(_) | Command::Search(_) | Command::Manifest(_) => {
+                Ok(0)
+            }
             Command::Image(c) => image::image_command(&engine, c),
             Command::Volume(c) => volume::volume_command(&engine, c),
             Command::Network(c) => network::network_command(&engine, c),

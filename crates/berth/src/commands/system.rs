@@ -207,6 +207,11 @@ fn prune(engine: &Engine, args: PruneArgs) -> anyhow::Result<i32> {
             }
         }
     }
+    let pruned = store.prune_build_cache()?;
+    if pruned.entries > 0 {
+        println!("Deleted build cache objects: {}", pruned.entries);
+    }
+    reclaimed += pruned.reclaimed;
     let used: Vec<_> = store
         .containers()?
         .into_iter()

@@ -1,0 +1,1480 @@
+//! The build executor: stages planned from the target backwards (stages it does not need are
+//! skipped), then each needed stage run step by step.
+//!
+//! A stage's state is its image config, history and layers plus a *cache key* that chains the base
+//! image's ID with every step and what the step reads (expanded arguments, the ARG values a RUN
+//! sees, the content hash of COPY sources). Filesystem steps look their key up in the store's
+//! build cache before doing anything; a miss runs the step and records the image it produced. RUN
+//! runs in a real container (the engine's, with the stage's image, user, workdir, env, the
+//! build's ARGs and the default network); COPY and ADD write into an overlay of the stage's layers.
+//! Either way the overlay's upper dir becomes the new layer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use berth_runtime::{Engine, MonitorEvent, RunOptions, StdioMode};
+use berth_store::image::{HealthConfig, History, RunConfig};
+use berth_store::{Digest, ImageRecord, LayerRecord};
+use sha2::{Digest as _, Sha256};
+
+use crate::context::{Context, Rewrite, Sink, Source, Tree};
+use crate::error::BuildError;
+use crate::expand::{expand_word, Scope, PROXY_ARGS};
+use crate::parser::{Command, CommandLine, Health, Instruction, Transfer};
+use crate::progress::{Progress, Vertex};
+
+/// What to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// The Dockerfile's text.
+    pub dockerfile: String,
+    /// Its name, for messages.
+    pub dockerfile_name: String,
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`.
+    pub target: Option<String>,
+    /// `--no-cache`.
+    pub no_cache: bool,
+    /// `--label` values for the final image.
+    pub labels: BTreeMap<String, String>,
+    /// `--network` for RUN (default: the engine's default network).
+    pub network: Option<String>,
+    /// `--add-host` for RUN.
+    pub add_hosts: Vec<String>,
+}
+
+/// What the builder needs from outside the store: base images (pulled when missing, as the
+/// caller's policy says) and remote ADD sources.
+pub trait Host {
+    /// The image `reference` names, pulling it if needed.
+    fn base_image(&self, reference: &str) -> Result<ImageRecord, String>;
+    /// Downloads `url` into `out`.
+    fn download(&self, url: &str, out: &mut dyn Write) -> Result<(), String>;
+}
+
+/// A finished build.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The image of the target stage.
+    pub image: ImageRecord,
+    /// Filesystem steps run.
+    pub steps_run: usize,
+    /// Filesystem steps taken from the cache.
+    pub steps_cached: usize,
+}
+
+/// Builds `options.dockerfile` with `context`; returns the target stage's image (untagged).
+pub fn build(
+    engine: &Engine,
+    context: &Context,
+    options: &BuildOptions,
+    host: &dyn Host,
+    progress: &mut Progress,
+) -> Result<Built, BuildError> {
+    let dockerfile = crate::parse(&options.dockerfile).map_err(|error| BuildError::Parse {
+        file: options.dockerfile_name.clone(),
+        error,
+    })?;
+    let escape = dockerfile.directives.escape;
+    let mut scope = Scope::new(options.build_args.clone());
+    let mut stages: Vec<Stage<'_>> = Vec::new();
+    for ins in &dockerfile.instructions {
+        match (&ins.command, stages.last_mut()) {
+            (Command::From { name, .. }, _) => stages.push(Stage {
+                name: name.as_ref().map(|n| n.to_ascii_lowercase()),
+                from: ins,
+                body: Vec::new(),
+            }),
+            (Command::Arg(decls), None) => {
+                for d in decls {
+                    let default = match &d.default {
+                        Some(v) => Some(expand(&scope.from_vars(), v, escape, ins)?),
+                        None => None,
+                    };
+                    scope.declare_global(&d.name, default);
+                }
+            }
+            (_, None) => {
+                return Err(step_error(
+                    ins,
+                    "no build stage in current context: the first instruction must be FROM".into(),
+                ))
+            }
+            (_, Some(stage)) => stage.body.push(ins),
+        }
+    }
+    if stages.is_empty() {
+        return Err(BuildError::Invalid(
+            "the Dockerfile has no FROM instruction".into(),
+        ));
+    }
+    let target = match &options.target {
+        Some(t) => stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(t.to_ascii_lowercase().as_str()))
+            .ok_or_else(|| {
+                BuildError::Invalid(format!("target stage \"{t}\" could not be found"))
+            })?,
+        None => stages.len() - 1,
+    };
+    let globals = scope.from_vars();
+    let needed = needed_stages(&stages, target, &globals, escape)?;
+    let mut builder = Builder {
+        engine,
+        context,
+        options,
+        host,
+        progress,
+        escape,
+        stages: &stages,
+        results: vec![None; stages.len()],
+        steps_run: 0,
+        steps_cached: 0,
+    };
+    for index in needed {
+        let mut stage_scope = scope.clone();
+        let image = builder.run_stage(index, index == target, &mut stage_scope)?;
+        builder.results[index] = Some(image);
+    }
+    let image = builder.results[target]
+        .clone()
+        .ok_or_else(|| BuildError::Invalid("the target stage was not built".into()))?;
+    Ok(Built {
+        image,
+        steps_run: builder.steps_run,
+        steps_cached: builder.steps_cached,
+    })
+}
+
+struct Stage<'a> {
+    name: Option<String>,
+    from: &'a Instruction,
+    body: Vec<&'a Instruction>,
+}
+
+/// What a stage reference (`FROM x`, `COPY --from=x`) names among the stages before `before`.
+fn stage_ref(stages: &[Stage<'_>], reference: &str, before: usize) -> Option<usize> {
+    let lower = reference.to_ascii_lowercase();
+    if let Ok(i) = reference.parse::<usize>() {
+        return Some(i);
+    }
+    stages[..before.min(stages.len())]
+        .iter()
+        .position(|s| s.name.as_deref() == Some(lower.as_str()))
+}
+
+/// The stages the target needs, in build order. `COPY --from` naming the stage itself or a later
+/// one is a cycle.
+fn needed_stages(
+    stages: &[Stage<'_>],
+    target: usize,
+    globals: &BTreeMap<String, String>,
+    escape: char,
+) -> Result<Vec<usize>, BuildError> {
+    let mut needed = BTreeSet::new();
+    let mut todo = vec![target];
+    while let Some(i) = todo.pop() {
+        if !needed.insert(i) {
+            continue;
+        }
+        let stage = &stages[i];
+        if let Command::From { image, .. } = &stage.from.command {
+            let base = expand(globals, image, escape, stage.from)?;
+            if let Some(dep) = stage_ref(stages, &base, i) {
+                todo.push(dep);
+            }
+        }
+        for ins in &stage.body {
+            let mut refs: Vec<String> = Vec::new();
+            if matches!(ins.command, Command::Copy(_) | Command::Add(_)) {
+                if let Some(Some(from)) = ins.flag("from") {
+                    refs.push(from.to_string());
+                }
+            }
+            if matches!(ins.command, Command::Run(_)) {
+                for f in ins.flags.iter().filter(|f| f.name == "mount") {
+                    let spec = parse_mount(f.value.as_deref().unwrap_or(""));
+                    if let Some(from) = spec.get("from") {
+                        refs.push(from.clone());
+                    }
+                }
+            }
+            for r in refs {
+                let lower = r.to_ascii_lowercase();
+                let later = stages[i..]
+                    .iter()
+                    .any(|s| s.name.as_deref() == Some(lower.as_str()));
+                if later && stage_ref(stages, &r, i).is_none() {
+                    return Err(step_error(
+                        ins,
+                        format!("circular dependency detected on stage: {r}"),
+                    ));
+                }
+                match r.parse::<usize>() {
+                    Ok(n) if n >= i => {
+                        return Err(step_error(
+                            ins,
+                            format!(
+                            "invalid stage index {n}: a stage can only copy from an earlier one"
+                        ),
+                        ))
+                    }
+                    _ => {}
+                }
+                if let Some(dep) = stage_ref(stages, &r, i) {
+                    todo.push(dep);
+                }
+            }
+        }
+    }
+    Ok(needed.into_iter().collect())
+}
+
+fn step_error(ins: &Instruction, message: String) -> BuildError {
+    BuildError::Step {
+        line: ins.line,
+        instruction: ins.original.clone(),
+        message,
+    }
+}
+
+/// Attaches the instruction to an error that has no position yet.
+fn at(ins: &Instruction) -> impl Fn(BuildError) -> BuildError + '_ {
+    move |e| match e {
+        BuildError::Step { .. } => e,
+        other => step_error(ins, other.to_string()),
+    }
+}
+
+fn expand(
+    vars: &BTreeMap<String, String>,
+    word: &str,
+    escape: char,
+    ins: &Instruction,
+) -> Result<String, BuildError> {
+    expand_word(word, vars, escape)
+        .map(|e| e.value)
+        .map_err(|e| step_error(ins, e.to_string()))
+}
+
+/// `--mount=type=cache,target=/x,…` as key/value pairs (a bare key is `true`).
+fn parse_mount(spec: &str) -> BTreeMap<String, String> {
+    spec.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), v.trim().to_string()),
+            None => (p.trim().to_ascii_lowercase(), "true".into()),
+        })
+        .collect()
+}
+
+/// The key of a step: its parent's key and everything the step depends on.
+fn chain(parent: &Digest, parts: &[&str]) -> Digest {
+    let mut hash = Sha256::new();
+    hash.update(parent.as_str());
+    for p in parts {
+        hash.update([0]);
+        hash.update(p.as_bytes());
+    }
+    Digest::parse(&format!("sha256:{}", hex::encode(hash.finalize())))
+        .unwrap_or_else(|_| Digest::of(parent.as_str().as_bytes()))
+}
+
+/// The PATH a stage gets when its base image sets none (BuildKit's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A stage's state between steps.
+struct State {
+    config: RunConfig,
+    history: Vec<History>,
+    layers: Vec<Digest>,
+    author: Option<String>,
+    key: Digest,
+    /// The stored image equal to this state, when there is one.
+    image: Option<ImageRecord>,
+    /// ARGs declared in the stage (RUN sees them as environment variables).
+    args: BTreeSet<String>,
+    /// CMD was set in this stage (ENTRYPOINT then keeps it).
+    cmd_set: bool,
+}
+
+impl State {
+    fn scratch() -> Self {
+        Self {
+            config: RunConfig::default(),
+            history: Vec::new(),
+            layers: Vec::new(),
+            author: None,
+            key: Digest::of(b"scratch"),
+            image: None,
+            args: BTreeSet::new(),
+            cmd_set: false,
+        }
+    }
+
+    fn from_image(image: ImageRecord) -> Self {
+        Self {
+            key: Digest::of(format!("from {}", image.id).as_bytes()),
+            ..Self::scratch()
+        }
+        .adopt(image)
+    }
+
+    /// Takes over the content of `image` (a base, or a cache hit).
+    fn adopt(mut self, image: ImageRecord) -> Self {
+        self.config = image.config.config.clone();
+        self.history = image.config.history.clone();
+        self.layers = image.config.rootfs.diff_ids.clone();
+        self.author = image.config.author.clone();
+        self.image = Some(image);
+        self
+    }
+
+    fn env(&self, name: &str) -> Option<&str> {
+        self.config.env.iter().find_map(|e| {
+            e.split_once('=')
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v)
+        })
+    }
+
+    fn set_env(&mut self, name: &str, value: &str) {
+        let item = format!("{name}={value}");
+        match self
+            .config
+            .env
+            .iter_mut()
+            .find(|e| e.split('=').next() == Some(name))
+        {
+            Some(slot) => *slot = item,
+            None => self.config.env.push(item),
+        }
+    }
+
+    /// A metadata-only step: the config changed, the layers did not.
+    fn metadata(&mut self, created_by: String) {
+        self.key = chain(&self.key, &[&created_by]);
+        self.history.push(History {
+            created: Some(berth_store::now_rfc3339()),
+            created_by: Some(created_by),
+            comment: Some("buildkit.dockerfile.v0".into()),
+            empty_layer: true,
+            ..History::default()
+        });
+        self.image = None;
+    }
+}
+
+struct Builder<'a> {
+    engine: &'a Engine,
+    context: &'a Context,
+    options: &'a BuildOptions,
+    host: &'a dyn Host,
+    progress: &'a mut Progress,
+    escape: char,
+    stages: &'a [Stage<'a>],
+    results: Vec<Option<ImageRecord>>,
+    steps_run: usize,
+    steps_cached: usize,
+}
+
+/// A COPY or ADD source once found.
+enum Found {
+    /// Files or directories in a tree.
+    Tree(Source),
+    /// A heredoc or a downloaded file: content for a new file named `name`.
+    Content { name: String, data: Vec<u8> },
+    /// A local archive ADD extracts.
+    Archive(Source),
+}
+
+impl Builder<'_> {
+    fn vars(&self, state: &State, scope: &Scope) -> BTreeMap<String, String> {
+        let mut vars = scope.stage.clone();
+        for e in &state.config.env {
+            if let Some((k, v)) = e.split_once('=') {
+                vars.insert(k.to_string(), v.to_string());
+            }
+        }
+        vars
+    }
+
+    fn expand_in(
+        &self,
+        state: &State,
+        scope: &Scope,
+        word: &str,
+        ins: &Instruction,
+    ) -> Result<String, BuildError> {
+        expand(&self.vars(state, scope), word, self.escape, ins)
+    }
+
+    fn label(&self, index: usize, is_target: bool, step: usize, total: usize) -> String {
+        match &self.stages[index].name {
+            Some(n) => format!("[{n} {step}/{total}]"),
+            None if is_target => format!("[{step}/{total}]"),
+            None => format!("[stage-{index} {step}/{total}]"),
+        }
+    }
+
+    fn run_stage(
+        &mut self,
+        index: usize,
+        is_target: bool,
+        scope: &mut Scope,
+    ) -> Result<ImageRecord, BuildError> {
+        let stage = &self.stages[index];
+        scope.enter_stage();
+        let Command::From { image, .. } = &stage.from.command else {
+            return Err(BuildError::Invalid("stage without FROM".into()));
+        };
+        let base = expand(&scope.from_vars(), image, self.escape, stage.from)?;
+        if base.is_empty() {
+            return Err(step_error(
+                stage.from,
+                "base name (FROM) must not be empty".into(),
+            ));
+        }
+        let fs_steps = stage
+            .body
+            .iter()
+            .filter(|i| {
+                matches!(
+                    i.command,
+                    Command::Run(_) | Command::Copy(_) | Command::Add(_)
+                )
+            })
+            .count();
+        let total = fs_steps + 1;
+        let vertex = self.progress.start(&format!(
+            "{} FROM {base}",
+            self.label(index, is_target, 1, total)
+        ));
+        let mut state =
+            if base.eq_ignore_ascii_case("scratch") {
+                State::scratch()
+            } else if let Some(dep) = stage_ref(self.stages, &base, index) {
+                let image =
+                    self.results.get(dep).cloned().flatten().ok_or_else(|| {
+                        step_error(stage.from, format!("stage {base} was not built"))
+                    })?;
+                State::from_image(image)
+            } else {
+                let image = self
+                    .host
+                    .base_image(&base)
+                    .map_err(|e| step_error(stage.from, e))?;
+                State::from_image(image)
+            };
+        self.progress.done(vertex);
+        // As BuildKit does, a stage whose base sets no PATH gets the default one.
+        if state.env("PATH").is_none() {
+            state.set_env("PATH", DEFAULT_PATH);
+        }
+        // The base's ONBUILD triggers run first, and are not inherited.
+        let triggers = std::mem::take(&mut state.config.on_build);
+        let mut step = 1;
+        for trigger in &triggers {
+            let parsed = crate::parse(trigger).map_err(|e| {
+                step_error(
+                    stage.from,
+                    format!("ONBUILD trigger {trigger:?}: {}", e.message),
+                )
+            })?;
+            for ins in &parsed.instructions {
+                if matches!(ins.command, Command::From { .. } | Command::Onbuild(_)) {
+                    return Err(step_error(
+                        stage.from,
+                        format!(
+                            "{} is not allowed as an ONBUILD trigger",
+                            ins.command.name()
+                        ),
+                    ));
+                }
+                self.step(index, is_target, &mut state, scope, ins, &mut step, total)?;
+            }
+        }
+        for ins in &stage.body {
+            self.step(index, is_target, &mut state, scope, ins, &mut step, total)?;
+        }
+        if is_target && !self.options.labels.is_empty() {
+            for (k, v) in &self.options.labels {
+                state.config.labels.insert(k.clone(), v.clone());
+            }
+            let labels: Vec<String> = self
+                .options
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            state.key = chain(&state.key, &["--label", &labels.join("\n")]);
+            state.image = None;
+        }
+        self.materialize(&mut state)
+    }
+
+    /// The stored image equal to `state`: the cached one for its key, else a new one recorded
+    /// under it.
+    fn materialize(&self, state: &mut State) -> Result<ImageRecord, BuildError> {
+        if let Some(image) = &state.image {
+            return Ok(image.clone());
+        }
+        let store = self.engine.store();
+        if let Some(image) = store.build_cache_get(&state.key)? {
+            state.image = Some(image.clone());
+            return Ok(image);
+        }
+        let mut layers: Vec<LayerRecord> = Vec::new();
+        for diff_id in &state.layers {
+            layers.push(store.layer(diff_id)?.ok_or_else(|| {
+                BuildError::Invalid(format!("layer {diff_id} is missing from the store"))
+            })?);
+        }
+        let image = store.create_image(
+            state.config.clone(),
+            layers,
+            state.history.clone(),
+            state.author.clone(),
+            &[],
+        )?;
+        store.build_cache_put(&state.key, &image.id)?;
+        state.image = Some(image.clone());
+        Ok(image)
+    }
+
+    /// A cache lookup for a filesystem step; adopts the hit.
+    fn cached(&mut self, state: &mut State, key: &Digest) -> Result<bool, BuildError> {
+        if self.options.no_cache {
+            return Ok(false);
+        }
+        match self.engine.store().build_cache_get(key)? {
+            Some(image) => {
+                let args = std::mem::take(&mut state.args);
+                let cmd_set = state.cmd_set;
+                let taken = std::mem::replace(state, State::scratch());
+                *state = State {
+                    key: key.clone(),
+                    args,
+                    cmd_set,
+                    ..taken
+                }
+                .adopt(image);
+                self.steps_cached += 1;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Records a filesystem step's result.
+    fn commit_step(
+        &mut self,
+        state: &mut State,
+        key: Digest,
+        layer: Option<LayerRecord>,
+        created_by: String,
+    ) -> Result<(), BuildError> {
+        state.history.push(History {
+            created: Some(berth_store::now_rfc3339()),
+            created_by: Some(created_by),
+            comment: Some("buildkit.dockerfile.v0".into()),
+            empty_layer: layer.is_none(),
+            ..History::default()
+        });
+        if let Some(layer) = layer {
+            state.layers.push(layer.diff_id);
+        }
+        state.key = key;
+        state.image = None;
+        self.materialize(state)?;
+        self.steps_run += 1;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        index: usize,
+        is_target: bool,
+        state: &mut State,
+        scope: &mut Scope,
+        ins: &Instruction,
+        step: &mut usize,
+        total: usize,
+    ) -> Result<(), BuildError> {
+        let ex =
+            |b: &Self, state: &State, scope: &Scope, w: &str| b.expand_in(state, scope, w, ins);
+        match &ins.command {
+            Command::From { .. } => return Err(step_error(ins, "FROM inside a stage".into())),
+            Command::Arg(decls) => {
+                for d in decls {
+                    let default = match &d.default {
+                        Some(v) => Some(ex(self, state, scope, v)?),
+                        None => None,
+                    };
+                    scope.declare_arg(&d.name, default);
+                    state.args.insert(d.name.clone());
+                }
+            }
+            Command::Env(pairs) => {
+                let mut shown = Vec::new();
+                for kv in pairs {
+                    let key = ex(self, state, scope, &kv.key)?;
+                    let value = ex(self, state, scope, &kv.value)?;
+                    scope.set_env(&key, value.clone());
+                    state.set_env(&key, &value);
+                    shown.push(format!("{key}={value}"));
+                }
+                state.metadata(format!("ENV {}", shown.join(" ")));
+            }
+            Command::Label(pairs) => {
+                let mut shown = Vec::new();
+                for kv in pairs {
+                    let key = ex(self, state, scope, &kv.key)?;
+                    let value = ex(self, state, scope, &kv.value)?;
+                    state.config.labels.insert(key.clone(), value.clone());
+                    shown.push(format!("{key}={value}"));
+                }
+                state.metadata(format!("LABEL {}", shown.join(" ")));
+            }
+            Command::Maintainer(name) => {
+                state.author = Some(name.clone());
+                state.metadata(format!("MAINTAINER {name}"));
+            }
+            Command::Expose(ports) => {
+                let mut shown = Vec::new();
+                for p in ports {
+                    let p = ex(self, state, scope, p)?;
+                    for port in expand_port_range(&p).map_err(|m| step_error(ins, m))? {
+                        state
+                            .config
+                            .exposed_ports
+                            .insert(port.clone(), serde_json::json!({}));
+                        shown.push(port);
+                    }
+                }
+                state.metadata(format!("EXPOSE {}", shown.join(" ")));
+            }
+            Command::User(user) => {
+                state.config.user = ex(self, state, scope, user)?;
+                let u = state.config.user.clone();
+                state.metadata(format!("USER {u}"));
+            }
+            Command::Workdir(dir) => {
+                let dir = ex(self, state, scope, dir)?;
+                let base = if state.config.working_dir.is_empty() {
+                    "/"
+                } else {
+                    &state.config.working_dir
+                };
+                state.config.working_dir = clean_absolute(&Path::new(base).join(&dir));
+                let w = state.config.working_dir.clone();
+                state.metadata(format!("WORKDIR {w}"));
+            }
+            Command::Volume(paths) => {
+                let mut shown = Vec::new();
+                for p in paths {
+                    let p = ex(self, state, scope, p)?;
+                    if p.is_empty() {
+                        return Err(step_error(
+                            ins,
+                            "VOLUME specified can not be an empty string".into(),
+                        ));
+                    }
+                    state
+                        .config
+                        .volumes
+                        .insert(p.clone(), serde_json::json!({}));
+                    shown.push(p);
+                }
+                state.metadata(format!("VOLUME [{}]", shown.join(" ")));
+            }
+            Command::Stopsignal(sig) => {
+                state.config.stop_signal = ex(self, state, scope, sig)?;
+                let s = state.config.stop_signal.clone();
+                state.metadata(format!("STOPSIGNAL {s}"));
+            }
+            Command::Shell(shell) => {
+                state.config.shell = shell.clone();
+                state.metadata(format!("SHELL {}", json(shell)));
+            }
+            Command::Cmd(line) => {
+                state.config.cmd = Some(self.command_line(state, line));
+                state.cmd_set = true;
+                let c = json(state.config.cmd.as_deref().unwrap_or_default());
+                state.metadata(format!("CMD {c}"));
+            }
+            Command::Entrypoint(line) => {
+                state.config.entrypoint = Some(self.command_line(state, line));
+                if !state.cmd_set {
+                    state.config.cmd = None;
+                }
+                let e = json(state.config.entrypoint.as_deref().unwrap_or_default());
+                state.metadata(format!("ENTRYPOINT {e}"));
+            }
+            Command::Healthcheck(health) => {
+                state.config.healthcheck = Some(self.healthcheck(state, ins, health)?);
+                let h = ins.original.trim_start();
+                state.metadata(h.to_string());
+            }
+            Command::Onbuild(inner) => {
+                let trigger = inner.original.trim().to_string();
+                state.config.on_build.push(trigger.clone());
+                state.metadata(format!("ONBUILD {trigger}"));
+            }
+            Command::Run(line) => {
+                *step += 1;
+                let label = format!(
+                    "{} {}",
+                    self.label(index, is_target, *step, total),
+                    ins.original.trim()
+                );
+                self.run(state, scope, ins, line, &label).map_err(at(ins))?;
+            }
+            Command::Copy(t) | Command::Add(t) => {
+                *step += 1;
+                let label = format!(
+                    "{} {}",
+                    self.label(index, is_target, *step, total),
+                    ins.original.trim()
+                );
+                let is_add = matches!(ins.command, Command::Add(_));
+                self.copy(index, state, scope, ins, t, is_add, &label)
+                    .map_err(at(ins))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn command_line(&self, state: &State, line: &CommandLine) -> Vec<String> {
+        match line {
+            CommandLine::Exec(args) => args.clone(),
+            CommandLine::Shell(text) => {
+                let mut shell = if state.config.shell.is_empty() {
+                    vec!["/bin/sh".to_string(), "-c".to_string()]
+                } else {
+                    state.config.shell.clone()
+                };
+                shell.push(text.clone());
+                shell
+            }
+        }
+    }
+
+    fn healthcheck(
+        &self,
+        state: &State,
+        ins: &Instruction,
+        health: &Health,
+    ) -> Result<HealthConfig, BuildError> {
+        let line = match health {
+            Health::None => {
+                return Ok(HealthConfig {
+                    test: vec!["NONE".into()],
+                    ..HealthConfig::default()
+                })
+            }
+            Health::Cmd(line) => line,
+        };
+        let duration = |name: &str| -> Result<i64, BuildError> {
+            match ins.flag(name) {
+                Some(Some(v)) => berth_runtime::options::parse_duration(v)
+                    .map_err(|e| step_error(ins, format!("--{name}: {e}"))),
+                Some(None) => Err(step_error(ins, format!("--{name} needs a value"))),
+                None => Ok(0),
+            }
+        };
+        let retries = match ins.flag("retries") {
+            Some(Some(v)) => v
+                .parse::<i64>()
+                .map_err(|_| step_error(ins, format!("--retries: invalid number {v:?}")))?,
+            _ => 0,
+        };
+        let test = match line {
+            CommandLine::Exec(args) => {
+                let mut t = vec!["CMD".to_string()];
+                t.extend(args.iter().cloned());
+                t
+            }
+            CommandLine::Shell(text) => vec!["CMD-SHELL".into(), text.clone()],
+        };
+        let _ = state;
+        Ok(HealthConfig {
+            test,
+            interval: duration("interval")?,
+            timeout: duration("timeout")?,
+            start_period: duration("start-period")?,
+            start_interval: duration("start-interval")?,
+            retries,
+        })
+    }
+
+    /// The shell script of a RUN with heredocs: `RUN <<EOF` alone runs the body; otherwise the
+    /// heredocs are given back to the shell, which feeds them to the command as it would.
+    fn run_args(&self, state: &State, ins: &Instruction, line: &CommandLine) -> Vec<String> {
+        match line {
+            CommandLine::Shell(text) if !ins.heredocs.is_empty() => {
+                let only_heredoc = ins.heredocs.len() == 1
+                    && text
+                        .trim()
+                        .trim_start_matches("<<")
+                        .trim_start_matches('-')
+                        .trim_matches(['"', '\''])
+                        == ins.heredocs[0].name;
+                let script = if only_heredoc {
+                    ins.heredocs[0].content.clone()
+                } else {
+                    let mut s = text.clone();
+                    s.push('\n');
+                    for h in &ins.heredocs {
+                        s.push_str(&h.content);
+                        s.push_str(&h.name);
+                        s.push('\n');
+                    }
+                    s
+                };
+                self.command_line(state, &CommandLine::Shell(script))
+            }
+            other => self.command_line(state, other),
+        }
+    }
+
+    fn run(
+        &mut self,
+        state: &mut State,
+        scope: &Scope,
+        ins: &Instruction,
+        line: &CommandLine,
+        label: &str,
+    ) -> Result<(), BuildError> {
+        let args = self.run_args(state, ins, line);
+        // ARGs reach RUN as environment variables, unless an ENV of the same name wins.
+        let mut env: Vec<String> = Vec::new();
+        for name in &state.args {
+            if state.env(name).is_none() {
+                if let Some(v) = scope.stage.get(name) {
+                    env.push(format!("{name}={v}"));
+                }
+            }
+        }
+        for name in PROXY_ARGS {
+            if let Some(v) = self.options.build_args.get(*name) {
+                if !state.args.contains(*name) {
+                    env.push(format!("{name}={v}"));
+                }
+            }
+        }
+        let network = match ins.flag("network") {
+            Some(Some("default")) | None => self.options.network.clone(),
+            Some(Some(n @ ("none" | "host"))) => Some(n.to_string()),
+            Some(other) => {
+                return Err(step_error(
+                    ins,
+                    format!("unsupported RUN --network value {:?}", other.unwrap_or("")),
+                ))
+            }
+        };
+        let mut volumes = Vec::new();
+        let mut tmpfs = Vec::new();
+        let mut mount_keys = Vec::new();
+        for f in ins.flags.iter().filter(|f| f.name == "mount") {
+            let spec = parse_mount(f.value.as_deref().unwrap_or(""));
+            mount_keys.push(f.value.clone().unwrap_or_default());
+            let target = spec
+                .get("target")
+                .or_else(|| spec.get("dst"))
+                .or_else(|| spec.get("destination"))
+                .ok_or_else(|| step_error(ins, "--mount needs a target".into()))?;
+            let target = clean_absolute(
+                &Path::new(if state.config.working_dir.is_empty() {
+                    "/"
+                } else {
+                    &state.config.working_dir
+                })
+                .join(target),
+            );
+            match spec.get("type").map(String::as_str).unwrap_or("bind") {
+                "cache" => {
+                    let id = spec.get("id").cloned().unwrap_or_else(|| target.clone());
+                    let dir = self
+                        .engine
+                        .store()
+                        .root()
+                        .join("build-cache-mounts")
+                        .join(Digest::of(id.as_bytes()).hex());
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| BuildError::Io(format!("{}: {e}", dir.display())))?;
+                    volumes.push(format!("{}:{target}", dir.display()));
+                }
+                "tmpfs" => tmpfs.push(target),
+                "bind" => {
+                    let source = spec
+                        .get("source")
+                        .or_else(|| spec.get("src"))
+                        .cloned()
+                        .unwrap_or_default();
+                    if spec.contains_key("from") {
+                        return Err(step_error(
+                            ins,
+                            "RUN --mount=type=bind,from=… is not supported yet".into(),
+                        ));
+                    }
+                    let found = self.context.tree().sources(if source.is_empty() {
+                        "."
+                    } else {
+                        &source
+                    })?;
+                    let path = self.context.root().join(&found[0].path);
+                    let rw = spec.contains_key("rw") || spec.contains_key("readwrite");
+                    volumes.push(format!(
+                        "{}:{target}:{}",
+                        path.display(),
+                        if rw { "rw" } else { "ro" }
+                    ));
+                }
+                other => {
+                    return Err(step_error(
+                        ins,
+                        format!("RUN --mount type {other:?} is not supported"),
+                    ))
+                }
+            }
+        }
+        let created_by = format!("RUN {} # buildkit", args.join(" "));
+        let env_key = env.join("\n");
+        let net_key = network.clone().unwrap_or_default();
+        let key = chain(
+            &state.key,
+            &[
+                "RUN",
+                &json(&args),
+                &env_key,
+                &net_key,
+                &mount_keys.join("\n"),
+            ],
+        );
+        let vertex = self.progress.start(label);
+        if self.cached(state, &key)? {
+            self.progress.cached(vertex);
+            return Ok(());
+        }
+        let parent = self.materialize(state)?;
+        let options = RunOptions {
+            image: parent.id.to_string(),
+            command: args.clone(),
+            entrypoint: Some(String::new()),
+            env,
+            network,
+            add_hosts: self.options.add_hosts.clone(),
+            volumes,
+            tmpfs,
+            attach: true,
+            labels: vec!["berth.build=true".into()],
+            ..RunOptions::default()
+        };
+        let record = self.engine.create(&options)?;
+        let outcome = self.run_container(&record.id, &vertex);
+        let layer = match &outcome {
+            Ok(0) => match self.engine.diff(&record.id) {
+                Ok(changes) if changes.is_empty() => Ok(None),
+                Ok(_) => self.engine.write_changes_as_layer(&record.id).map(Some),
+                Err(e) => Err(e),
+            },
+            _ => Ok(None),
+        };
+        let removed = self.engine.remove(&record.id, true, true);
+        let code = match outcome {
+            Ok(code) => code,
+            Err(e) => {
+                self.progress.failed(vertex, &e.to_string());
+                return Err(e);
+            }
+        };
+        if code != 0 {
+            let err = BuildError::RunFailed {
+                command: args.join(" "),
+                code,
+            };
+            self.progress.failed(vertex, &err.to_string());
+            return Err(err);
+        }
+        let layer = layer?;
+        removed?;
+        self.commit_step(state, key, layer, created_by)?;
+        self.progress.done(vertex);
+        Ok(())
+    }
+
+    /// Starts the build container with its output on a pipe, shows the output, returns the exit
+    /// code.
+    fn run_container(&self, id: &str, vertex: &Vertex) -> Result<i32, BuildError> {
+        let (reader, writer) = std::io::pipe().map_err(|e| BuildError::Io(format!("pipe: {e}")))?;
+        let started = self
+            .engine
+            .start(id, StdioMode::Output(std::os::fd::OwnedFd::from(writer)))?;
+        let mut lines = BufReader::new(reader);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match lines.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&buf);
+                    self.progress
+                        .output(vertex, text.trim_end_matches(['\n', '\r']));
+                }
+            }
+        }
+        let mut events = started
+            .events
+            .ok_or_else(|| BuildError::Io("the build container's monitor gave no status".into()))?;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = events
+                .read_line(&mut line)
+                .map_err(|e| BuildError::Io(format!("monitor status: {e}")))?;
+            if n == 0 {
+                // The monitor is gone without a word: take the code it recorded.
+                let record = self.engine.container(id)?;
+                return Ok(record.state.exit_code);
+            }
+            if let Some(MonitorEvent::Exited(code)) = MonitorEvent::parse(&line) {
+                return Ok(code);
+            }
+        }
+    }
+
+    /// The tree a COPY/ADD `--from` reads: an earlier stage's image or another image, mounted
+    /// read-only under snapshot `snapshot`.
+    fn copy_source_image(
+        &self,
+        index: usize,
+        ins: &Instruction,
+        from: &str,
+    ) -> Result<ImageRecord, BuildError> {
+        match stage_ref(self.stages, from, index) {
+            Some(dep) => self
+                .results
+                .get(dep)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| step_error(ins, format!("stage {from} was not built"))),
+            None => self.host.base_image(from).map_err(|e| step_error(ins, e)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy(
+        &mut self,
+        index: usize,
+        state: &mut State,
+        scope: &Scope,
+        ins: &Instruction,
+        t: &Transfer,
+        is_add: bool,
+        label: &str,
+    ) -> Result<(), BuildError> {
+        let what = if is_add { "ADD" } else { "COPY" };
+        let dest = self.expand_in(state, scope, &t.dest, ins)?;
+        if t.sources.len() > 1 && !dest.ends_with('/') {
+            return Err(step_error(ins, format!("When using {what} with more than one source file, the destination must be a directory and end with a /")));
+        }
+        let workdir = if state.config.working_dir.is_empty() {
+            "/".to_string()
+        } else {
+            state.config.working_dir.clone()
+        };
+        let dest_abs = clean_absolute(&Path::new(&workdir).join(&dest));
+        let chown = match ins.flag("chown") {
+            Some(Some(v)) => Some(self.expand_in(state, scope, v, ins)?),
+            _ => None,
+        };
+        let chmod = match ins.flag("chmod") {
+            Some(Some(v)) => Some(u32::from_str_radix(v, 8).map_err(|_| {
+                step_error(
+                    ins,
+                    format!("invalid --chmod value {v:?}: an octal mode is expected"),
+                )
+            })?),
+            _ => None,
+        };
+        let from = match ins.flag("from") {
+            Some(Some(v)) => Some(self.expand_in(state, scope, v, ins)?),
+            _ => None,
+        };
+        // The tree sources come from.
+        let snapshots = self.engine.store().snapshots();
+        let from_snapshot = format!("build-{}", berth_store::random_hex(12));
+        let from_root: Option<PathBuf> = match &from {
+            Some(f) => {
+                let image = self.copy_source_image(index, ins, f)?;
+                Some(
+                    snapshots
+                        .mount_layers_readonly(&from_snapshot, &image.config.rootfs.diff_ids)?,
+                )
+            }
+            None => None,
+        };
+        let result = self.copy_from(
+            state,
+            scope,
+            ins,
+            t,
+            is_add,
+            label,
+            &dest,
+            &dest_abs,
+            chown.as_deref(),
+            chmod,
+            from.as_deref(),
+            from_root.as_deref(),
+        );
+        if from_root.is_some() {
+            let _ = snapshots.remove_container(&from_snapshot);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_from(
+        &mut self,
+        state: &mut State,
+        scope: &Scope,
+        ins: &Instruction,
+        t: &Transfer,
+        is_add: bool,
+        label: &str,
+        dest: &str,
+        dest_abs: &str,
+        chown: Option<&str>,
+        chmod: Option<u32>,
+        from: Option<&str>,
+        from_root: Option<&Path>,
+    ) -> Result<(), BuildError> {
+        let tree = match from_root {
+            Some(root) => Tree { root, ignore: None },
+            None => self.context.tree(),
+        };
+        let mut found: Vec<Found> = Vec::new();
+        for src in &t.sources {
+            if let Some(name) = src.strip_prefix("<<") {
+                let name = name.trim_start_matches('-').trim_matches(['"', '\'']);
+                let doc = ins
+                    .heredocs
+                    .iter()
+                    .find(|h| h.name == name)
+                    .ok_or_else(|| step_error(ins, format!("heredoc {name} not found")))?;
+                let data = if doc.expand {
+                    self.expand_in(state, scope, &doc.content, ins)
+                        .unwrap_or_else(|_| doc.content.clone())
+                } else {
+                    doc.content.clone()
+                };
+                found.push(Found::Content {
+                    name: name.to_string(),
+                    data: data.into_bytes(),
+                });
+                continue;
+            }
+            let src = self.expand_in(state, scope, src, ins)?;
+            if is_add && (src.starts_with("http://") || src.starts_with("https://")) {
+                let mut data = Vec::new();
+                self.host
+                    .download(&src, &mut data)
+                    .map_err(|e| step_error(ins, format!("failed to download {src}: {e}")))?;
+                let name = src
+                    .split(['?', '#'])
+                    .next()
+                    .and_then(|u| u.rsplit('/').next())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or("index.html")
+                    .to_string();
+                found.push(Found::Content { name, data });
+                continue;
+            }
+            for s in tree.sources(&src)? {
+                if is_add && from.is_none() && !s.is_dir && is_archive(&tree.root.join(&s.path)) {
+                    found.push(Found::Archive(s));
+                } else {
+                    found.push(Found::Tree(s));
+                }
+            }
+        }
+        // The cache key: the instruction and the content of everything it copies.
+        let mut hash = Sha256::new();
+        {
+            let mut sink = Sink::Hash(Sha256::new());
+            for f in &found {
+                match f {
+                    Found::Tree(s) | Found::Archive(s) => {
+                        hash.update(s.name.as_bytes());
+                        tree.stream(s, Path::new(""), Rewrite::default(), &mut sink)?;
+                    }
+                    Found::Content { name, data } => {
+                        hash.update(name.as_bytes());
+                        hash.update(data);
+                    }
+                }
+            }
+            if let Sink::Hash(h) = sink {
+                hash.update(h.finalize());
+            }
+        }
+        let content = hex::encode(hash.finalize());
+        let flags: Vec<String> = ins
+            .flags
+            .iter()
+            .map(|f| format!("{}={}", f.name, f.value.as_deref().unwrap_or("")))
+            .collect();
+        let what = if is_add { "ADD" } else { "COPY" };
+        let key = chain(
+            &state.key,
+            &[what, &flags.join(" "), &json(&t.sources), dest, &content],
+        );
+        let created_by = format!("{what} {} {dest} # buildkit", t.sources.join(" "));
+        let vertex = self.progress.start(label);
+        if self.cached(state, &key)? {
+            self.progress.cached(vertex);
+            return Ok(());
+        }
+        let snapshots = self.engine.store().snapshots();
+        let snapshot = format!("build-{}", berth_store::random_hex(12));
+        snapshots.create_container(&snapshot)?;
+        let result = (|| {
+            let root = snapshots.mount_container(&snapshot, &state.layers)?;
+            let owner = match chown {
+                Some(spec) => {
+                    let u = berth_runtime::user::resolve_user(&root, spec)?;
+                    Some((u.uid, u.gid))
+                }
+                None if from.is_none() => Some((0, 0)),
+                None => None,
+            };
+            let rewrite = Rewrite { owner, mode: chmod };
+            let into_dir = dest.ends_with('/')
+                || dest == "."
+                || dest.ends_with("/.")
+                || found.len() > 1
+                || berth_archive::resolve_in_root(&root, Path::new(dest_abs))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.is_dir);
+            self.write_sources(&root, &tree, &found, Path::new(dest_abs), into_dir, rewrite)?;
+            snapshots.unmount_container(&snapshot)?;
+            Ok::<_, BuildError>(self.engine.write_changes_as_layer(&snapshot)?)
+        })();
+        let _ = snapshots.remove_container(&snapshot);
+        let layer = match result {
+            Ok(layer) => layer,
+            Err(e) => {
+                self.progress.failed(vertex, &e.to_string());
+                return Err(e);
+            }
+        };
+        self.commit_step(state, key, Some(layer), created_by)?;
+        self.progress.done(vertex);
+        Ok(())
+    }
+
+    /// Writes the sources into the mounted root: one tar stream unpacked in-root (never outside),
+    /// archives extracted into the destination directory.
+    fn write_sources(
+        &self,
+        root: &Path,
+        tree: &Tree<'_>,
+        found: &[Found],
+        dest: &Path,
+        into_dir: bool,
+        rewrite: Rewrite,
+    ) -> Result<(), BuildError> {
+        let options = berth_archive::UnpackOptions {
+            whiteouts: berth_archive::WhiteoutMode::Literal,
+            allow_devices: false,
+        };
+        let rel_dest = dest.strip_prefix("/").unwrap_or(dest).to_path_buf();
+        let (reader, mut writer) =
+            std::io::pipe().map_err(|e| BuildError::Io(format!("pipe: {e}")))?;
+        std::thread::scope(|scope| {
+            let producer = scope.spawn(move || -> Result<(), BuildError> {
+                let w: &mut dyn Write = &mut writer;
+                let mut sink = Sink::Tar(tar::Builder::new(w));
+                // The destination directory, owned as --chown says when it is new.
+                if (into_dir
+                    || found.iter().any(|f| {
+                        matches!(
+                            f,
+                            Found::Archive(_) | Found::Tree(Source { is_dir: true, .. })
+                        )
+                    }))
+                    && berth_archive::resolve_in_root(root, dest)
+                        .ok()
+                        .flatten()
+                        .is_none()
+                {
+                    let mut header = tar::Header::new_gnu();
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_mode(0o755);
+                    let (uid, gid) = rewrite.owner.unwrap_or((0, 0));
+                    header.set_uid(uid.into());
+                    header.set_gid(gid.into());
+                    header.set_mtime(now_secs());
+                    header.set_size(0);
+                    sink.entry(&rel_dest, header, None, &mut std::io::empty())?;
+                }
+                for f in found {
+                    match f {
+                        Found::Tree(s) => {
+                            let target = if s.is_dir || !into_dir {
+                                rel_dest.clone()
+                            } else {
+                                rel_dest.join(&s.name)
+                            };
+                            tree.stream(s, &target, rewrite, &mut sink)?;
+                        }
+                        Found::Content { name, data } => {
+                            let target = if into_dir {
+                                rel_dest.join(name)
+                            } else {
+                                rel_dest.clone()
+                            };
+                            let mut header = tar::Header::new_gnu();
+                            header.set_entry_type(tar::EntryType::Regular);
+                            header.set_mode(rewrite.mode.unwrap_or(0o644));
+                            let (uid, gid) = rewrite.owner.unwrap_or((0, 0));
+                            header.set_uid(uid.into());
+                            header.set_gid(gid.into());
+                            header.set_mtime(now_secs());
+                            header.set_size(data.len() as u64);
+                            sink.entry(&target, header, None, &mut &data[..])?;
+                        }
+                        Found::Archive(_) => {}
+                    }
+                }
+                if let Sink::Tar(b) = sink {
+                    b.into_inner()
+                        .map_err(|e| BuildError::Io(format!("writing sources: {e}")))?;
+                }
+                Ok(())
+            });
+            let unpacked = berth_archive::unpack_in_root(reader, root, Path::new("/"), &options)
+                .map(drop)
+                .map_err(|e| BuildError::Context(format!("copying into the image: {e}")));
+            let produced = producer
+                .join()
+                .unwrap_or_else(|_| Err(BuildError::Io("source writer panicked".into())));
+            produced.and(unpacked)
+        })?;
+        for f in found {
+            if let Found::Archive(s) = f {
+                let file = std::fs::File::open(tree.root.join(&s.path))
+                    .map_err(|e| BuildError::Context(format!("{}: {e}", s.path.display())))?;
+                let (_, stream) = berth_archive::decompress(std::io::BufReader::new(file))
+                    .map_err(|e| BuildError::Context(format!("{}: {e}", s.path.display())))?;
+                berth_archive::unpack_in_root(stream, root, dest, &options)
+                    .map_err(|e| BuildError::Context(format!("extracting {}: {e}", s.name)))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether ADD extracts this local file: a tar, plain or gzip/zstd compressed.
+fn is_archive(path: &Path) -> bool {
+    let mut head = [0u8; 512];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let n = f.read(&mut head).unwrap_or(0);
+    match berth_archive::Compression::sniff(&head[..n]) {
+        berth_archive::Compression::None => n >= 262 && &head[257..262] == b"ustar",
+        _ => true,
+    }
+}
+
+fn json(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// `/a/./b/../c` → `/a/c`, never above `/`.
+fn clean_absolute(path: &Path) -> String {
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out.to_string_lossy().into_owned()
+}
+
+/// `80`, `80/udp`, `8000-8002/tcp` → `80/tcp` … as Docker records EXPOSE.
+fn expand_port_range(spec: &str) -> Result<Vec<String>, String> {
+    let (ports, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    let proto = proto.to_ascii_lowercase();
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(format!("invalid proto: {proto}"));
+    }
+    let bad = || format!("invalid containerPort: {ports}");
+    let (lo, hi) = match ports.split_once('-') {
+        Some((a, b)) => (
+            a.parse::<u16>().map_err(|_| bad())?,
+            b.parse::<u16>().map_err(|_| bad())?,
+        ),
+        None => {
+            let p = ports.parse::<u16>().map_err(|_| bad())?;
+            (p, p)
+        }
+    };
+    if hi < lo {
+        return Err(bad());
+    }
+    Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_chain() {
+        let a = chain(&Digest::of(b"base"), &["RUN", "x"]);
+        let b = chain(&Digest::of(b"base"), &["RUN", "x"]);
+        let c = chain(&Digest::of(b"other"), &["RUN", "x"]);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(chain(&a, &["a", "b"]), chain(&a, &["ab"]));
+    }
+
+    #[test]
+    fn ports_and_paths() {
+        assert_eq!(expand_port_range("80").unwrap(), ["80/tcp"]);
+        assert_eq!(expand_port_range("53/udp").unwrap(), ["53/udp"]);
+        assert_eq!(
+            expand_port_range("8000-8001").unwrap(),
+            ["8000/tcp", "8001/tcp"]
+        );
+        assert!(expand_port_range("x").is_err());
+        assert_eq!(clean_absolute(Path::new("/app/../srv/./x")), "/srv/x");
+        assert_eq!(clean_absolute(Path::new("/../..")), "/");
+    }
+
+    #[test]
+    fn mount_specs() {
+        let m = parse_mount("type=cache,target=/root/.cache,sharing=locked");
+        assert_eq!(m["type"], "cache");
+        assert_eq!(m["target"], "/root/.cache");
+        assert_eq!(parse_mount("type=bind,rw")["rw"], "true");
+    }
+}

@@ -1,0 +1,655 @@
+//! `berth build`: real Dockerfile shapes built from a busybox base, RUN steps in real containers,
+//! the cache asserted step by step, built images run and inspected, and bad input refused with
+//! file:line errors and nothing tagged or left behind.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use common::{p, run_ok, stderr, stdout, Berth};
+
+fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+/// Builds; returns the output (progress on stderr).
+fn build(b: &Berth, args: &[&str]) -> Output {
+    let mut all = vec!["build", "--progress", "plain"];
+    all.extend_from_slice(args);
+    b.run(&all)
+}
+
+fn build_ok(b: &Berth, args: &[&str]) -> String {
+    let out = build(b, args);
+    assert!(
+        out.status.success(),
+        "build {args:?} failed: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stderr(&out)
+}
+
+/// The steps of a plain progress log that were cache hits and that ran, by their labels.
+fn cached_and_run(log: &str) -> (Vec<String>, Vec<String>) {
+    let mut labels = std::collections::BTreeMap::new();
+    let (mut cached, mut ran) = (Vec::new(), Vec::new());
+    for line in log.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((n, text)) = rest.split_once(' ') else {
+            continue;
+        };
+        if text.starts_with('[') {
+            labels.insert(n.to_string(), text.to_string());
+        } else if text == "CACHED" {
+            cached.push(labels[n].clone());
+        } else if text.starts_with("DONE") && !labels[n].contains(" FROM ") {
+            ran.push(labels[n].clone());
+        }
+    }
+    (cached, ran)
+}
+
+fn inspect(b: &Berth, image: &str, format: &str) -> String {
+    b.ok(&["image", "inspect", "--format", format, image])
+        .trim()
+        .to_string()
+}
+
+fn no_containers_left(b: &Berth) {
+    assert_eq!(
+        b.ok(&["ps", "-aq"]).trim(),
+        "",
+        "build containers left behind"
+    );
+}
+
+#[test]
+fn multi_stage_build_runs_and_behaves() {
+    let b = Berth::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            r##"# A Go/Rust-style multi-stage build: compile in one stage, ship the artifact in another.
+ARG BASE=busybox
+FROM ${BASE} AS build
+ARG VERSION=0.1
+WORKDIR /src
+COPY src/ ./
+RUN echo "binary $VERSION built from $(cat main.txt)" > /src/app.bin \
+ && echo "#!/bin/sh" > /src/run.sh && echo 'cat /opt/app/app.bin' >> /src/run.sh && chmod 755 /src/run.sh
+
+FROM busybox AS unused
+RUN exit 1
+
+FROM busybox
+LABEL org.example.role=web
+ENV APP_HOME=/opt/app PATH=/opt/app:$PATH
+WORKDIR $APP_HOME
+COPY --from=build --chown=www-data:www-data /src/app.bin /src/run.sh ./
+EXPOSE 8080 53/udp
+USER www-data
+HEALTHCHECK --interval=5s --retries=2 CMD test -f /opt/app/app.bin
+STOPSIGNAL SIGINT
+VOLUME /data
+ENTRYPOINT ["run.sh"]
+"##,
+        ),
+        ("src/main.txt", "main.go"),
+    ]);
+    let log = build_ok(
+        &b,
+        &[
+            "-t",
+            "app:1",
+            "--build-arg",
+            "VERSION=2.0",
+            "--label",
+            "built.by=test",
+            p(ctx.path()),
+        ],
+    );
+    assert!(!log.contains("[unused"), "unneeded stage built: {log}");
+    assert_eq!(
+        b.ok(&["run", "--rm", "app:1"]),
+        "binary 2.0 built from main.go\n"
+    );
+    let who = b.ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "",
+        "app:1",
+        "sh",
+        "-c",
+        "id -un; pwd; stat -c %U /opt/app/app.bin; echo $PATH",
+    ]);
+    // A base without PATH gets BuildKit's default, which ENV extends.
+    assert_eq!(
+        who,
+        "www-data\n/opt/app\nwww-data\n/opt/app:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+    );
+    assert_eq!(inspect(&b, "app:1", "{{.Config.User}}"), "www-data");
+    assert_eq!(inspect(&b, "app:1", "{{.Config.WorkingDir}}"), "/opt/app");
+    assert_eq!(
+        inspect(&b, "app:1", "{{json .Config.Entrypoint}}"),
+        r#"["run.sh"]"#
+    );
+    assert_eq!(inspect(&b, "app:1", "{{json .Config.Cmd}}"), "null");
+    let ports = inspect(&b, "app:1", "{{json .Config.ExposedPorts}}");
+    assert!(
+        ports.contains("8080/tcp") && ports.contains("53/udp"),
+        "{ports}"
+    );
+    let labels = inspect(&b, "app:1", "{{json .Config.Labels}}");
+    assert!(labels.contains(r#""org.example.role":"web""#), "{labels}");
+    assert!(labels.contains(r#""built.by":"test""#), "{labels}");
+    let health = inspect(&b, "app:1", "{{json .Config.Healthcheck}}");
+    assert!(
+        health.contains(r#""Test":["CMD-SHELL","test -f /opt/app/app.bin"]"#)
+            && health.contains(r#""Interval":5000000000"#)
+            && health.contains(r#""Retries":2"#),
+        "{health}"
+    );
+    assert_eq!(inspect(&b, "app:1", "{{.Config.StopSignal}}"), "SIGINT");
+    assert!(inspect(&b, "app:1", "{{json .Config.Volumes}}").contains("/data"));
+    // History records every step, layers only for filesystem steps.
+    let history = b.ok(&["history", "--no-trunc", "app:1"]);
+    assert!(
+        history.contains("COPY /src/app.bin /src/run.sh ./"),
+        "{history}"
+    );
+    assert!(history.contains("HEALTHCHECK"), "{history}");
+    no_containers_left(&b);
+}
+
+#[test]
+fn cache_is_reused_step_by_step_and_pruned() {
+    let b = Berth::with_busybox();
+    // The Python-app shape: dependencies first, the code last.
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nWORKDIR /app\nCOPY requirements.txt .\nRUN sed 's/^/installed /' requirements.txt > /deps\nCOPY app.py .\nRUN wc -l < app.py > /lines\nCMD [\"cat\", \"/deps\", \"/lines\"]\n",
+        ),
+        ("requirements.txt", "flask\nrequests\n"),
+        ("app.py", "print('hi')\n"),
+    ]);
+    let dir = p(ctx.path());
+    let log = build_ok(&b, &["-t", "py:1", dir]);
+    let (cached, ran) = cached_and_run(&log);
+    assert!(cached.is_empty(), "{log}");
+    assert_eq!(ran.len(), 4, "{log}");
+    let first = inspect(&b, "py:1", "{{.Id}}");
+
+    // Nothing changed: every step is a hit and the image is the same.
+    let log = build_ok(&b, &["-t", "py:1", dir]);
+    let (cached, ran) = cached_and_run(&log);
+    assert_eq!((cached.len(), ran.len()), (4, 0), "{log}");
+    assert_eq!(inspect(&b, "py:1", "{{.Id}}"), first);
+
+    // Editing the code re-runs only from the COPY that reads it.
+    std::fs::write(ctx.path().join("app.py"), "print('hi')\nprint('there')\n").unwrap();
+    let log = build_ok(&b, &["-t", "py:1", dir]);
+    let (cached, ran) = cached_and_run(&log);
+    assert!(cached[0].contains("COPY requirements.txt"), "{log}");
+    assert!(cached[1].contains("RUN sed"), "{log}");
+    assert_eq!(cached.len(), 2, "{log}");
+    assert!(
+        ran[0].contains("COPY app.py") && ran[1].contains("RUN wc"),
+        "{log}"
+    );
+    assert_eq!(
+        b.ok(&["run", "--rm", "py:1"]),
+        "installed flask\ninstalled requests\n2\n"
+    );
+
+    // A file's mode is part of its content for the cache; its mtime is not.
+    let req = ctx.path().join("requirements.txt");
+    std::fs::write(&req, "flask\nrequests\n").unwrap();
+    let log = build_ok(&b, &["-t", "py:1", dir]);
+    assert_eq!(cached_and_run(&log).0.len(), 4, "{log}");
+
+    // A build arg a RUN sees is part of its key.
+    let log = build_ok(&b, &["--no-cache", "-t", "py:1", dir]);
+    assert_eq!(
+        cached_and_run(&log),
+        (vec![], cached_and_run(&log).1),
+        "{log}"
+    );
+    assert_eq!(cached_and_run(&log).1.len(), 4, "{log}");
+
+    // Intermediate images are hidden from `images` but not from `images -a`; prune frees them.
+    let listed = b.ok(&["images", "-q"]);
+    let all = b.ok(&["images", "-aq"]);
+    assert!(
+        all.lines().count() > listed.lines().count(),
+        "{listed} / {all}"
+    );
+    let pruned = b.ok(&["builder", "prune", "-f"]);
+    assert!(pruned.contains("Total reclaimed space"), "{pruned}");
+    let log = build_ok(&b, &["-t", "py:1", dir]);
+    assert!(
+        cached_and_run(&log).0.is_empty(),
+        "cache survived prune: {log}"
+    );
+    assert_eq!(
+        b.ok(&["run", "--rm", "py:1"]),
+        "installed flask\ninstalled requests\n2\n"
+    );
+    no_containers_left(&b);
+}
+
+#[test]
+fn arg_values_reach_run_and_key_the_cache() {
+    let b = Berth::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nARG FLAVOUR=plain\nENV SHADOWED=env\nARG SHADOWED=arg\nRUN echo \"$FLAVOUR $SHADOWED\" > /flavour\n",
+    )]);
+    let dir = p(ctx.path());
+    build_ok(&b, &["-t", "f:1", dir]);
+    assert_eq!(
+        b.ok(&["run", "--rm", "f:1", "cat", "/flavour"]),
+        "plain env\n"
+    );
+    let log = build_ok(&b, &["-t", "f:2", "--build-arg", "FLAVOUR=spicy", dir]);
+    assert_eq!(cached_and_run(&log).1.len(), 1, "{log}");
+    assert_eq!(
+        b.ok(&["run", "--rm", "f:2", "cat", "/flavour"]),
+        "spicy env\n"
+    );
+    // ARGs are not baked into the image's environment.
+    assert!(!inspect(&b, "f:2", "{{json .Config.Env}}").contains("FLAVOUR"));
+}
+
+#[test]
+fn heredocs_escape_directive_and_onbuild() {
+    let b = Berth::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "# escape=`\nFROM busybox\nENV WHO=world\nRUN <<EOF\nset -e\necho \"hello $WHO\" > /greeting\necho second >> /greeting\nEOF\nCOPY <<-EOT /etc/motd\n\tmotd for $WHO\n\tEOT\nRUN echo one `\n  two > /joined\nRUN cat <<'EOF' > /literal\n$WHO stays\nEOF\nONBUILD COPY trigger.txt /from-child\nONBUILD RUN echo child-ran > /child\n",
+        ),
+    ]);
+    build_ok(&b, &["-t", "parent:1", p(ctx.path())]);
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "parent:1",
+        "cat",
+        "/greeting",
+        "/etc/motd",
+        "/joined",
+        "/literal",
+    ]);
+    assert_eq!(
+        out,
+        "hello world\nsecond\nmotd for world\none two\n$WHO stays\n"
+    );
+    let triggers = inspect(&b, "parent:1", "{{json .Config.OnBuild}}");
+    assert!(
+        triggers.contains("COPY trigger.txt /from-child"),
+        "{triggers}"
+    );
+
+    // The child's build runs the parent's triggers first, and does not inherit them.
+    let child = context(&[
+        ("Dockerfile", "FROM parent:1\nRUN cat /from-child /child\n"),
+        ("trigger.txt", "from the child context\n"),
+    ]);
+    let log = build_ok(&b, &["-t", "child:1", p(child.path())]);
+    assert!(log.contains("from the child context"), "{log}");
+    assert!(log.contains("child-ran"), "{log}");
+    assert_eq!(inspect(&b, "child:1", "{{json .Config.OnBuild}}"), "null");
+    no_containers_left(&b);
+}
+
+#[test]
+fn dockerignore_symlinks_and_copy_semantics() {
+    let b = Berth::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY . /ctx/\nCOPY dir /flat\nCOPY dir /named/dir\nCOPY *.txt /txt/\nCOPY one.txt /renamed\nCOPY --chmod=600 one.txt /private\nADD bundle.tar /unpacked/\n",
+        ),
+        (".dockerignore", "secret.env\n**/*.log\n!keep.log\n"),
+        ("secret.env", "TOKEN=1"),
+        ("one.txt", "1"),
+        ("two.txt", "2"),
+        ("dir/sub/file", "f"),
+        ("dir/noise.log", "n"),
+        ("keep.log", "k"),
+    ]);
+    std::os::unix::fs::symlink("/etc/shadow", ctx.path().join("host-link")).unwrap();
+    // A real tar, written by GNU tar.
+    let staging = context(&[("inner/data", "from the tar")]);
+    run_ok(
+        std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(ctx.path().join("bundle.tar"))
+            .arg("-C")
+            .arg(staging.path())
+            .arg("inner"),
+    );
+    build_ok(&b, &["-t", "cp:1", p(ctx.path())]);
+    let listing = b.ok(&[
+        "run",
+        "--rm",
+        "cp:1",
+        "sh",
+        "-c",
+        "cd /ctx && find . | sort; readlink /ctx/host-link; ls /flat /named/dir /txt; cat /renamed /unpacked/inner/data; stat -c %a /private",
+    ]);
+    assert!(!listing.contains("secret.env"), "{listing}");
+    assert!(!listing.contains("noise.log"), "{listing}");
+    assert!(listing.contains("./keep.log"), "{listing}");
+    // The symlink is copied as a link; its target is not read from the host.
+    assert!(listing.contains("/etc/shadow\n"), "{listing}");
+    assert!(
+        listing.contains("/flat:\nnoise.log\nsub\n") || listing.contains("/flat:\nsub\n"),
+        "{listing}"
+    );
+    assert!(listing.contains("/named/dir:\nsub\n"), "{listing}");
+    assert!(listing.contains("/txt:\none.txt\ntwo.txt\n"), "{listing}");
+    assert!(listing.contains("1from the tar"), "{listing}");
+    assert!(listing.trim_end().ends_with("600"), "{listing}");
+    let shadow = b.run(&["run", "--rm", "cp:1", "cat", "/ctx/host-link"]);
+    assert!(
+        !stdout(&shadow).contains("root:"),
+        "host file leaked into the image"
+    );
+}
+
+#[test]
+fn context_and_dockerfile_from_stdin_and_outputs() {
+    let b = Berth::with_busybox();
+    // A Dockerfile on stdin, no context.
+    let mut child = b
+        .cmd(&["build", "-q", "-t", "stdin:1", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"FROM busybox\nRUN echo from-stdin > /s\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    assert!(id.starts_with("sha256:"), "-q prints the ID: {id}");
+    assert_eq!(
+        b.ok(&["run", "--rm", "stdin:1", "cat", "/s"]),
+        "from-stdin\n"
+    );
+
+    // A context tar on stdin, written by GNU tar.
+    let ctx = context(&[
+        ("Dockerfile", "FROM busybox\nCOPY hello /hello\n"),
+        ("hello", "tar context\n"),
+    ]);
+    let tar = ctx.path().join("../ctx-for-stdin.tar");
+    run_ok(
+        std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(ctx.path())
+            .arg("."),
+    );
+    let out = b
+        .cmd(&["build", "-t", "tarctx:1", "-"])
+        .stdin(std::fs::File::open(&tar).unwrap())
+        .output()
+        .unwrap();
+    std::fs::remove_file(&tar).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        b.ok(&["run", "--rm", "tarctx:1", "cat", "/hello"]),
+        "tar context\n"
+    );
+
+    // --output local and tar, --iidfile.
+    let dest = tempfile::tempdir().unwrap();
+    let local = dest.path().join("rootfs");
+    let tarfile = dest.path().join("rootfs.tar");
+    let iid = dest.path().join("iid");
+    build_ok(
+        &b,
+        &[
+            "-o",
+            &format!("type=local,dest={}", local.display()),
+            "-o",
+            &format!("type=tar,dest={}", tarfile.display()),
+            "--iidfile",
+            p(&iid),
+            p(ctx.path()),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(local.join("hello")).unwrap(),
+        "tar context\n"
+    );
+    assert!(local.join("bin/busybox").is_file());
+    let names = run_ok(std::process::Command::new("tar").arg("-tf").arg(&tarfile));
+    assert!(
+        names.lines().any(|l| l.trim_start_matches("./") == "hello"),
+        "{names}"
+    );
+    assert!(std::fs::read_to_string(&iid)
+        .unwrap()
+        .starts_with("sha256:"));
+}
+
+#[test]
+fn failing_run_stops_the_build_and_tags_nothing() {
+    let b = Berth::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo before\nRUN echo doomed; exit 3\nRUN echo never > /never\n",
+    )]);
+    let out = build(&b, &["-t", "broken:1", p(ctx.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("doomed"),
+        "the failing step's output is shown: {err}"
+    );
+    assert!(err.contains("exit code: 3"), "{err}");
+    assert!(err.contains("Dockerfile:3"), "{err}");
+    assert!(err.contains(">>> RUN echo doomed; exit 3"), "{err}");
+    assert!(!err.contains("[4/4]"), "{err}");
+    assert!(b.run(&["image", "inspect", "broken:1"]).status.code() == Some(1));
+    no_containers_left(&b);
+    // A command that does not exist.
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN [\"/no/such/binary\"]\n")]);
+    let out = build(&b, &[p(ctx.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("Dockerfile:2"), "{}", stderr(&out));
+    no_containers_left(&b);
+}
+
+fn build_fails(b: &Berth, files: &[(&str, &str)], args: &[&str], expect: &[&str]) {
+    let ctx = context(files);
+    let mut all = args.to_vec();
+    all.push(p(ctx.path()));
+    let out = build(b, &all);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{files:?}: {err}");
+    for e in expect {
+        assert!(err.contains(e), "{files:?}: expected {e:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_file_and_line() {
+    let b = Berth::with_busybox();
+    let df = |text: &'static str| vec![("Dockerfile", text), ("a", "a"), ("b", "b")];
+    build_fails(
+        &b,
+        &df("FROM busybox\nCOPY ../outside /x\n"),
+        &[],
+        &["Dockerfile:2", "outside the build context"],
+    );
+    build_fails(
+        &b,
+        &df("FROM busybox\nCOPY missing /x\n"),
+        &[],
+        &["Dockerfile:2", "\"missing\": not found"],
+    );
+    build_fails(
+        &b,
+        &df("FROM busybox\nCOPY a b /x\n"),
+        &[],
+        &["Dockerfile:2", "must be a directory and end with a /"],
+    );
+    build_fails(
+        &b,
+        &df("FROM busybox\nFOO bar\n"),
+        &[],
+        &["Dockerfile:2", "unknown instruction"],
+    );
+    build_fails(
+        &b,
+        &df("FROM busybox\nRUN [\"sh\", \n"),
+        &[],
+        &["Dockerfile:2"],
+    );
+    build_fails(
+        &b,
+        &df("FROM busybox AS a\nCOPY --from=b /x /x\nFROM busybox AS b\nCOPY --from=a /y /y\n"),
+        &[],
+        &["Dockerfile:2", "circular dependency detected on stage: b"],
+    );
+    build_fails(
+        &b,
+        &df("FROM busybox AS a\nCOPY --from=a /x /x\n"),
+        &[],
+        &["Dockerfile:2", "circular dependency"],
+    );
+    build_fails(
+        &b,
+        &df("FROM busybox\nCOPY --from=nosuchstage /x /x\n"),
+        &[],
+        &["Dockerfile:2", "nosuchstage"],
+    );
+    build_fails(
+        &b,
+        &df("FROM busybox\n"),
+        &["--target", "nope"],
+        &["target stage \"nope\" could not be found"],
+    );
+    build_fails(
+        &b,
+        &df("FROM no-such-image-here:1\n"),
+        &[],
+        &["Dockerfile:1"],
+    );
+    build_fails(
+        &b,
+        &df("RUN true\nFROM busybox\n"),
+        &[],
+        &["Dockerfile:1", "FROM"],
+    );
+    build_fails(
+        &b,
+        &df("FROM busybox\nEXPOSE notaport\n"),
+        &[],
+        &["Dockerfile:2", "notaport"],
+    );
+    // A context tar with `../` is refused and writes nothing outside.
+    let out = b
+        .cmd(&["build", "-"])
+        .stdin(std::fs::File::open(evil_tar(b.dir.path())).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("escapes"), "{}", stderr(&out));
+    assert!(!b.dir.path().join("escaped").exists());
+    assert!(
+        b.ok(&["images", "-aq"]).lines().count() == 1,
+        "only busybox"
+    );
+    no_containers_left(&b);
+}
+
+/// A tar whose second entry climbs out with `../`.
+fn evil_tar(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("evil.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    let df = b"FROM busybox\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_size(df.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    builder.append_data(&mut h, "Dockerfile", &df[..]).unwrap();
+    let mut h = tar::Header::new_old();
+    let name = b"../../escaped";
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_cksum();
+    builder.append(&h, &b"x"[..]).unwrap();
+    builder.finish().unwrap();
+    path
+}
+
+#[test]
+fn remote_add_and_its_failure() {
+    let b = Berth::with_busybox();
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("remote.txt"), "served over http\n").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(files.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the server.
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let good = format!("FROM busybox\nADD http://127.0.0.1:{port}/remote.txt /downloads/\n");
+    let ok = context(&[("Dockerfile", &good)]);
+    let out = build(&b, &["-t", "remote:1", p(ok.path())]);
+    let bad = format!("FROM busybox\nADD http://127.0.0.1:{port}/nothing-here /x\n");
+    let missing = context(&[("Dockerfile", &bad)]);
+    let failed = build(&b, &[p(missing.path())]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        b.ok(&["run", "--rm", "remote:1", "cat", "/downloads/remote.txt"]),
+        "served over http\n"
+    );
+    assert_eq!(failed.status.code(), Some(1));
+    let err = stderr(&failed);
+    assert!(err.contains("Dockerfile:2") && err.contains("404"), "{err}");
+}
