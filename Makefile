@@ -39,6 +39,7 @@ lint:
 bench: release
 	bench/run.sh
 	bench/network.sh
+	bench/build.sh
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Build benchmarks, Berth beside Docker (legacy builder or BuildKit, whichever `docker build` uses)
+# and Podman (buildah) where installed: a cold build, a fully cached rebuild, and a rebuild after
+# editing one source file (only the steps from the COPY that reads it re-run). Medians, ms.
+# Usage: bench/build.sh [runs]    (needs root; run `make release` first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-5}
+BERTH=${BERTH:-target/release/berth}
+work=$(mktemp -d /tmp/berth-bench-build.XXXXXX)
+B="$BERTH --root $work/root --runroot $work/run"
+cleanup() { $B ps -aq --no-trunc 2>/dev/null | xargs -r $B rm -f >/dev/null 2>&1 || true; umount -R "$work" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+scripts/busybox-rootfs.sh "$work/busybox.tar"
+$B import -c 'CMD ["sh"]' "$work/busybox.tar" busybox:latest >/dev/null
+ctx=$work/ctx
+mkdir -p "$ctx/src"
+cat > "$ctx/Dockerfile" <<'DF'
+FROM busybox AS build
+WORKDIR /src
+COPY requirements.txt .
+RUN for r in $(cat requirements.txt); do mkdir -p /deps/$r && echo "$r" > /deps/$r/VERSION; done
+COPY src/ ./
+RUN cat *.c | wc -c > /src/app.bin
+
+FROM busybox
+COPY --from=build /deps /deps
+COPY --from=build /src/app.bin /usr/local/bin/app.bin
+ENV APP=1
+CMD ["cat", "/usr/local/bin/app.bin"]
+DF
+printf 'flask\nrequests\nnumpy\n' > "$ctx/requirements.txt"
+for i in $(seq 50); do head -c 20000 /dev/urandom | base64 > "$ctx/src/file$i.c"; done
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
+
+# measure NAME COLD_PREP... : prints cold / cached / one-file-edit medians for one builder.
+measure() {
+  local name=$1 prune=$2; shift 2
+  local cold=() warm=() edit=()
+  for i in $(seq "$RUNS"); do
+    eval "$prune" >/dev/null 2>&1 || true
+    cold+=("$(ms "$@")")
+    warm+=("$(ms "$@")")
+    echo "// edit $i $RANDOM" >> "$ctx/src/file1.c"
+    edit+=("$(ms "$@")")
+  done
+  printf '%-7s cold %7s   cached %7s   one file edited %7s\n' "$name" \
+    "$(printf '%s\n' "${cold[@]}" | median)" "$(printf '%s\n' "${warm[@]}" | median)" "$(printf '%s\n' "${edit[@]}" | median)"
+}
+
+echo "== build (median of $RUNS, ms): 2 stages, 6 filesystem steps, 50 source files (1.3 MB)"
+measure berth "$B builder prune -f" $B build -q -t bench:1 "$ctx"
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  docker image inspect busybox >/dev/null 2>&1 || docker import -c 'CMD ["sh"]' "$work/busybox.tar" busybox:latest >/dev/null
+  measure docker "docker builder prune -af; docker rmi -f bench:1" docker build -q -t bench:1 "$ctx"
+  docker rmi -f bench:1 >/dev/null 2>&1 || true
+fi
+if command -v podman >/dev/null; then
+  podman image exists busybox 2>/dev/null || podman import -c 'CMD ["sh"]' "$work/busybox.tar" docker.io/library/busybox:latest >/dev/null
+  measure podman "podman rmi -af --ignore; podman image exists busybox || podman import -c 'CMD [\"sh\"]' $work/busybox.tar docker.io/library/busybox:latest" \
+    podman build --runtime runc -q -t bench:1 "$ctx"
+fi
