@@ -55,7 +55,9 @@ echo "== build (median of $RUNS, ms): 2 stages, 6 filesystem steps, 50 source fi
 measure berth "$B builder prune -f" $B build -q -t bench:1 "$ctx"
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   docker image inspect busybox >/dev/null 2>&1 || docker import -c 'CMD ["sh"]' "$work/busybox.tar" busybox:latest >/dev/null
-  measure docker "docker builder prune -af; docker rmi -f bench:1" docker build -q -t bench:1 "$ctx"
+  # Cold: no cache of either builder (the legacy one keeps intermediate images), busybox re-imported.
+  measure docker "docker rmi -f bench:1; docker image prune -af; docker builder prune -af; docker import -c 'CMD [\"sh\"]' $work/busybox.tar busybox:latest" \
+    docker build -q -t bench:1 "$ctx"
   docker rmi -f bench:1 >/dev/null 2>&1 || true
 fi
 if command -v podman >/dev/null; then
