@@ -7,7 +7,7 @@ RUNS=${1:-20}
 BERTH=${BERTH:-target/release/berth}
 work=$(mktemp -d /tmp/berth-bench.XXXXXX)
 B="$BERTH --root $work/root --runroot $work/run"
-cleanup() { $B ps -aq --no-trunc 2>/dev/null | xargs -r $B rm -f >/dev/null 2>&1 || true; umount -R "$work" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { $B ps -aq --no-trunc 2>/dev/null | xargs -r $B rm -f >/dev/null 2>&1 || true; $B network reset >/dev/null 2>&1 || true; umount -R "$work" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 scripts/busybox-rootfs.sh "$work/busybox.tar"
