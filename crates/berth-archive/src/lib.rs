@@ -74,6 +74,16 @@ impl Compression {
     }
 }
 
+/// Whether a stream starting with `head` (512 bytes are enough) is a tar archive, plain (the
+/// `ustar` magic of POSIX and GNU headers) or gzip/zstd compressed: what `build -` and ADD take
+/// for a context or an archive to extract rather than a file.
+pub fn looks_like_tar(head: &[u8]) -> bool {
+    match Compression::sniff(head) {
+        Compression::None => head.get(257..262) == Some(b"ustar"),
+        _ => true,
+    }
+}
+
 /// Read-ahead used in front of the decompressors and the tar parser: large enough that the many
 /// 512-byte header reads of a layer of small files are served from memory.
 const STREAM_BUFFER: usize = 256 * 1024;

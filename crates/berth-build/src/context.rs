@@ -55,14 +55,14 @@ impl Context {
 
     /// No context at all (a Dockerfile on stdin with `-`): COPY finds nothing.
     pub fn empty(scratch: &Path) -> Result<Self, BuildError> {
-        Self::tar(std::io::empty(), scratch).or_else(|_| {
-            let dir = tempfile::tempdir_in(scratch)
-                .map_err(|e| BuildError::Context(format!("scratch directory: {e}")))?;
-            Ok(Self {
-                root: dir.path().to_path_buf(),
-                ignore: Matcher::default(),
-                _scratch: Some(dir),
-            })
+        let dir = tempfile::Builder::new()
+            .prefix("build-context-")
+            .tempdir_in(scratch)
+            .map_err(|e| BuildError::Context(format!("scratch directory: {e}")))?;
+        Ok(Self {
+            root: dir.path().to_path_buf(),
+            ignore: Matcher::default(),
+            _scratch: Some(dir),
         })
     }
 
@@ -296,6 +296,21 @@ pub enum Sink<'w> {
 }
 
 impl Sink<'_> {
+    /// Adds bytes to a hash (a tar ignores them).
+    pub fn hash(&mut self, bytes: &[u8]) {
+        if let Sink::Hash(h) = self {
+            h.update(bytes);
+        }
+    }
+
+    /// The hex digest of a hash; `None` for a tar.
+    pub fn hex_digest(self) -> Option<String> {
+        match self {
+            Sink::Hash(h) => Some(hex::encode(h.finalize())),
+            Sink::Tar(_) => None,
+        }
+    }
+
     /// Adds one entry.
     pub fn entry(
         &mut self,

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use berth_runtime::{Engine, MonitorEvent, RunOptions, StdioMode};
 use berth_store::image::{HealthConfig, History, RunConfig};
@@ -272,18 +272,13 @@ fn parse_mount(spec: &str) -> BTreeMap<String, String> {
 
 /// The key of a step: its parent's key and everything the step depends on.
 fn chain(parent: &Digest, parts: &[&str]) -> Digest {
-    let mut hash = Sha256::new();
-    hash.update(parent.as_str());
+    let mut bytes = parent.as_str().as_bytes().to_vec();
     for p in parts {
-        hash.update([0]);
-        hash.update(p.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(p.as_bytes());
     }
-    Digest::parse(&format!("sha256:{}", hex::encode(hash.finalize())))
-        .unwrap_or_else(|_| Digest::of(parent.as_str().as_bytes()))
+    Digest::of(&bytes)
 }
-
-/// The PATH a stage gets when its base image sets none (BuildKit's default).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A stage's state between steps.
 struct State {
@@ -315,21 +310,20 @@ impl State {
     }
 
     fn from_image(image: ImageRecord) -> Self {
-        Self {
-            key: Digest::of(format!("from {}", image.id).as_bytes()),
-            ..Self::scratch()
-        }
-        .adopt(image)
+        let mut state = Self::scratch();
+        state.adopt(Digest::of(format!("from {}", image.id).as_bytes()), image);
+        state
     }
 
-    /// Takes over the content of `image` (a base, or a cache hit).
-    fn adopt(mut self, image: ImageRecord) -> Self {
+    /// Takes over the content of `image` (a base, or a cache hit) as the state for `key`; the
+    /// stage's ARGs and whether CMD was set stay.
+    fn adopt(&mut self, key: Digest, image: ImageRecord) {
         self.config = image.config.config.clone();
         self.history = image.config.history.clone();
         self.layers = image.config.rootfs.diff_ids.clone();
         self.author = image.config.author.clone();
+        self.key = key;
         self.image = Some(image);
-        self
     }
 
     fn env(&self, name: &str) -> Option<&str> {
@@ -471,7 +465,7 @@ impl Builder<'_> {
         self.progress.done(vertex);
         // As BuildKit does, a stage whose base sets no PATH gets the default one.
         if state.env("PATH").is_none() {
-            state.set_env("PATH", DEFAULT_PATH);
+            state.set_env("PATH", berth_runtime::options::DEFAULT_PATH);
         }
         // The base's ONBUILD triggers run first, and are not inherited.
         let triggers = std::mem::take(&mut state.config.on_build);
@@ -551,16 +545,7 @@ impl Builder<'_> {
         }
         match self.engine.store().build_cache_get(key)? {
             Some(image) => {
-                let args = std::mem::take(&mut state.args);
-                let cmd_set = state.cmd_set;
-                let taken = std::mem::replace(state, State::scratch());
-                *state = State {
-                    key: key.clone(),
-                    args,
-                    cmd_set,
-                    ..taken
-                }
-                .adopt(image);
+                state.adopt(key.clone(), image);
                 self.steps_cached += 1;
                 Ok(true)
             }
@@ -647,7 +632,9 @@ impl Builder<'_> {
                 let mut shown = Vec::new();
                 for p in ports {
                     let p = ex(self, state, scope, p)?;
-                    for port in expand_port_range(&p).map_err(|m| step_error(ins, m))? {
+                    let expanded = berth_runtime::options::parse_expose(&p)
+                        .map_err(|e| step_error(ins, e.to_string()))?;
+                    for port in expanded {
                         state
                             .config
                             .exposed_ports
@@ -715,7 +702,7 @@ impl Builder<'_> {
                 state.metadata(format!("ENTRYPOINT {e}"));
             }
             Command::Healthcheck(health) => {
-                state.config.healthcheck = Some(self.healthcheck(state, ins, health)?);
+                state.config.healthcheck = Some(healthcheck(ins, health)?);
                 let h = ins.original.trim_start();
                 state.metadata(h.to_string());
             }
@@ -761,54 +748,6 @@ impl Builder<'_> {
                 shell
             }
         }
-    }
-
-    fn healthcheck(
-        &self,
-        state: &State,
-        ins: &Instruction,
-        health: &Health,
-    ) -> Result<HealthConfig, BuildError> {
-        let line = match health {
-            Health::None => {
-                return Ok(HealthConfig {
-                    test: vec!["NONE".into()],
-                    ..HealthConfig::default()
-                })
-            }
-            Health::Cmd(line) => line,
-        };
-        let duration = |name: &str| -> Result<i64, BuildError> {
-            match ins.flag(name) {
-                Some(Some(v)) => berth_runtime::options::parse_duration(v)
-                    .map_err(|e| step_error(ins, format!("--{name}: {e}"))),
-                Some(None) => Err(step_error(ins, format!("--{name} needs a value"))),
-                None => Ok(0),
-            }
-        };
-        let retries = match ins.flag("retries") {
-            Some(Some(v)) => v
-                .parse::<i64>()
-                .map_err(|_| step_error(ins, format!("--retries: invalid number {v:?}")))?,
-            _ => 0,
-        };
-        let test = match line {
-            CommandLine::Exec(args) => {
-                let mut t = vec!["CMD".to_string()];
-                t.extend(args.iter().cloned());
-                t
-            }
-            CommandLine::Shell(text) => vec!["CMD-SHELL".into(), text.clone()],
-        };
-        let _ = state;
-        Ok(HealthConfig {
-            test,
-            interval: duration("interval")?,
-            timeout: duration("timeout")?,
-            start_period: duration("start-period")?,
-            start_interval: duration("start-interval")?,
-            retries,
-        })
     }
 
     /// The shell script of a RUN with heredocs: `RUN <<EOF` alone runs the body; otherwise the
@@ -1077,7 +1016,7 @@ impl Builder<'_> {
         is_add: bool,
         label: &str,
     ) -> Result<(), BuildError> {
-        let what = if is_add { "ADD" } else { "COPY" };
+        let what = ins.command.name();
         let dest = self.expand_in(state, scope, &t.dest, ins)?;
         if t.sources.len() > 1 && !dest.ends_with('/') {
             return Err(step_error(ins, format!("When using {what} with more than one source file, the destination must be a directory and end with a /")));
@@ -1204,32 +1143,26 @@ impl Builder<'_> {
             }
         }
         // The cache key: the instruction and the content of everything it copies.
-        let mut hash = Sha256::new();
-        {
-            let mut sink = Sink::Hash(Sha256::new());
-            for f in &found {
-                match f {
-                    Found::Tree(s) | Found::Archive(s) => {
-                        hash.update(s.name.as_bytes());
-                        tree.stream(s, Path::new(""), Rewrite::default(), &mut sink)?;
-                    }
-                    Found::Content { name, data } => {
-                        hash.update(name.as_bytes());
-                        hash.update(data);
-                    }
+        let mut sink = Sink::Hash(Sha256::new());
+        for f in &found {
+            match f {
+                Found::Tree(s) | Found::Archive(s) => {
+                    sink.hash(s.name.as_bytes());
+                    tree.stream(s, Path::new(""), Rewrite::default(), &mut sink)?;
+                }
+                Found::Content { name, data } => {
+                    sink.hash(name.as_bytes());
+                    sink.hash(data);
                 }
             }
-            if let Sink::Hash(h) = sink {
-                hash.update(h.finalize());
-            }
         }
-        let content = hex::encode(hash.finalize());
+        let content = sink.hex_digest().unwrap_or_default();
         let flags: Vec<String> = ins
             .flags
             .iter()
             .map(|f| format!("{}={}", f.name, f.value.as_deref().unwrap_or("")))
             .collect();
-        let what = if is_add { "ADD" } else { "COPY" };
+        let what = ins.command.name();
         let key = chain(
             &state.key,
             &[what, &flags.join(" "), &json(&t.sources), dest, &content],
@@ -1314,14 +1247,7 @@ impl Builder<'_> {
                         .flatten()
                         .is_none()
                 {
-                    let mut header = tar::Header::new_gnu();
-                    header.set_entry_type(tar::EntryType::Directory);
-                    header.set_mode(0o755);
-                    let (uid, gid) = rewrite.owner.unwrap_or((0, 0));
-                    header.set_uid(uid.into());
-                    header.set_gid(gid.into());
-                    header.set_mtime(now_secs());
-                    header.set_size(0);
+                    let header = new_entry(tar::EntryType::Directory, 0o755, rewrite.owner, 0);
                     sink.entry(&rel_dest, header, None, &mut std::io::empty())?;
                 }
                 for f in found {
@@ -1340,14 +1266,10 @@ impl Builder<'_> {
                             } else {
                                 rel_dest.clone()
                             };
-                            let mut header = tar::Header::new_gnu();
-                            header.set_entry_type(tar::EntryType::Regular);
-                            header.set_mode(rewrite.mode.unwrap_or(0o644));
-                            let (uid, gid) = rewrite.owner.unwrap_or((0, 0));
-                            header.set_uid(uid.into());
-                            header.set_gid(gid.into());
-                            header.set_mtime(now_secs());
-                            header.set_size(data.len() as u64);
+                            let mode = rewrite.mode.unwrap_or(0o644);
+                            let size = data.len() as u64;
+                            let header =
+                                new_entry(tar::EntryType::Regular, mode, rewrite.owner, size);
                             sink.entry(&target, header, None, &mut &data[..])?;
                         }
                         Found::Archive(_) => {}
@@ -1381,10 +1303,64 @@ impl Builder<'_> {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
+/// The header of an entry the builder makes itself (a new destination directory, a heredoc or
+/// downloaded file): owned by `owner` (root by default), modified now.
+fn new_entry(kind: tar::EntryType, mode: u32, owner: Option<(u32, u32)>, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    let (uid, gid) = owner.unwrap_or((0, 0));
+    header.set_uid(uid.into());
+    header.set_gid(gid.into());
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_secs());
+    header.set_mtime(now);
+    header.set_size(size);
+    header
+}
+
+/// HEALTHCHECK's config from its command and flags.
+fn healthcheck(ins: &Instruction, health: &Health) -> Result<HealthConfig, BuildError> {
+    let line = match health {
+        Health::None => {
+            return Ok(HealthConfig {
+                test: vec!["NONE".into()],
+                ..HealthConfig::default()
+            })
+        }
+        Health::Cmd(line) => line,
+    };
+    let duration = |name: &str| -> Result<i64, BuildError> {
+        match ins.flag(name) {
+            Some(Some(v)) => berth_runtime::options::parse_duration(v)
+                .map_err(|e| step_error(ins, format!("--{name}: {e}"))),
+            Some(None) => Err(step_error(ins, format!("--{name} needs a value"))),
+            None => Ok(0),
+        }
+    };
+    let retries = match ins.flag("retries") {
+        Some(Some(v)) => v
+            .parse::<i64>()
+            .map_err(|_| step_error(ins, format!("--retries: invalid number {v:?}")))?,
+        _ => 0,
+    };
+    let test = match line {
+        CommandLine::Exec(args) => {
+            let mut t = vec!["CMD".to_string()];
+            t.extend(args.iter().cloned());
+            t
+        }
+        CommandLine::Shell(text) => vec!["CMD-SHELL".into(), text.clone()],
+    };
+    Ok(HealthConfig {
+        test,
+        interval: duration("interval")?,
+        timeout: duration("timeout")?,
+        start_period: duration("start-period")?,
+        start_interval: duration("start-interval")?,
+        retries,
+    })
 }
 
 /// Whether ADD extracts this local file: a tar, plain or gzip/zstd compressed.
@@ -1394,53 +1370,18 @@ fn is_archive(path: &Path) -> bool {
         return false;
     };
     let n = f.read(&mut head).unwrap_or(0);
-    match berth_archive::Compression::sniff(&head[..n]) {
-        berth_archive::Compression::None => n >= 262 && &head[257..262] == b"ustar",
-        _ => true,
-    }
+    berth_archive::looks_like_tar(&head[..n])
 }
 
 fn json(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// `/a/./b/../c` → `/a/c`, never above `/`.
+/// A container path cleaned as Docker does, as a string.
 fn clean_absolute(path: &Path) -> String {
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out.to_string_lossy().into_owned()
-}
-
-/// `80`, `80/udp`, `8000-8002/tcp` → `80/tcp` … as Docker records EXPOSE.
-fn expand_port_range(spec: &str) -> Result<Vec<String>, String> {
-    let (ports, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
-    let proto = proto.to_ascii_lowercase();
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!("invalid proto: {proto}"));
-    }
-    let bad = || format!("invalid containerPort: {ports}");
-    let (lo, hi) = match ports.split_once('-') {
-        Some((a, b)) => (
-            a.parse::<u16>().map_err(|_| bad())?,
-            b.parse::<u16>().map_err(|_| bad())?,
-        ),
-        None => {
-            let p = ports.parse::<u16>().map_err(|_| bad())?;
-            (p, p)
-        }
-    };
-    if hi < lo {
-        return Err(bad());
-    }
-    Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+    berth_runtime::filesystem::clean_absolute(path)
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -1459,13 +1400,11 @@ mod tests {
 
     #[test]
     fn ports_and_paths() {
-        assert_eq!(expand_port_range("80").unwrap(), ["80/tcp"]);
-        assert_eq!(expand_port_range("53/udp").unwrap(), ["53/udp"]);
-        assert_eq!(
-            expand_port_range("8000-8001").unwrap(),
-            ["8000/tcp", "8001/tcp"]
-        );
-        assert!(expand_port_range("x").is_err());
+        let expose = berth_runtime::options::parse_expose;
+        assert_eq!(expose("80").unwrap(), ["80/tcp"]);
+        assert_eq!(expose("53/udp").unwrap(), ["53/udp"]);
+        assert_eq!(expose("8000-8001").unwrap(), ["8000/tcp", "8001/tcp"]);
+        assert!(expose("x").is_err());
         assert_eq!(clean_absolute(Path::new("/app/../srv/./x")), "/srv/x");
         assert_eq!(clean_absolute(Path::new("/../..")), "/");
     }

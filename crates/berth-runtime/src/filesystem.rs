@@ -94,8 +94,9 @@ const RUNTIME_MOUNT_POINTS: [&str; 6] = [
     "etc/resolv.conf",
 ];
 
-/// `/a/./b/../c` → `/a/c`, never above `/`.
-fn clean_absolute(path: &Path) -> PathBuf {
+/// `/a/./b/../c` → `/a/c`, never above `/`: how Docker cleans container paths (`cp`, WORKDIR,
+/// COPY destinations).
+pub fn clean_absolute(path: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
     for c in path.components() {
         match c {

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Output, Stdio};
 
@@ -375,20 +374,10 @@ fn dockerignore_symlinks_and_copy_semantics() {
 fn context_and_dockerfile_from_stdin_and_outputs() {
     let b = Berth::with_busybox();
     // A Dockerfile on stdin, no context.
-    let mut child = b
-        .cmd(&["build", "-q", "-t", "stdin:1", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"FROM busybox\nRUN echo from-stdin > /s\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::output_with_stdin(
+        &mut b.cmd(&["build", "-q", "-t", "stdin:1", "-"]),
+        b"FROM busybox\nRUN echo from-stdin > /s\n",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let id = stdout(&out).trim().to_string();
     assert!(id.starts_with("sha256:"), "-q prints the ID: {id}");

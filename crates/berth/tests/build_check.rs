@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
 
 use common::Berth;
 
@@ -85,19 +83,10 @@ fn errors_fail_with_file_line_column() {
 fn dockerfile_from_stdin() {
     let b = Berth::empty();
     let ctx = context(&[]);
-    let mut child = b
-        .cmd(&["build", "--check", "-f", "-", ctx.path().to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"FROM busybox\nWORKDIR app\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::output_with_stdin(
+        &mut b.cmd(&["build", "--check", "-f", "-", ctx.path().to_str().unwrap()]),
+        b"FROM busybox\nWORKDIR app\n",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("WARNING: WorkdirRelativePath"), "{stdout}");

@@ -168,3 +168,21 @@ pub fn skopeo_json(args: &[&str]) -> serde_json::Value {
 pub fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 test path")
 }
+
+/// Runs a command to completion with `input` on its stdin, capturing stdout and stderr.
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}

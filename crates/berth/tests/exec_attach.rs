@@ -98,19 +98,10 @@ fn exec_joins_the_container_with_its_identity_and_limits() {
     );
 
     // -i passes stdin; without it the process reads nothing.
-    let mut child = b
-        .cmd(&["exec", "-i", "ex1", "sh", "-c", "tr a-z A-Z"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"piped in\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::output_with_stdin(
+        &mut b.cmd(&["exec", "-i", "ex1", "sh", "-c", "tr a-z A-Z"]),
+        b"piped in\n",
+    );
     assert_eq!(stdout(&out), "PIPED IN\n");
     assert_eq!(b.ok(&["exec", "ex1", "cat"]), "");
 

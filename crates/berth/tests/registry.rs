@@ -343,22 +343,10 @@ fn fails(b: &Berth, args: &[&str], code: i32) -> String {
 fn with_config(b: &Berth, config_dir: &Path, args: &[&str], input: Option<&str>) -> Output {
     let mut cmd = b.cmd(args);
     cmd.env("DOCKER_CONFIG", config_dir);
-    let Some(input) = input else {
-        return cmd.output().unwrap();
-    };
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    match input {
+        Some(input) => common::output_with_stdin(&mut cmd, input.as_bytes()),
+        None => cmd.output().unwrap(),
+    }
 }
 
 /// The image IDs in a store.

@@ -102,9 +102,7 @@ fn inputs(engine: &Engine, args: &BuildArgs) -> anyhow::Result<Inputs> {
     let scratch = engine.store().tmp_dir();
     if args.path == "-" {
         let bytes = read_stdin("the build context")?;
-        let is_tar = bytes.len() >= 262 && &bytes[257..262] == b"ustar"
-            || berth_archive::Compression::sniff(&bytes) != berth_archive::Compression::None;
-        if !is_tar {
+        if !berth_archive::looks_like_tar(&bytes) {
             let text = String::from_utf8(bytes).context("the Dockerfile on stdin is not UTF-8")?;
             return Ok(Inputs {
                 dockerfile: text,
@@ -195,7 +193,6 @@ pub fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<i32> {
     let host = CliHost {
         engine,
         pull: args.pull,
-        quiet,
     };
     let built = match berth_build::build(engine, &inputs.context, &options, &host, &mut progress) {
         Ok(b) => b,
@@ -270,7 +267,6 @@ fn report_failure(inputs: &Inputs, e: &BuildError) {
 struct CliHost<'a> {
     engine: &'a Engine,
     pull: bool,
-    quiet: bool,
 }
 
 impl berth_build::Host for CliHost<'_> {
@@ -280,7 +276,6 @@ impl berth_build::Host for CliHost<'_> {
         } else {
             PullPolicy::Missing
         };
-        let _ = self.quiet;
         ensure_image(self.engine, reference, policy, None).map_err(|e| format!("{e:#}"))?;
         self.engine
             .store()
