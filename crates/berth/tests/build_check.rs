@@ -2,7 +2,6 @@
 
 mod common;
 
-
 use common::Berth;
 
 fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
