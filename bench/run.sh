@@ -35,6 +35,8 @@ running=$($B ps -q | wc -l)
 echo "berth: $(( (e - s) / 1000000 )) ms, running: $running/100"
 
 echo "== monitor memory per running container (KiB, median over 100 monitors)"
+# Steady state: a monitor gives back the memory it needed to create its container a second after start.
+sleep 2
 monitors=()
 for id in $($B ps -q --no-trunc); do
   pid=$($B inspect -f '{{.State.Pid}}' "$id"); monitors+=("$(awk '{print $4}' /proc/$pid/stat)")

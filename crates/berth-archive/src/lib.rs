@@ -45,8 +45,8 @@ pub use changes::{changes, Change, ChangeKind};
 pub use error::ArchiveError;
 pub use unpack::{unpack_in_root, unpack_layer, UnpackOptions, UnpackSummary, WhiteoutMode};
 pub use write::{
-    write_layer_from_upper, write_layer_from_upper_skipping, write_path_in_root,
-    write_path_in_root_as, write_tree,
+    remove_overlay_bookkeeping, write_layer_from_upper, write_layer_from_upper_skipping,
+    write_path_in_root, write_path_in_root_as, write_tree,
 };
 
 /// Compression of a layer stream, sniffed from its first bytes (gzip `1f 8b`, zstd `28 b5 2f fd`,

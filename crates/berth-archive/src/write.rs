@@ -93,6 +93,28 @@ pub fn write_layer_from_upper<W: Write>(upper: &Path, out: W) -> Result<W, Archi
     write_layer_from_upper_skipping(upper, &[], out)
 }
 
+/// Removes overlayfs's bookkeeping xattrs (`trusted.overlay.*`, `user.overlay.*`: origin, impure
+/// and the like, which point into the lower dirs of the mount that wrote them) from every entry
+/// under `dir`, keeping `opaque`: an overlay upper dir made fit to serve as a layer (a lower dir),
+/// exactly as unpacking the layer written from it would be. Symlinks are not followed.
+pub fn remove_overlay_bookkeeping(dir: &Path) -> io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for name in xattr::list(&path)? {
+            let text = name.to_string_lossy();
+            if is_private_xattr(&text) && text != OVERLAY_OPAQUE_XATTR {
+                xattr::remove(&path, &name)?;
+            }
+        }
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// [`write_layer_from_upper`], leaving out the empty regular files at `skip` (archive names such as
 /// `etc/hosts`): the mount points a runtime creates for its bind-mounted files are not the
 /// container's changes (`commit`).

@@ -414,3 +414,34 @@ impl TapSort for Vec<String> {
         self
     }
 }
+
+#[test]
+fn overlay_bookkeeping_is_removed_but_opaque_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let upper = dir.path();
+    fs::create_dir_all(upper.join("etc/sub")).unwrap();
+    fs::write(upper.join("etc/file"), b"x").unwrap();
+    symlink("/etc/shadow", upper.join("link")).unwrap();
+    // What overlayfs leaves in an upper dir after a copy-up: origin and impure (root only: trusted.*).
+    xattr::set(upper.join("etc"), "trusted.overlay.origin", b"\0fh").unwrap();
+    xattr::set(upper.join("etc"), "trusted.overlay.impure", b"y").unwrap();
+    xattr::set(upper.join("etc/sub"), "trusted.overlay.opaque", b"y").unwrap();
+    xattr::set(upper.join("etc/file"), "trusted.overlay.origin", b"\0fh").unwrap();
+    xattr::set(upper.join("etc/file"), "user.keep", b"1").unwrap();
+    berth_archive::remove_overlay_bookkeeping(upper).unwrap();
+    let names = |p: &Path| {
+        let mut v: Vec<String> = xattr::list(p)
+            .unwrap()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(names(&upper.join("etc")).is_empty());
+    assert_eq!(names(&upper.join("etc/sub")), ["trusted.overlay.opaque"]);
+    assert_eq!(names(&upper.join("etc/file")), ["user.keep"]);
+    // The symlink was not followed (its target is the host's).
+    assert!(fs::symlink_metadata(upper.join("link"))
+        .unwrap()
+        .is_symlink());
+}

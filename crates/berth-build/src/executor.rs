@@ -910,7 +910,10 @@ impl Builder<'_> {
             volumes,
             tmpfs,
             attach: true,
-            labels: vec!["berth.build=true".into()],
+            labels: vec![format!(
+                "{}=true",
+                berth_runtime::options::BUILD_CONTAINER_LABEL
+            )],
             ..RunOptions::default()
         };
         let record = self.engine.create(&options)?;
@@ -1177,7 +1180,7 @@ impl Builder<'_> {
         let snapshot = format!("build-{}", berth_store::random_hex(12));
         snapshots.create_container(&snapshot)?;
         let result = (|| {
-            let root = snapshots.mount_container(&snapshot, &state.layers)?;
+            let root = snapshots.mount_container(&snapshot, &state.layers, true)?;
             let owner = match chown {
                 Some(spec) => {
                     let u = berth_runtime::user::resolve_user(&root, spec)?;
@@ -1197,7 +1200,7 @@ impl Builder<'_> {
                     .is_some_and(|r| r.is_dir);
             self.write_sources(&root, &tree, &found, Path::new(dest_abs), into_dir, rewrite)?;
             snapshots.unmount_container(&snapshot)?;
-            Ok::<_, BuildError>(self.engine.write_changes_as_layer(&snapshot)?)
+            Ok::<_, BuildError>(self.engine.adopt_changes_as_layer(&snapshot)?)
         })();
         let _ = snapshots.remove_container(&snapshot);
         let layer = match result {

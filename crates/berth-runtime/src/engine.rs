@@ -472,6 +472,9 @@ impl Engine {
             }
             _ => {}
         }
+        // The monitor's first cgroup migration waits for an RCU grace period unless one is under way:
+        // start it now, while the monitor is spawned (see `MigrationWarmup`).
+        let _warmup = crate::cgroup::MigrationWarmup::start();
         // A new start is not stopped by the user; cleared here, before the monitor exists, so that a
         // `stop` racing the monitor's start-up is not undone by it.
         // (Only when set: a fresh `run` pays no extra write.)
@@ -718,15 +721,25 @@ impl Engine {
         record: &ContainerRecord,
         volumes: bool,
     ) -> Result<(), RuntimeError> {
+        let discarded = self.discard_stopped(record, volumes);
+        self.store.empty_trash();
+        discarded
+    }
+
+    /// Removes a stopped container as far as anyone can see (record, name, mounts, volumes with
+    /// `volumes`) but only moves its directories to the store's trash: the caller empties it with
+    /// `store().empty_trash()` when it is off the critical path. The monitor of a `--rm` container
+    /// reports the exit once the container is gone and deletes its files after.
+    pub fn discard_stopped(
+        &self,
+        record: &ContainerRecord,
+        volumes: bool,
+    ) -> Result<(), RuntimeError> {
         self.cleanup_runtime(&record.id);
-        self.store.snapshots().remove_container(&record.id)?;
-        let files = self.store.container_dir(&record.id);
-        match fs::remove_dir_all(&files) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_err(files.display(), e))
-            }
-            _ => {}
-        }
+        let snapshots = self.store.snapshots();
+        snapshots.unmount_container(&record.id)?;
+        self.store.discard(&snapshots.container_dir(&record.id))?;
+        self.store.discard(&self.store.container_dir(&record.id))?;
         self.store.delete_container(&record.id)?;
         if volumes {
             self.remove_anonymous_volumes(&record.mounts);

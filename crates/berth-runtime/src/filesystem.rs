@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 use berth_archive::{Change, UnpackOptions, WhiteoutMode};
 use berth_store::container::ContainerRecord;
 use berth_store::image::{History, RunConfig};
-use berth_store::{ImageRecord, LayerRecord, Reference};
+use berth_store::{Digest, ImageRecord, LayerRecord, Reference};
 
 use crate::engine::Engine;
 use crate::error::{io_err, RuntimeError};
@@ -226,7 +226,7 @@ impl Engine {
                 record.id
             ))
         })?;
-        let path = snapshots.mount_container(&record.id, &record.layers)?;
+        let path = snapshots.mount_container(&record.id, &record.layers, false)?;
         Ok(ContainerRoot {
             engine: self,
             record,
@@ -451,19 +451,41 @@ impl Engine {
     /// Writes what a container changed (its upper dir, less the runtime's /etc mount points) as a
     /// layer and records it in the store. `commit` and the builder's RUN steps use it.
     pub fn write_changes_as_layer(&self, id: &str) -> Result<LayerRecord, RuntimeError> {
-        let store = self.store();
-        let upper = store.snapshots().upper_dir(id);
-        let mut blob = store.blobs().writer()?;
         // The mount points of the bind-mounted /etc files are the runtime's, not the container's.
         let skip: Vec<&Path> = RUNTIME_MOUNT_POINTS
             .iter()
             .filter(|p| p.starts_with("etc/"))
             .map(Path::new)
             .collect();
-        berth_archive::write_layer_from_upper_skipping(&upper, &skip, &mut blob)
+        let blob_digest = self.write_upper_as_blob(id, &skip)?;
+        let store = self.store();
+        Ok(store.add_layer(&blob_digest, berth_store::image::MEDIA_TYPE_OCI_LAYER, None)?)
+    }
+
+    /// Writes the changes of a snapshot that never ran as a container (the builder's COPY and ADD
+    /// steps) as a layer, whose content becomes the snapshot's upper dir itself: moved into the
+    /// layer store rather than unpacked again from the blob (one file creation per file instead of
+    /// two). The snapshot must be unmounted; its upper dir is gone afterwards.
+    pub fn adopt_changes_as_layer(&self, id: &str) -> Result<LayerRecord, RuntimeError> {
+        let blob_digest = self.write_upper_as_blob(id, &[])?;
+        let store = self.store();
+        let upper = store.snapshots().upper_dir(id);
+        Ok(store.adopt_layer_dir(
+            &upper,
+            &blob_digest,
+            berth_store::image::MEDIA_TYPE_OCI_LAYER,
+        )?)
+    }
+
+    /// Writes snapshot `id`'s upper dir, less the empty files at `skip`, as an uncompressed layer blob.
+    fn write_upper_as_blob(&self, id: &str, skip: &[&Path]) -> Result<Digest, RuntimeError> {
+        let store = self.store();
+        let upper = store.snapshots().upper_dir(id);
+        let mut blob = store.blobs().writer()?;
+        berth_archive::write_layer_from_upper_skipping(&upper, skip, &mut blob)
             .map_err(|e| RuntimeError::Io(format!("write layer: {e}")))?;
         let (blob_digest, _) = blob.commit(None)?;
-        Ok(store.add_layer(&blob_digest, berth_store::image::MEDIA_TYPE_OCI_LAYER, None)?)
+        Ok(blob_digest)
     }
 
     fn commit_paused(

@@ -82,7 +82,7 @@ pub fn run(root: &Path, runroot: &Path, id: &str, attached: bool) -> i32 {
             return 125;
         }
     };
-    match supervise(&engine, id, attached, &mut status) {
+    let code = match supervise(&engine, id, attached, &mut status) {
         Ok(code) => {
             status.send(&MonitorEvent::Exited(code));
             0
@@ -98,7 +98,12 @@ pub fn run(root: &Path, runroot: &Path, id: &str, attached: bool) -> i32 {
             status.send(&MonitorEvent::Failed(e.exit_code(), detail));
             e.exit_code()
         }
-    }
+    };
+    // A `--rm` container's files were only moved aside: deleting them is not the caller's wait (the
+    // status pipe closes first; the caller's stdio was let go with the attachments).
+    drop(status);
+    engine.store().empty_trash();
+    code
 }
 
 fn supervise(
@@ -158,7 +163,7 @@ fn supervise(
                 record_exit_code(&mut lock, code);
                 attachments.end_run(code);
                 if record.host_config.auto_remove {
-                    let _ = engine.remove_stopped(&record, true);
+                    let _ = engine.discard_stopped(&record, true);
                 }
                 return Err(e);
             }
@@ -216,7 +221,7 @@ fn supervise(
     let _ = fs::remove_file(run_dir.join(crate::attach::SOCKET_NAME));
     let record = engine.store().container(&id)?;
     if record.host_config.auto_remove {
-        engine.remove_stopped(&record, true)?;
+        engine.discard_stopped(&record, true)?;
     }
     drop(lock);
     Ok(final_code)
@@ -239,7 +244,7 @@ fn set_monitor_signals(ignore: bool) {
         Signal::SIGQUIT,
         Signal::SIGPIPE,
     ] {
-        // SAFETY: SIG_IGN/SIG_DFL install no handler code; the monitor is single-threaded.
+        // SAFETY: SIG_IGN/SIG_DFL install no handler code, so no handler can run at an unsafe point.
         let _ = unsafe { nix::sys::signal::signal(sig, handler) };
     }
 }
@@ -380,7 +385,16 @@ fn run_once(
 ) -> Result<Outcome, RuntimeError> {
     let id = record.id.as_str();
     let store = engine.store();
-    let rootfs = store.snapshots().mount_container(id, &record.layers)?;
+    let warmup = crate::cgroup::MigrationWarmup::start();
+    // A container deleted once it exits needs no crash-safe writes (see `mount_container`).
+    let disposable = record.host_config.auto_remove
+        || record
+            .config
+            .labels
+            .contains_key(crate::options::BUILD_CONTAINER_LABEL);
+    let rootfs = store
+        .snapshots()
+        .mount_container(id, &record.layers, disposable)?;
     let result = (|| {
         fill_new_volumes(record, &rootfs)?;
         // A missing working directory is created, as Docker (runc) does.
@@ -505,6 +519,7 @@ fn run_once(
             crate::network::disconnect(engine, record, network.as_ref());
             return Err(classify_start_error(&e.to_string(), record));
         }
+        drop(warmup);
         let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
         if let Some(listener) = console {
             let master = receive_pty_master(&listener)?;

@@ -13,6 +13,10 @@ use berth_store::ImageRecord;
 
 use crate::error::RuntimeError;
 
+/// The label the builder puts on its RUN containers. They are disposable (removed once their changes
+/// are a layer), so, like `--rm` containers, their overlay is mounted volatile.
+pub const BUILD_CONTAINER_LABEL: &str = "berth.build";
+
 /// The default PATH Docker puts in a container's environment when the image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

@@ -88,6 +88,34 @@ impl Store {
         self.root.join("tmp")
     }
 
+    /// Moves `path` (a file or a whole tree) into the store's trash: one rename, instant whatever its
+    /// size, after which the path is free. [`Self::empty_trash`] deletes it for good. A missing path
+    /// is fine.
+    pub fn discard(&self, path: &Path) -> Result<(), StoreError> {
+        let trash = self.root.join("trash");
+        fs::create_dir_all(&trash).ctx("create", &trash)?;
+        match fs::rename(path, trash.join(random_hex(8))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx("discard", path),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes what [`Self::discard`] moved to the trash, including what a process killed before
+    /// emptying it left there. Several processes may empty it at once; failures are left for the next.
+    pub fn empty_trash(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join("trash")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = fs::remove_dir_all(&path);
+            } else {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+
     /// Takes the store-wide lock that garbage collection holds exclusively and layer creation holds shared,
     /// so a layer is never deleted while another process is making an image that uses it.
     pub fn lock(&self, exclusive: bool) -> Result<StoreLock, StoreError> {

@@ -101,12 +101,27 @@ impl Snapshotter {
     }
 
     /// Mounts a container's root filesystem (idempotent) and returns the mount point.
-    pub fn mount_container(&self, id: &str, layers: &[Digest]) -> Result<PathBuf, StoreError> {
+    ///
+    /// `volatile` is for a snapshot that is deleted once unmounted (a `--rm` container, a build
+    /// step): overlayfs then never syncs it, and in particular skips the sync of the whole upper
+    /// filesystem that an unmount otherwise does. Kernels without the option (before 5.10) get a
+    /// plain mount.
+    pub fn mount_container(
+        &self,
+        id: &str,
+        layers: &[Digest],
+        volatile: bool,
+    ) -> Result<PathBuf, StoreError> {
         let dir = self.container_dir(id);
         let merged = dir.join("merged");
         if is_mount_point(&merged) {
             return Ok(merged);
         }
+        // A volatile mount leaves work/work/incompat/volatile behind, and overlayfs refuses to mount
+        // that work dir again until it is removed (after a crash the upper dir may be incomplete).
+        // It only exists here if a snapshot meant for deletion outlived its mount (a killed
+        // monitor): nothing more is lost by mounting it.
+        let _ = fs::remove_dir_all(dir.join("work").join("work").join("incompat"));
         let mut lowers: Vec<String> = self
             .lower_dirs(layers)
             .iter()
@@ -122,14 +137,16 @@ impl Snapshotter {
             dir.join("diff").display(),
             dir.join("work").display(),
         );
-        mount(
-            Some("overlay"),
-            &merged,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(options.as_str()),
-        )
-        .map_err(|source| StoreError::Mount {
+        let mounted = if volatile {
+            let with_volatile = format!("{options},volatile");
+            match mount_overlay(&merged, &with_volatile) {
+                Err(nix::errno::Errno::EINVAL) => mount_overlay(&merged, &options),
+                other => other,
+            }
+        } else {
+            mount_overlay(&merged, &options)
+        };
+        mounted.map_err(|source| StoreError::Mount {
             op: "mount overlay on",
             path: merged.clone(),
             source,
@@ -189,6 +206,17 @@ impl Snapshotter {
     pub fn container_size(&self, id: &str) -> u64 {
         dir_size(&self.upper_dir(id))
     }
+}
+
+/// Mounts an overlay filesystem with `options` at `target`.
+fn mount_overlay(target: &Path, options: &str) -> nix::Result<()> {
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options),
+    )
 }
 
 /// Unmounts `path` (detaching if busy); a path that is not a mount point is fine.

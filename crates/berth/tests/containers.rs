@@ -149,6 +149,41 @@ fn detached_lifecycle_logs_stop_rm() {
 }
 
 #[test]
+fn run_rm_frees_the_name_at_once_and_deletes_the_files_after() {
+    let b = Berth::with_busybox();
+    for round in 0..2 {
+        // The second round reuses the name right away: the record is gone when `run` returns.
+        let out = b.ok(&[
+            "run",
+            "--rm",
+            "--name",
+            "once",
+            "busybox",
+            "sh",
+            "-c",
+            &format!("echo round {round} > /data; cat /data"),
+        ]);
+        assert_eq!(out, format!("round {round}\n"));
+    }
+    assert_eq!(b.ok(&["ps", "-aq"]), "");
+    // The monitor deletes the moved-aside snapshot and files after reporting the exit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let leftovers = |dir: &str| {
+        std::fs::read_dir(b.root.join(dir))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    while leftovers("trash") > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(leftovers("trash"), 0, "trash not emptied");
+    assert_eq!(leftovers("containers"), 0);
+    assert_eq!(leftovers("snapshots/containers"), 0);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(b.root.to_str().unwrap()), "{mounts}");
+}
+
+#[test]
 fn rm_force_kills_and_wait_sees_rm_exit_code() {
     let b = Berth::with_busybox();
     b.ok(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "100"]);
@@ -189,6 +224,18 @@ fn env_workdir_user_hostname_entrypoint() {
     assert_eq!(out, "hi /srv/app 33:33 box /var/www\n33 50\n");
     let out = b.ok(&["run", "--rm", "--entrypoint", "echo", "busybox", "a", "b"]);
     assert_eq!(out, "a b\n");
+    // Words after the image belong to the command even when they look like `run`'s own flags
+    // (`-c` is also --cpu-shares).
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sh",
+        "busybox",
+        "-c",
+        "echo from -c",
+    ]);
+    assert_eq!(out, "from -c\n");
     let out = b.run(&["run", "--rm", "-u", "nosuchuser", "busybox", "true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(

@@ -174,14 +174,26 @@ pub struct CreateArgs {
     /// Set platform if server is multi-platform capable (os/arch[/variant])
     #[arg(long)]
     platform: Option<String>,
-    /// Image to run
-    image: String,
-    /// Command and arguments
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
+    /// Image to run, then the command and its arguments. One positional: everything after the image
+    /// belongs to the command, even words that look like our flags (`IMAGE -c 'echo hi'`).
+    #[arg(
+        value_name = "IMAGE [COMMAND] [ARG...]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
+    image_and_command: Vec<String>,
 }
 
 impl CreateArgs {
+    /// The image reference (clap guarantees the first value).
+    fn image(&self) -> &str {
+        self.image_and_command
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
     fn options(&self, attach: bool) -> anyhow::Result<RunOptions> {
         if let Some(driver) = &self.log_driver {
             if driver != "json-file" {
@@ -189,9 +201,9 @@ impl CreateArgs {
             }
         }
         Ok(RunOptions {
-            image: self.image.clone(),
+            image: self.image().to_string(),
             name: self.name.clone(),
-            command: self.command.clone(),
+            command: self.image_and_command[1..].to_vec(),
             entrypoint: self.entrypoint.clone(),
             env: self.env.clone(),
             env_files: self.env_file.clone(),
@@ -582,7 +594,7 @@ pub fn container_command(engine: &Engine, command: ContainerCommand) -> anyhow::
 
 pub fn create(engine: &Engine, args: CreateArgs) -> anyhow::Result<i32> {
     let options = args.options(false)?;
-    super::registry::ensure_image(engine, &args.image, args.pull, args.platform.as_deref())?;
+    super::registry::ensure_image(engine, args.image(), args.pull, args.platform.as_deref())?;
     let record = engine.create(&options)?;
     println!("{}", record.id);
     Ok(0)
@@ -594,10 +606,12 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
     // Any pull is over (and its threads gone) before the container starts: the runtime forks.
     super::registry::ensure_image(
         engine,
-        &args.create.image,
+        args.create.image(),
         args.create.pull,
         args.create.platform.as_deref(),
     )?;
+    // Started before `create` so that the kernel's wait for the first cgroup migration overlaps it.
+    let warmup = berth_runtime::cgroup::MigrationWarmup::start();
     let record = engine.create(&options)?;
     let stdio = if attach {
         StdioMode::Inherit
@@ -605,6 +619,7 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
         StdioMode::Detached
     };
     let started = engine.start(&record.id, stdio)?;
+    drop(warmup);
     if args.detach {
         println!("{}", record.id);
         return Ok(0);
