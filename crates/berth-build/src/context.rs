@@ -76,6 +76,7 @@ impl Context {
         Tree {
             root: &self.root,
             ignore: Some(&self.ignore),
+            exclude: None,
         }
     }
 }
@@ -87,6 +88,9 @@ pub struct Tree<'a> {
     pub root: &'a Path,
     /// `.dockerignore` rules (the build context only).
     pub ignore: Option<&'a Matcher>,
+    /// COPY/ADD `--exclude` patterns, matched against paths relative to each directory source (a
+    /// file source by its own path).
+    pub exclude: Option<&'a Matcher>,
 }
 
 /// One source of a COPY or ADD after wildcard expansion.
@@ -252,13 +256,22 @@ impl Tree<'_> {
             let mut entry = entry.map_err(bad)?;
             let name = entry.path().map_err(bad)?.into_owned();
             // Where the entry is in the tree, for .dockerignore, and where it goes.
-            let (in_tree, target) = if source.is_dir {
+            let (in_tree, target, rel_in_source) = if source.is_dir {
                 let rel = name.strip_prefix(".").unwrap_or(&name).to_path_buf();
-                (source.path.join(&rel), dest.join(&rel))
+                (source.path.join(&rel), dest.join(&rel), rel)
             } else {
-                (source.path.clone(), dest.to_path_buf())
+                (source.path.clone(), dest.to_path_buf(), PathBuf::new())
             };
-            if self.excluded(&in_tree) {
+            let own_path = if source.is_dir {
+                &rel_in_source
+            } else {
+                &in_tree
+            };
+            if self.excluded(&in_tree)
+                || self.exclude.is_some_and(|m| {
+                    !own_path.as_os_str().is_empty() && m.excluded(&own_path.to_string_lossy())
+                })
+            {
                 continue;
             }
             let mut header = entry.header().clone();
@@ -387,6 +400,7 @@ mod tests {
         let tree = Tree {
             root: dir.path(),
             ignore: Some(&m),
+            exclude: None,
         };
         let names: Vec<String> = tree
             .sources("*.txt")
@@ -411,6 +425,7 @@ mod tests {
         let tree = Tree {
             root: dir.path(),
             ignore: Some(&m),
+            exclude: None,
         };
         let err = tree.sources("../a").unwrap_err().to_string();
         assert!(err.contains("outside the build context"), "{err}");
@@ -432,6 +447,7 @@ mod tests {
         let tree = Tree {
             root: dir.path(),
             ignore: Some(&m),
+            exclude: None,
         };
         assert!(tree.sources("secret.env").is_err());
         let d = &tree.sources("d").unwrap()[0];

@@ -1047,6 +1047,21 @@ impl Builder<'_> {
             Some(Some(v)) => Some(self.expand_in(state, scope, v, ins)?),
             _ => None,
         };
+        if ins.flag("parents").is_some() {
+            return Err(step_error(
+                ins,
+                format!("{what} --parents is not supported"),
+            ));
+        }
+        let mut excludes = Vec::new();
+        for f in ins.flags.iter().filter(|f| f.name == "exclude") {
+            let pattern = f.value.as_deref().unwrap_or_default();
+            excludes.push(self.expand_in(state, scope, pattern, ins)?);
+        }
+        let exclude = (!excludes.is_empty())
+            .then(|| crate::dockerignore::Matcher::new(&excludes))
+            .transpose()
+            .map_err(|e| step_error(ins, format!("invalid --exclude pattern: {e}")))?;
         // The tree sources come from.
         let snapshots = self.engine.store().snapshots();
         let from_snapshot = format!("build-{}", berth_store::random_hex(12));
@@ -1073,6 +1088,7 @@ impl Builder<'_> {
             chmod,
             from.as_deref(),
             from_root.as_deref(),
+            exclude.as_ref(),
         );
         if from_root.is_some() {
             let _ = snapshots.remove_container(&from_snapshot);
@@ -1095,11 +1111,28 @@ impl Builder<'_> {
         chmod: Option<u32>,
         from: Option<&str>,
         from_root: Option<&Path>,
+        exclude: Option<&crate::dockerignore::Matcher>,
     ) -> Result<(), BuildError> {
-        let tree = match from_root {
-            Some(root) => Tree { root, ignore: None },
+        let mut tree = match from_root {
+            Some(root) => Tree {
+                root,
+                ignore: None,
+                exclude: None,
+            },
             None => self.context.tree(),
         };
+        tree.exclude = exclude;
+        let checksum = match ins.flag("checksum") {
+            Some(Some(v)) => Some(self.expand_in(state, scope, v, ins)?),
+            _ => None,
+        };
+        let is_url = |s: &str| s.starts_with("http://") || s.starts_with("https://");
+        if checksum.is_some() && !t.sources.iter().all(|s| is_url(s)) {
+            return Err(step_error(
+                ins,
+                "checksum can't be specified for non-HTTP(S) sources".to_string(),
+            ));
+        }
         let mut found: Vec<Found> = Vec::new();
         for src in &t.sources {
             if let Some(name) = src.strip_prefix("<<") {
@@ -1122,11 +1155,21 @@ impl Builder<'_> {
                 continue;
             }
             let src = self.expand_in(state, scope, src, ins)?;
-            if is_add && (src.starts_with("http://") || src.starts_with("https://")) {
+            if is_add && is_git_source(&src) {
+                return Err(step_error(
+                    ins,
+                    format!("ADD of a git repository ({src}) is not supported"),
+                ));
+            }
+            if is_add && is_url(&src) {
                 let mut data = Vec::new();
                 self.host
                     .download(&src, &mut data)
                     .map_err(|e| step_error(ins, format!("failed to download {src}: {e}")))?;
+                if let Some(expected) = &checksum {
+                    verify_checksum(expected, &data)
+                        .map_err(|e| step_error(ins, format!("{src}: {e}")))?;
+                }
                 let name = src
                     .split(['?', '#'])
                     .next()
@@ -1385,6 +1428,37 @@ fn clean_absolute(path: &Path) -> String {
     berth_runtime::filesystem::clean_absolute(path)
         .to_string_lossy()
         .into_owned()
+}
+
+/// Whether an ADD source names a git repository (BuildKit clones those; Berth does not).
+fn is_git_source(src: &str) -> bool {
+    src.starts_with("git@")
+        || src.starts_with("git://")
+        || ((src.starts_with("http://") || src.starts_with("https://"))
+            && src
+                .split(['?', '#'])
+                .next()
+                .is_some_and(|u| u.ends_with(".git")))
+}
+
+/// Checks downloaded `data` against ADD `--checksum` (`sha256:`, `sha384:` or `sha512:` and hex).
+fn verify_checksum(expected: &str, data: &[u8]) -> Result<(), String> {
+    let (algorithm, hex) = expected
+        .split_once(':')
+        .ok_or_else(|| format!("invalid checksum {expected:?}: expected sha256:<hex>"))?;
+    let actual = match algorithm {
+        "sha256" => hex::encode(sha2::Sha256::digest(data)),
+        "sha384" => hex::encode(sha2::Sha384::digest(data)),
+        "sha512" => hex::encode(sha2::Sha512::digest(data)),
+        other => return Err(format!("unsupported checksum algorithm {other:?}")),
+    };
+    if actual.eq_ignore_ascii_case(hex) {
+        Ok(())
+    } else {
+        Err(format!(
+            "checksum mismatch: expected {expected}, got {algorithm}:{actual}"
+        ))
+    }
 }
 
 #[cfg(test)]

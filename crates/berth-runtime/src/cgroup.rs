@@ -221,7 +221,7 @@ pub fn remove(id: &str) {
 }
 
 /// How often [`MigrationWarmup`] moves its process: shorter than any RCU grace period.
-const WARMUP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+const WARMUP_INTERVAL_MS: u16 = 2;
 /// How long [`MigrationWarmup`] keeps at it: several grace periods plus a container start.
 const WARMUP_POKING: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -231,11 +231,15 @@ const WARMUP_POKING: std::time::Duration = std::time::Duration::from_millis(100)
 /// `cgroup_threadgroup_rwsem` for writing. When no migration happened in the last few milliseconds,
 /// that first writer waits for a whole RCU grace period, 5 to 16 ms on this kind of host: the largest
 /// single cost of a `run`. Writers that follow within a grace period take the fast path. So, from the
-/// moment a container start begins, a thread moves the monitor into the cgroup it is already in (a
-/// no-op) every [`WARMUP_INTERVAL`], well within a grace period: the grace period elapses while the
-/// overlay is mounted and the spec is written, and libcontainer's own migrations find the lock ready.
+/// moment a container start begins, a thread moves its own process into the cgroup it is already in
+/// (a no-op) every [`WARMUP_INTERVAL_MS`], well within a grace period: the grace period elapses
+/// while the record, overlay and spec are made, and libcontainer's own migrations find the lock
+/// ready. Every migration also takes the global cgroup mutex, so the moves stop after
+/// [`WARMUP_POKING`] (a start slower than that is not waiting for this, and a hundred containers
+/// started at once must not flood the lock); the thread then sleeps until the guard is dropped.
 pub struct MigrationWarmup {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Closing it (on drop) wakes the thread up to exit.
+    stop: Option<std::os::fd::OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -244,54 +248,69 @@ impl MigrationWarmup {
     /// started it keeps it going), or when our own `cgroup.procs` cannot be opened.
     pub fn start() -> Self {
         use std::io::Write;
+        use std::os::fd::AsFd;
         use std::sync::atomic::{AtomicBool, Ordering};
         static RUNNING: AtomicBool = AtomicBool::new(false);
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let inert = Self {
+            stop: None,
+            thread: None,
+        };
         if RUNNING.swap(true, Ordering::AcqRel) {
-            return Self { stop, thread: None };
+            return inert;
         }
         let pid = std::process::id();
         let file = procs_files_of(pid as i32)
             .into_iter()
             .find_map(|path| fs::OpenOptions::new().write(true).open(path).ok());
-        let Some(mut file) = file else {
+        let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+        let (Some(mut file), Ok((wake, stop))) = (file, pipe) else {
             RUNNING.store(false, Ordering::Release);
-            return Self { stop, thread: None };
+            return inert;
         };
         let pid = pid.to_string().into_bytes();
-        let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name("cgroup-warmup".into())
             .stack_size(64 * 1024)
             .spawn(move || {
+                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
                 // Only system calls in this loop: libcontainer forks (clone3, no atfork handlers)
                 // while it runs, and the child must not inherit a lock this thread holds.
-                // Every migration takes the global cgroup mutex, so the pokes stop after a while
-                // (a start slower than that is not waiting for this): a hundred containers
-                // started at once must not flood the lock.
                 let started = std::time::Instant::now();
-                while !thread_stop.load(Ordering::Relaxed) {
-                    if started.elapsed() < WARMUP_POKING {
+                loop {
+                    let poking = started.elapsed() < WARMUP_POKING;
+                    if poking {
                         let _ = file.write(&pid);
                     }
-                    std::thread::sleep(WARMUP_INTERVAL);
+                    let timeout = if poking {
+                        PollTimeout::from(WARMUP_INTERVAL_MS)
+                    } else {
+                        PollTimeout::NONE
+                    };
+                    let mut fds = [PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+                    match poll(&mut fds, timeout) {
+                        Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+                        // The write end closed: the guard is gone.
+                        _ => break,
+                    }
                 }
-                drop(file);
                 RUNNING.store(false, Ordering::Release);
             })
             .ok();
         if thread.is_none() {
             RUNNING.store(false, Ordering::Release);
         }
-        Self { stop, thread }
+        Self {
+            stop: Some(stop),
+            thread,
+        }
     }
 }
 
 impl Drop for MigrationWarmup {
     /// Stops and joins the thread, so that later forks (exec, health probes) see a single-threaded
-    /// monitor.
+    /// process.
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -485,9 +485,60 @@ fn build_fails(b: &Berth, files: &[(&str, &str)], args: &[&str], expect: &[&str]
 }
 
 #[test]
+fn copy_exclude_leaves_out_matching_paths() {
+    let b = Berth::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY --exclude=*.log --exclude=tmp . /app/\nCOPY --exclude=*.md src/ /src/\n",
+        ),
+        ("keep.txt", "k"),
+        ("drop.log", "d"),
+        ("tmp/x", "x"),
+        ("src/a.rs", "a"),
+        ("src/README.md", "r"),
+        ("src/deep/b.rs", "b"),
+    ]);
+    build_ok(&b, &["-t", "excl:1", p(ctx.path())]);
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "excl:1",
+        "sh",
+        "-c",
+        "cd /app && find . -type f | sort; cd /src && find . -type f | sort",
+    ]);
+    assert_eq!(
+        out,
+        "./Dockerfile\n./keep.txt\n./src/README.md\n./src/a.rs\n./src/deep/b.rs\n./a.rs\n./deep/b.rs\n"
+    );
+}
+
+#[test]
 fn bad_input_is_refused_with_file_and_line() {
     let b = Berth::with_busybox();
     let df = |text: &'static str| vec![("Dockerfile", text), ("a", "a"), ("b", "b")];
+    build_fails(
+        &b,
+        &df("FROM busybox\nADD --checksum=sha256:00 a /x\n"),
+        &[],
+        &[
+            "Dockerfile:2",
+            "checksum can't be specified for non-HTTP(S) sources",
+        ],
+    );
+    build_fails(
+        &b,
+        &df("FROM busybox\nCOPY --parents a /x/\n"),
+        &[],
+        &["Dockerfile:2", "--parents is not supported"],
+    );
+    build_fails(
+        &b,
+        &df("FROM busybox\nADD https://example.invalid/repo.git /src\n"),
+        &[],
+        &["Dockerfile:2", "git repository", "not supported"],
+    );
     build_fails(
         &b,
         &df("FROM busybox\nCOPY ../outside /x\n"),
@@ -631,8 +682,38 @@ fn remote_add_and_its_failure() {
     let bad = format!("FROM busybox\nADD http://127.0.0.1:{port}/nothing-here /x\n");
     let missing = context(&[("Dockerfile", &bad)]);
     let failed = build(&b, &[p(missing.path())]);
+    // ADD --checksum verifies the download.
+    use sha2::Digest as _;
+    let sum = hex::encode(sha2::Sha256::digest(b"served over http\n"));
+    let checked = format!(
+        "FROM busybox\nADD --checksum=sha256:{sum} http://127.0.0.1:{port}/remote.txt /c/\n"
+    );
+    let checked_out = build(
+        &b,
+        &[
+            "-t",
+            "checked:1",
+            p(context(&[("Dockerfile", &checked)]).path()),
+        ],
+    );
+    let wrong = format!(
+        "FROM busybox\nADD --checksum=sha256:{} http://127.0.0.1:{port}/remote.txt /c/\n",
+        "0".repeat(64)
+    );
+    let wrong_out = build(&b, &[p(context(&[("Dockerfile", &wrong)]).path())]);
     let _ = server.kill();
     let _ = server.wait();
+    assert!(checked_out.status.success(), "{}", stderr(&checked_out));
+    assert_eq!(
+        b.ok(&["run", "--rm", "checked:1", "cat", "/c/remote.txt"]),
+        "served over http\n"
+    );
+    assert_eq!(wrong_out.status.code(), Some(1));
+    assert!(
+        stderr(&wrong_out).contains("checksum mismatch"),
+        "{}",
+        stderr(&wrong_out)
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         b.ok(&["run", "--rm", "remote:1", "cat", "/downloads/remote.txt"]),

@@ -610,8 +610,6 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
         args.create.pull,
         args.create.platform.as_deref(),
     )?;
-    // Started before `create` so that the kernel's wait for the first cgroup migration overlaps it.
-    let warmup = berth_runtime::cgroup::MigrationWarmup::start();
     let record = engine.create(&options)?;
     let stdio = if attach {
         StdioMode::Inherit
@@ -619,7 +617,6 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
         StdioMode::Detached
     };
     let started = engine.start(&record.id, stdio)?;
-    drop(warmup);
     if args.detach {
         println!("{}", record.id);
         return Ok(0);
