@@ -125,6 +125,7 @@ fn supervise(
     let mut attachments = Attachments {
         listener: Some(crate::attach::listen(&run_dir)?),
         list: Vec::new(),
+        starter_left: false,
     };
     if attached && status.fd().is_some() {
         attachments
@@ -217,10 +218,11 @@ fn supervise(
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     record_exit_code(&mut lock, final_code);
+    let abandoned_build = attachments.starter_left && is_build_container(&record);
     drop(attachments);
     let _ = fs::remove_file(run_dir.join(crate::attach::SOCKET_NAME));
     let record = engine.store().container(&id)?;
-    if record.host_config.auto_remove {
+    if record.host_config.auto_remove || abandoned_build {
         engine.discard_stopped(&record, true)?;
     }
     drop(lock);
@@ -308,6 +310,14 @@ fn release_startup_memory() {
     }
 }
 
+/// Whether the builder made this container for a RUN step (see `BUILD_CONTAINER_LABEL`).
+fn is_build_container(record: &ContainerRecord) -> bool {
+    record
+        .config
+        .labels
+        .contains_key(crate::options::BUILD_CONTAINER_LABEL)
+}
+
 /// Leaves the final exit code in the lock file, where a `wait` blocked on the lock reads it even after
 /// `--rm` has removed the container and unlinked the file.
 fn record_exit_code(lock: &mut File, code: i32) {
@@ -356,6 +366,9 @@ struct ContainerIo {
 struct Attachments {
     listener: Option<UnixListener>,
     list: Vec<Attachment>,
+    /// The starter (the `run` or builder that spawned us, attached through the status pipe) went
+    /// away before the container exited.
+    starter_left: bool,
 }
 
 impl Attachments {
@@ -387,11 +400,7 @@ fn run_once(
     let store = engine.store();
     let warmup = crate::cgroup::MigrationWarmup::start();
     // A container deleted once it exits needs no crash-safe writes (see `mount_container`).
-    let disposable = record.host_config.auto_remove
-        || record
-            .config
-            .labels
-            .contains_key(crate::options::BUILD_CONTAINER_LABEL);
+    let disposable = record.host_config.auto_remove || is_build_container(record);
     let rootfs = store
         .snapshots()
         .mount_container(id, &record.layers, disposable)?;
@@ -887,7 +896,15 @@ fn pump_loop(
         gone.sort_unstable();
         gone.dedup();
         for i in gone.into_iter().rev() {
-            attachments.list.remove(i);
+            let left = attachments.list.remove(i);
+            if left.socket.is_none() && exit.is_none() {
+                attachments.starter_left = true;
+                // A build step dies with its build (Ctrl-C or a killed `berth build`), as
+                // BuildKit cancels it; the container is then removed like a `--rm` one.
+                if is_build_container(health.record) {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                }
+            }
         }
     }
     let code = exit.unwrap_or(137);

@@ -723,3 +723,39 @@ fn remote_add_and_its_failure() {
     let err = stderr(&failed);
     assert!(err.contains("Dockerfile:2") && err.contains("404"), "{err}");
 }
+
+#[test]
+fn an_interrupted_build_leaves_no_container() {
+    let b = Berth::with_busybox();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN echo started && sleep 60\n")]);
+    let mut child = b
+        .cmd(&["build", "--progress", "plain", p(ctx.path())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while b.ok(&["ps", "-q"]).trim().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RUN step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Ctrl-C reaches the CLI only (the monitor has its own session).
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = child.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !b.ok(&["ps", "-aq"]).trim().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build container outlived its build: {}",
+            b.ok(&["ps", "-a"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
