@@ -759,3 +759,26 @@ fn an_interrupted_build_leaves_no_container() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn tty_progress_redraws_a_live_view() {
+    let b = Berth::with_busybox();
+    let ctx = context(&[
+        ("Dockerfile", "FROM busybox\nCOPY a /a\nRUN echo from-run\n"),
+        ("a", "a"),
+    ]);
+    let out = b.run(&["build", "--progress", "tty", "-t", "tty:1", p(ctx.path())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    // Frames replace each other: cursor up, clear below.
+    assert!(err.contains("\x1b[") && err.contains("F\x1b[J"), "{err:?}");
+    let last = err.rsplit("\x1b[J").next().unwrap_or_default();
+    assert!(last.contains("[+] Building"), "{last}");
+    assert!(last.contains("(3/3) FINISHED"), "{last}");
+    assert!(last.contains(" => [2/3] COPY a /a"), "{last}");
+    assert!(last.contains(" => [3/3] RUN echo from-run"), "{last}");
+    // Without a terminal, `auto` prints plain lines.
+    let plain = b.run(&["build", "--no-cache", p(ctx.path())]);
+    assert!(!stderr(&plain).contains("\x1b["), "{}", stderr(&plain));
+    assert!(stderr(&plain).contains("#3 [3/3] RUN echo from-run"));
+}

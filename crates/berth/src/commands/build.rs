@@ -189,12 +189,20 @@ pub fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<i32> {
         add_hosts: args.add_host.clone(),
     };
     let quiet = args.quiet || args.progress == "quiet";
-    let mut progress = Progress::new(if quiet { Mode::Quiet } else { Mode::Plain });
+    let mode = match args.progress.as_str() {
+        _ if quiet => Mode::Quiet,
+        "tty" => Mode::Tty,
+        "auto" if std::io::stderr().is_terminal() => Mode::Tty,
+        _ => Mode::Plain,
+    };
+    let mut progress = Progress::new(mode);
     let host = CliHost {
         engine,
         pull: args.pull,
     };
-    let built = match berth_build::build(engine, &inputs.context, &options, &host, &mut progress) {
+    let built = berth_build::build(engine, &inputs.context, &options, &host, &mut progress);
+    progress.finish();
+    let built = match built {
         Ok(b) => b,
         Err(e) => {
             report_failure(&inputs, &e);
