@@ -47,6 +47,15 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if cli.command.only_prints() {
+        // `berth ps -q | head -1`: a reader that goes away ends us quietly, as it ends C tools,
+        // instead of a panic in `println!`. Commands that talk to monitors keep SIGPIPE ignored
+        // and handle EPIPE themselves.
+        // SAFETY: SIG_DFL installs no handler code; we are single-threaded here.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let code = commands::run(cli.command, &cli.root, &cli.runroot);
     ExitCode::from(code.clamp(0, 255) as u8)
 }

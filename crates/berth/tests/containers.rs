@@ -579,3 +579,32 @@ fn init_runs_as_pid_1_and_forwards_signals() {
         "143\n"
     );
 }
+
+#[test]
+fn a_closed_stdout_ends_listing_commands_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let b = Berth::with_busybox();
+    b.ok(&["create", "--name", "listed", "busybox", "true"]);
+    for args in [
+        &["ps", "-a"][..],
+        &["images"][..],
+        &["inspect", "listed"][..],
+    ] {
+        // A pipe whose reader is already gone: the first write fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = b
+            .cmd(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(
+            out.status.signal(),
+            Some(13),
+            "{args:?}: killed by SIGPIPE, as docker is"
+        );
+    }
+}

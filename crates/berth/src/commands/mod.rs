@@ -131,6 +131,30 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command only prints to stdout (no monitor, pipe or socket of ours to write to), so
+    /// that a closed stdout may simply end it.
+    pub fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Ps(_)
+                | Command::Images(_)
+                | Command::Inspect(_)
+                | Command::History(_)
+                | Command::Port(_)
+                | Command::Top(_)
+                | Command::Diff(_)
+                | Command::Logs(_)
+                | Command::Stats(_)
+                | Command::Search(_)
+                | Command::Version
+                | Command::Info
+                | Command::Network(_)
+                | Command::Volume(_)
+        )
+    }
+}
+
 /// Runs a command and returns the process exit code.
 pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
     if let Command::Monitor(args) = &command {
