@@ -587,7 +587,9 @@ fn a_closed_stdout_ends_listing_commands_quietly() {
     b.ok(&["create", "--name", "listed", "busybox", "true"]);
     for args in [
         &["ps", "-a"][..],
+        &["container", "ls", "-a"][..],
         &["images"][..],
+        &["image", "ls"][..],
         &["inspect", "listed"][..],
     ] {
         // A pipe whose reader is already gone: the first write fails.

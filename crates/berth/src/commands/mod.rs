@@ -151,6 +151,19 @@ impl Command {
                 | Command::Info
                 | Command::Network(_)
                 | Command::Volume(_)
+                | Command::Container(
+                    container::ContainerCommand::Ls(_)
+                        | container::ContainerCommand::Logs(_)
+                        | container::ContainerCommand::Inspect(_)
+                        | container::ContainerCommand::Stats(_)
+                        | container::ContainerCommand::Top(_)
+                        | container::ContainerCommand::Port(_)
+                )
+                | Command::Image(
+                    image::ImageCommand::Ls(_)
+                        | image::ImageCommand::Inspect(_)
+                        | image::ImageCommand::History(_)
+                )
         )
     }
 }
