@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use berth_runtime::{Engine, MonitorEvent, RunOptions, StdioMode};
 use berth_store::image::{HealthConfig, History, RunConfig};
@@ -372,6 +372,15 @@ struct Builder<'a> {
     results: Vec<Option<ImageRecord>>,
     steps_run: usize,
     steps_cached: usize,
+}
+
+/// The flags of a COPY or ADD step, expanded.
+struct CopyFlags {
+    chown: Option<String>,
+    chmod: Option<u32>,
+    from: Option<String>,
+    exclude: Option<crate::dockerignore::Matcher>,
+    checksum: Option<String>,
 }
 
 /// A COPY or ADD source once found.
@@ -1030,51 +1039,18 @@ impl Builder<'_> {
             state.config.working_dir.clone()
         };
         let dest_abs = clean_absolute(&Path::new(&workdir).join(&dest));
-        let chown = match ins.flag("chown") {
-            Some(Some(v)) => Some(self.expand_in(state, scope, v, ins)?),
-            _ => None,
+        let flags = self.copy_flags(state, scope, ins, t)?;
+        // The tree sources come from: the context, or an image mounted for `--from`.
+        let Some(from) = &flags.from else {
+            return self.copy_from(
+                state, scope, ins, t, is_add, label, &dest, &dest_abs, &flags, None,
+            );
         };
-        let chmod = match ins.flag("chmod") {
-            Some(Some(v)) => Some(u32::from_str_radix(v, 8).map_err(|_| {
-                step_error(
-                    ins,
-                    format!("invalid --chmod value {v:?}: an octal mode is expected"),
-                )
-            })?),
-            _ => None,
-        };
-        let from = match ins.flag("from") {
-            Some(Some(v)) => Some(self.expand_in(state, scope, v, ins)?),
-            _ => None,
-        };
-        if ins.flag("parents").is_some() {
-            return Err(step_error(
-                ins,
-                format!("{what} --parents is not supported"),
-            ));
-        }
-        let mut excludes = Vec::new();
-        for f in ins.flags.iter().filter(|f| f.name == "exclude") {
-            let pattern = f.value.as_deref().unwrap_or_default();
-            excludes.push(self.expand_in(state, scope, pattern, ins)?);
-        }
-        let exclude = (!excludes.is_empty())
-            .then(|| crate::dockerignore::Matcher::new(&excludes))
-            .transpose()
-            .map_err(|e| step_error(ins, format!("invalid --exclude pattern: {e}")))?;
-        // The tree sources come from.
+        let image = self.copy_source_image(index, ins, from)?;
         let snapshots = self.engine.store().snapshots();
         let from_snapshot = format!("build-{}", berth_store::random_hex(12));
-        let from_root: Option<PathBuf> = match &from {
-            Some(f) => {
-                let image = self.copy_source_image(index, ins, f)?;
-                Some(
-                    snapshots
-                        .mount_layers_readonly(&from_snapshot, &image.config.rootfs.diff_ids)?,
-                )
-            }
-            None => None,
-        };
+        let from_root =
+            snapshots.mount_layers_readonly(&from_snapshot, &image.config.rootfs.diff_ids)?;
         let result = self.copy_from(
             state,
             scope,
@@ -1084,16 +1060,64 @@ impl Builder<'_> {
             label,
             &dest,
             &dest_abs,
-            chown.as_deref(),
-            chmod,
-            from.as_deref(),
-            from_root.as_deref(),
-            exclude.as_ref(),
+            &flags,
+            Some(&from_root),
         );
-        if from_root.is_some() {
-            let _ = snapshots.remove_container(&from_snapshot);
-        }
+        let _ = snapshots.remove_container(&from_snapshot);
         result
+    }
+
+    /// The flags of a COPY or ADD, expanded and checked.
+    fn copy_flags(
+        &self,
+        state: &State,
+        scope: &Scope,
+        ins: &Instruction,
+        t: &Transfer,
+    ) -> Result<CopyFlags, BuildError> {
+        let expanded = |name: &str| match ins.flag(name) {
+            Some(Some(v)) => self.expand_in(state, scope, v, ins).map(Some),
+            _ => Ok(None),
+        };
+        if ins.flag("parents").is_some() {
+            let what = ins.command.name();
+            return Err(step_error(
+                ins,
+                format!("{what} --parents is not supported"),
+            ));
+        }
+        let chmod = match ins.flag("chmod") {
+            Some(Some(v)) => Some(u32::from_str_radix(v, 8).map_err(|_| {
+                step_error(
+                    ins,
+                    format!("invalid --chmod value {v:?}: an octal mode is expected"),
+                )
+            })?),
+            _ => None,
+        };
+        let mut excludes = Vec::new();
+        for f in ins.flags.iter().filter(|f| f.name == "exclude") {
+            let pattern = f.value.as_deref().unwrap_or_default();
+            excludes.push(self.expand_in(state, scope, pattern, ins)?);
+        }
+        let exclude = (!excludes.is_empty())
+            .then(|| crate::dockerignore::Matcher::new(&excludes))
+            .transpose()
+            .map_err(|e| step_error(ins, format!("invalid --exclude pattern: {e}")))?;
+        let checksum = expanded("checksum")?;
+        if checksum.is_some() && !t.sources.iter().all(|s| is_url(s)) {
+            return Err(step_error(
+                ins,
+                "checksum can't be specified for non-HTTP(S) sources".to_string(),
+            ));
+        }
+        Ok(CopyFlags {
+            chown: expanded("chown")?,
+            chmod,
+            from: expanded("from")?,
+            exclude,
+            checksum,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1107,13 +1131,10 @@ impl Builder<'_> {
         label: &str,
         dest: &str,
         dest_abs: &str,
-        chown: Option<&str>,
-        chmod: Option<u32>,
-        from: Option<&str>,
+        flags: &CopyFlags,
         from_root: Option<&Path>,
-        exclude: Option<&crate::dockerignore::Matcher>,
     ) -> Result<(), BuildError> {
-        let mut tree = match from_root {
+        let base = match from_root {
             Some(root) => Tree {
                 root,
                 ignore: None,
@@ -1121,18 +1142,10 @@ impl Builder<'_> {
             },
             None => self.context.tree(),
         };
-        tree.exclude = exclude;
-        let checksum = match ins.flag("checksum") {
-            Some(Some(v)) => Some(self.expand_in(state, scope, v, ins)?),
-            _ => None,
+        let tree = Tree {
+            exclude: flags.exclude.as_ref(),
+            ..base
         };
-        let is_url = |s: &str| s.starts_with("http://") || s.starts_with("https://");
-        if checksum.is_some() && !t.sources.iter().all(|s| is_url(s)) {
-            return Err(step_error(
-                ins,
-                "checksum can't be specified for non-HTTP(S) sources".to_string(),
-            ));
-        }
         let mut found: Vec<Found> = Vec::new();
         for src in &t.sources {
             if let Some(name) = src.strip_prefix("<<") {
@@ -1166,7 +1179,7 @@ impl Builder<'_> {
                 self.host
                     .download(&src, &mut data)
                     .map_err(|e| step_error(ins, format!("failed to download {src}: {e}")))?;
-                if let Some(expected) = &checksum {
+                if let Some(expected) = &flags.checksum {
                     verify_checksum(expected, &data)
                         .map_err(|e| step_error(ins, format!("{src}: {e}")))?;
                 }
@@ -1181,7 +1194,11 @@ impl Builder<'_> {
                 continue;
             }
             for s in tree.sources(&src)? {
-                if is_add && from.is_none() && !s.is_dir && is_archive(&tree.root.join(&s.path)) {
+                if is_add
+                    && flags.from.is_none()
+                    && !s.is_dir
+                    && is_archive(&tree.root.join(&s.path))
+                {
                     found.push(Found::Archive(s));
                 } else {
                     found.push(Found::Tree(s));
@@ -1203,7 +1220,7 @@ impl Builder<'_> {
             }
         }
         let content = sink.hex_digest().unwrap_or_default();
-        let flags: Vec<String> = ins
+        let flag_words: Vec<String> = ins
             .flags
             .iter()
             .map(|f| format!("{}={}", f.name, f.value.as_deref().unwrap_or("")))
@@ -1211,7 +1228,13 @@ impl Builder<'_> {
         let what = ins.command.name();
         let key = chain(
             &state.key,
-            &[what, &flags.join(" "), &json(&t.sources), dest, &content],
+            &[
+                what,
+                &flag_words.join(" "),
+                &json(&t.sources),
+                dest,
+                &content,
+            ],
         );
         let created_by = format!("{what} {} {dest} # buildkit", t.sources.join(" "));
         let vertex = self.progress.start(label);
@@ -1224,15 +1247,18 @@ impl Builder<'_> {
         snapshots.create_container(&snapshot)?;
         let result = (|| {
             let root = snapshots.mount_container(&snapshot, &state.layers, true)?;
-            let owner = match chown {
+            let owner = match &flags.chown {
                 Some(spec) => {
                     let u = berth_runtime::user::resolve_user(&root, spec)?;
                     Some((u.uid, u.gid))
                 }
-                None if from.is_none() => Some((0, 0)),
+                None if flags.from.is_none() => Some((0, 0)),
                 None => None,
             };
-            let rewrite = Rewrite { owner, mode: chmod };
+            let rewrite = Rewrite {
+                owner,
+                mode: flags.chmod,
+            };
             let into_dir = dest.ends_with('/')
                 || dest == "."
                 || dest.ends_with("/.")
@@ -1430,11 +1456,16 @@ fn clean_absolute(path: &Path) -> String {
         .into_owned()
 }
 
+/// Whether an ADD source is a URL to download.
+fn is_url(src: &str) -> bool {
+    src.starts_with("http://") || src.starts_with("https://")
+}
+
 /// Whether an ADD source names a git repository (BuildKit clones those; Berth does not).
 fn is_git_source(src: &str) -> bool {
     src.starts_with("git@")
         || src.starts_with("git://")
-        || ((src.starts_with("http://") || src.starts_with("https://"))
+        || (is_url(src)
             && src
                 .split(['?', '#'])
                 .next()

@@ -226,19 +226,10 @@ fn fit(text: &str, right: &str, width: usize) -> String {
 
 /// The terminal's width on stderr (80 when it is not a terminal).
 fn terminal_width() -> usize {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes a winsize into the struct we own; a non-terminal fd just fails.
-    let ok = unsafe { libc::ioctl(2, libc::TIOCGWINSZ, &mut ws) } == 0;
-    if ok && ws.ws_col > 0 {
-        ws.ws_col as usize
-    } else {
-        80
-    }
+    berth_runtime::session::window_size(2)
+        .map(|ws| ws.ws_col as usize)
+        .filter(|&cols| cols > 0)
+        .unwrap_or(80)
 }
 
 #[cfg(test)]

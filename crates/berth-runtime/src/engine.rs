@@ -738,8 +738,10 @@ impl Engine {
         self.cleanup_runtime(&record.id);
         let snapshots = self.store.snapshots();
         snapshots.unmount_container(&record.id)?;
-        self.store.discard(&snapshots.container_dir(&record.id))?;
-        self.store.discard(&self.store.container_dir(&record.id))?;
+        self.store.discard(&[
+            &snapshots.container_dir(&record.id),
+            &self.store.container_dir(&record.id),
+        ])?;
         self.store.delete_container(&record.id)?;
         if volumes {
             self.remove_anonymous_volumes(&record.mounts);

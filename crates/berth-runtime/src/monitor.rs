@@ -115,7 +115,7 @@ fn supervise(
     let record = engine.store().container(id)?;
     let id = record.id.clone();
     let run_dir = engine.run_dir(&id);
-    fs::create_dir_all(&run_dir).map_err(|e| io_err(run_dir.display(), e))?;
+    // (Taking the lock creates the run dir.)
     let Some(mut lock) = engine.lock_monitor(&id)? else {
         return Err(RuntimeError::Monitor(format!(
             "container {id} already has a monitor"

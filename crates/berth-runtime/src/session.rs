@@ -127,7 +127,7 @@ pub fn wait_attached(
 }
 
 /// The window size of the terminal on `fd`, if it is one.
-pub(crate) fn window_size(fd: RawFd) -> Option<libc::winsize> {
+pub fn window_size(fd: RawFd) -> Option<libc::winsize> {
     let mut ws = libc::winsize {
         ws_row: 0,
         ws_col: 0,

@@ -91,10 +91,8 @@ impl Store {
     ) -> Result<LayerRecord, StoreError> {
         let _lock = self.lock(false)?;
         if let Some(diff_id) = expected_diff_id {
-            if let Some(existing) = self.layer(diff_id)? {
-                if self.snapshots.has_layer(diff_id) {
-                    return Ok(existing);
-                }
+            if let Some(existing) = self.unpacked_layer(diff_id)? {
+                return Ok(existing);
             }
         }
         let blob = self.blobs.open_blob(blob_digest)?;
@@ -131,13 +129,24 @@ impl Store {
             }
         }
         self.snapshots.commit_layer(&staging, &diff_id)?;
-        let record = LayerRecord {
+        self.record_layer(LayerRecord {
             diff_id,
             blob_digest: blob_digest.clone(),
             media_type: media_type.to_string(),
             blob_size,
             size,
-        };
+        })
+    }
+
+    /// The layer `diff_id` when it is both recorded and unpacked.
+    fn unpacked_layer(&self, diff_id: &Digest) -> Result<Option<LayerRecord>, StoreError> {
+        Ok(self
+            .layer(diff_id)?
+            .filter(|_| self.snapshots.has_layer(diff_id)))
+    }
+
+    /// Records a layer whose snapshot is published (a concurrent caller may have recorded it first).
+    fn record_layer(&self, record: LayerRecord) -> Result<LayerRecord, StoreError> {
         self.db.execute(
             "INSERT OR IGNORE INTO layers (diff_id, blob_digest, media_type, blob_size, size) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
@@ -166,10 +175,8 @@ impl Store {
         let _lock = self.lock(false)?;
         // An uncompressed layer: its diff ID is the blob's digest.
         let diff_id = blob_digest.clone();
-        if let Some(existing) = self.layer(&diff_id)? {
-            if self.snapshots.has_layer(&diff_id) {
-                return Ok(existing);
-            }
+        if let Some(existing) = self.unpacked_layer(&diff_id)? {
+            return Ok(existing);
         }
         let blob_size = self
             .blobs
@@ -191,24 +198,13 @@ impl Store {
             let _ = crate::snapshot::remove_tree(&staging);
             return Err(e);
         }
-        let record = LayerRecord {
+        self.record_layer(LayerRecord {
             diff_id,
             blob_digest: blob_digest.clone(),
             media_type: media_type.to_string(),
             blob_size,
             size: blob_size,
-        };
-        self.db.execute(
-            "INSERT OR IGNORE INTO layers (diff_id, blob_digest, media_type, blob_size, size) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                record.diff_id.as_str(),
-                record.blob_digest.as_str(),
-                record.media_type,
-                record.blob_size as i64,
-                record.size as i64,
-            ],
-        )?;
-        Ok(record)
+        })
     }
 
     /// Stores a layer from a tar stream (any compression): the blob is written as given and unpacked.

@@ -88,16 +88,21 @@ impl Store {
         self.root.join("tmp")
     }
 
-    /// Moves `path` (a file or a whole tree) into the store's trash: one rename, instant whatever its
-    /// size, after which the path is free. [`Self::empty_trash`] deletes it for good. A missing path
-    /// is fine.
-    pub fn discard(&self, path: &Path) -> Result<(), StoreError> {
+    /// Moves `paths` (files or whole trees) into the store's trash: one rename each, instant whatever
+    /// the size, after which the paths are free. [`Self::empty_trash`] deletes them for good. A
+    /// missing path is fine.
+    pub fn discard(&self, paths: &[&Path]) -> Result<(), StoreError> {
         let trash = self.root.join("trash");
         fs::create_dir_all(&trash).ctx("create", &trash)?;
-        match fs::rename(path, trash.join(random_hex(8))) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx("discard", path),
-            _ => Ok(()),
+        for path in paths {
+            match fs::rename(path, trash.join(random_hex(8))) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).ctx("discard", path)
+                }
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     /// Deletes what [`Self::discard`] moved to the trash, including what a process killed before

@@ -117,35 +117,35 @@ impl Snapshotter {
         if is_mount_point(&merged) {
             return Ok(merged);
         }
-        // A volatile mount leaves work/work/incompat/volatile behind, and overlayfs refuses to mount
-        // that work dir again until it is removed (after a crash the upper dir may be incomplete).
-        // It only exists here if a snapshot meant for deletion outlived its mount (a killed
-        // monitor): nothing more is lost by mounting it.
-        let _ = fs::remove_dir_all(dir.join("work").join("work").join("incompat"));
-        let mut lowers: Vec<String> = self
-            .lower_dirs(layers)
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
+        let mut lowers = self.lowerdir_option(layers);
         if lowers.is_empty() {
             lowers.push(self.empty.to_string_lossy().into_owned());
         }
         // index=off and redirect_dir=off keep the upper dir a plain, portable diff for `commit`.
-        let options = format!(
+        let plain = format!(
             "lowerdir={},upperdir={},workdir={},index=off,redirect_dir=off",
             lowers.join(":"),
             dir.join("diff").display(),
             dir.join("work").display(),
         );
-        let mounted = if volatile {
-            let with_volatile = format!("{options},volatile");
-            match mount_overlay(&merged, &with_volatile) {
-                Err(nix::errno::Errno::EINVAL) => mount_overlay(&merged, &options),
-                other => other,
-            }
+        let options = if volatile {
+            format!("{plain},volatile")
         } else {
-            mount_overlay(&merged, &options)
+            plain.clone()
         };
+        let mut mounted = mount_overlay(&merged, &options, MsFlags::empty());
+        // A volatile mount leaves work/work/incompat/volatile behind, and overlayfs refuses that work
+        // dir until it is removed (after a crash the upper dir may be incomplete). It is only there
+        // when a snapshot meant for deletion outlived its mount (a killed monitor): nothing more is
+        // lost by mounting it again.
+        let incompat = dir.join("work").join("work").join("incompat");
+        if mounted.is_err() && incompat.exists() {
+            let _ = fs::remove_dir_all(&incompat);
+            mounted = mount_overlay(&merged, &options, MsFlags::empty());
+        }
+        if volatile && mounted == Err(nix::errno::Errno::EINVAL) {
+            mounted = mount_overlay(&merged, &plain, MsFlags::empty());
+        }
         mounted.map_err(|source| StoreError::Mount {
             op: "mount overlay on",
             path: merged.clone(),
@@ -163,11 +163,7 @@ impl Snapshotter {
     ) -> Result<PathBuf, StoreError> {
         self.create_container(id)?;
         let merged = self.merged_dir(id);
-        let mut lowers: Vec<String> = self
-            .lower_dirs(layers)
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
+        let mut lowers = self.lowerdir_option(layers);
         // overlayfs without an upper dir needs two lower dirs at least.
         match lowers.len() {
             0 => return Ok(self.empty.clone()),
@@ -175,19 +171,22 @@ impl Snapshotter {
             _ => {}
         }
         let options = format!("lowerdir={}", lowers.join(":"));
-        mount(
-            Some("overlay"),
-            &merged,
-            Some("overlay"),
-            MsFlags::MS_RDONLY,
-            Some(options.as_str()),
-        )
-        .map_err(|source| StoreError::Mount {
-            op: "mount overlay on",
-            path: merged.clone(),
-            source,
+        mount_overlay(&merged, &options, MsFlags::MS_RDONLY).map_err(|source| {
+            StoreError::Mount {
+                op: "mount overlay on",
+                path: merged.clone(),
+                source,
+            }
         })?;
         Ok(merged)
+    }
+
+    /// [`Self::lower_dirs`] as the strings of an overlay `lowerdir=` option.
+    fn lowerdir_option(&self, layers: &[Digest]) -> Vec<String> {
+        self.lower_dirs(layers)
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect()
     }
 
     /// Unmounts a container's root filesystem; not mounted is not an error.
@@ -208,13 +207,13 @@ impl Snapshotter {
     }
 }
 
-/// Mounts an overlay filesystem with `options` at `target`.
-fn mount_overlay(target: &Path, options: &str) -> nix::Result<()> {
+/// Mounts an overlay filesystem with `options` and `flags` at `target`.
+fn mount_overlay(target: &Path, options: &str, flags: MsFlags) -> nix::Result<()> {
     mount(
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::empty(),
+        flags,
         Some(options),
     )
 }
@@ -283,4 +282,23 @@ pub fn dir_size(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_volatile_snapshot_mounts_again_after_its_mount_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = Snapshotter::open(dir.path()).unwrap();
+        snapshots.create_container("c").unwrap();
+        let merged = snapshots.mount_container("c", &[], true).unwrap();
+        fs::write(merged.join("file"), b"x").unwrap();
+        snapshots.unmount_container("c").unwrap();
+        // The volatile marker overlayfs left would make a plain remount fail.
+        let merged = snapshots.mount_container("c", &[], false).unwrap();
+        assert_eq!(fs::read(merged.join("file")).unwrap(), b"x");
+        snapshots.remove_container("c").unwrap();
+    }
 }

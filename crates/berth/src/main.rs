@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if cli.command.only_prints() {
+    if cli.command.writes_only_to_stdout() {
         // `berth ps -q | head -1`: a reader that goes away ends us quietly, as it ends C tools,
         // instead of a panic in `println!`. Commands that talk to monitors keep SIGPIPE ignored
         // and handle EPIPE themselves.

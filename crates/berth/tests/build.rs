@@ -7,17 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-use common::{p, run_ok, stderr, stdout, Berth};
-
-fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        let path = dir.path().join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    dir
-}
+use common::{context, p, run_ok, stderr, stdout, Berth};
 
 /// Builds; returns the output (progress on stderr).
 fn build(b: &Berth, args: &[&str]) -> Output {

@@ -2,15 +2,7 @@
 
 mod common;
 
-use common::Berth;
-
-fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    dir
-}
+use common::{context, Berth};
 
 fn check(b: &Berth, args: &[&str]) -> (i32, String, String) {
     let mut all = vec!["build", "--check"];

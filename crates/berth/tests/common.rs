@@ -186,3 +186,14 @@ pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
         .expect("write stdin");
     child.wait_with_output().expect("wait")
 }
+
+/// A directory holding `files` (relative path, content), parents created: a build context.
+pub fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}

@@ -132,9 +132,9 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether the command only prints to stdout (no monitor, pipe or socket of ours to write to), so
-    /// that a closed stdout may simply end it.
-    pub fn only_prints(&self) -> bool {
+    /// Whether stdout is the only pipe or stream socket the command writes to (no monitor's or
+    /// container's), so that a closed stdout may simply end it.
+    pub fn writes_only_to_stdout(&self) -> bool {
         matches!(
             self,
             Command::Ps(_)
