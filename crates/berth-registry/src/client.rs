@@ -8,15 +8,49 @@ use berth_store::Reference;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 
+use crate::config::RegistryConfig;
 use crate::credentials::Credentials;
 use crate::error::RegistryError;
+use crate::tls::Transport;
+
+/// The distribution client for `host` over `transport`.
+fn distribution_client(
+    host: &str,
+    transport: &Transport,
+    read_timeout: Duration,
+    monolithic_push: bool,
+) -> Result<oci_client::Client, RegistryError> {
+    let config = ClientConfig {
+        protocol: if transport.https {
+            ClientProtocol::Https
+        } else {
+            ClientProtocol::Http
+        },
+        accept_invalid_certificates: !transport.verify,
+        extra_root_certificates: transport
+            .roots
+            .iter()
+            .map(|data| Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: data.clone(),
+            })
+            .collect(),
+        use_monolithic_push: monolithic_push,
+        // Berth chooses the platform itself (see `Platform::choose`).
+        platform_resolver: None,
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(read_timeout),
+        user_agent: USER_AGENT,
+        ..ClientConfig::default()
+    };
+    oci_client::Client::try_from(config)
+        .map_err(|e| RegistryError::from_oci(e, host, crate::error::Subject::Repository(host)))
+}
 
 /// The `User-Agent` Berth sends.
-const USER_AGENT: &str = concat!("berth/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("berth/", env!("CARGO_PKG_VERSION"));
 /// How long establishing a connection may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a response may stay silent before the transfer is abandoned.
-pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Manifests and configs larger than this are refused rather than held in memory.
 pub(crate) const MAX_DOCUMENT: u64 = 16 << 20;
 
@@ -28,42 +62,34 @@ pub(crate) struct Registry {
     pub auth: RegistryAuth,
     /// The host as the reference names it (`docker.io`, `127.0.0.1:5000`), for messages.
     pub host: String,
+    /// How it is reached.
+    transport: Transport,
+    /// How long it may stay silent mid-transfer.
+    read_timeout: Duration,
 }
 
 impl Registry {
-    /// A client for `host`, authenticated with `credentials` when given.
+    /// A client for `host`, authenticated with `credentials` when given, reached as the settings say
+    /// (see [`crate::tls::transport`]).
     pub async fn connect(
         host: &str,
         credentials: Option<Credentials>,
+        config: &RegistryConfig,
     ) -> Result<Self, RegistryError> {
-        let transport = crate::tls::transport(host)?;
-        let protocol = if transport.https {
-            ClientProtocol::Https
-        } else {
-            ClientProtocol::Http
-        };
-        let config = ClientConfig {
-            protocol,
-            extra_root_certificates: transport
-                .roots
-                .into_iter()
-                .map(|data| Certificate {
-                    encoding: CertificateEncoding::Pem,
-                    data,
-                })
-                .collect(),
-            // One POST and one PUT per blob, streamed: what every registry accepts and the fewest round trips.
-            use_monolithic_push: true,
-            // Berth chooses the platform itself (see `Platform::choose`).
-            platform_resolver: None,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            user_agent: USER_AGENT,
-            ..ClientConfig::default()
-        };
-        let client = oci_client::Client::try_from(config).map_err(|e| {
-            RegistryError::from_oci(e, host, crate::error::Subject::Repository(host))
-        })?;
+        let transport = crate::tls::transport(host, config).await?;
+        Self::with_transport(host, transport, credentials, config).await
+    }
+
+    /// A client for `host` reached through `transport`.
+    pub async fn with_transport(
+        host: &str,
+        transport: Transport,
+        credentials: Option<Credentials>,
+        config: &RegistryConfig,
+    ) -> Result<Self, RegistryError> {
+        let read_timeout = config.read_timeout();
+        // One POST and one PUT per blob, streamed: what every registry accepts and the fewest round trips.
+        let client = distribution_client(host, &transport, read_timeout, true)?;
         let auth = match credentials {
             Some(c) => RegistryAuth::Basic(c.username, c.password),
             None => RegistryAuth::Anonymous,
@@ -72,35 +98,49 @@ impl Registry {
             client,
             auth,
             host: host.to_string(),
+            transport,
+            read_timeout,
         };
-        let probe = oci_client::Reference::with_tag(
-            host.to_string(),
-            "library/probe".to_string(),
-            "latest".to_string(),
-        );
-        registry
-            .client
-            .store_auth_if_needed(probe.resolve_registry(), &registry.auth)
-            .await;
+        registry.authenticate(&registry.client).await;
         Ok(registry)
     }
 
-    /// The distribution client's reference for a Berth reference.
+    /// A second client for this registry that uploads blobs as a series of PATCH requests, for registries
+    /// (or proxies in front of them) that refuse a whole blob in one request.
+    pub async fn chunked_client(&self) -> Result<oci_client::Client, RegistryError> {
+        let client = distribution_client(&self.host, &self.transport, self.read_timeout, false)?;
+        self.authenticate(&client).await;
+        Ok(client)
+    }
+
+    async fn authenticate(&self, client: &oci_client::Client) {
+        let probe = oci_client::Reference::with_tag(
+            self.host.clone(),
+            "library/probe".to_string(),
+            "latest".to_string(),
+        );
+        client
+            .store_auth_if_needed(probe.resolve_registry(), &self.auth)
+            .await;
+    }
+
+    /// The distribution client's reference for a Berth reference, on this registry (which is not the
+    /// reference's own for a mirror).
     pub fn reference(&self, reference: &Reference) -> oci_client::Reference {
         match (reference.tag(), reference.digest()) {
             (Some(tag), Some(digest)) => oci_client::Reference::with_tag_and_digest(
-                reference.domain().to_string(),
+                self.host.clone(),
                 reference.path().to_string(),
                 tag.to_string(),
                 digest.to_string(),
             ),
             (None, Some(digest)) => oci_client::Reference::with_digest(
-                reference.domain().to_string(),
+                self.host.clone(),
                 reference.path().to_string(),
                 digest.to_string(),
             ),
             (tag, None) => oci_client::Reference::with_tag(
-                reference.domain().to_string(),
+                self.host.clone(),
                 reference.path().to_string(),
                 tag.unwrap_or(berth_store::reference::DEFAULT_TAG)
                     .to_string(),

@@ -111,6 +111,14 @@ pub enum RegistryError {
         /// What is wrong.
         reason: String,
     },
+    /// Berth's registry settings file cannot be used.
+    #[error("settings file {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Io {

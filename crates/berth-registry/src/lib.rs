@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod client;
+pub mod config;
 pub mod credentials;
 mod error;
 mod login;
@@ -21,6 +22,7 @@ mod tls;
 use std::future::Future;
 
 pub use client::plain_http;
+pub use config::RegistryConfig;
 pub use credentials::{CredentialStore, Credentials};
 pub use error::RegistryError;
 pub use login::{login, logout, normalise_server};

@@ -2,7 +2,7 @@
 //! auth, or, when the registry answers with a Bearer challenge, a token request to its realm), then stores
 //! them; `logout` removes them.
 
-use crate::client::CONNECT_TIMEOUT;
+use crate::config::RegistryConfig;
 use crate::credentials::{CredentialStore, Credentials};
 use crate::error::{from_reqwest, RegistryError};
 
@@ -37,8 +37,9 @@ pub fn login(
     host: &str,
     credentials: &Credentials,
     store: &CredentialStore,
+    config: &RegistryConfig,
 ) -> Result<(), RegistryError> {
-    crate::run(verify(host, credentials))??;
+    crate::run(verify(host, credentials, config))??;
     store.store(host, credentials)
 }
 
@@ -47,28 +48,19 @@ pub fn logout(host: &str, store: &CredentialStore) -> Result<bool, RegistryError
     store.remove(host)
 }
 
-async fn verify(host: &str, credentials: &Credentials) -> Result<(), RegistryError> {
+async fn verify(
+    host: &str,
+    credentials: &Credentials,
+    config: &RegistryConfig,
+) -> Result<(), RegistryError> {
     let api_host = if host == berth_store::reference::DEFAULT_DOMAIN {
         DOCKER_HUB_API
     } else {
         host
     };
-    let transport = crate::tls::transport(host)?;
-    let scheme = if transport.https { "https" } else { "http" };
-    let mut roots = Vec::new();
-    for pem in &transport.roots {
-        roots.extend(
-            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| from_reqwest(&e, host))?,
-        );
-    }
-    let client = reqwest::Client::builder()
-        .tls_certs_merge(roots)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(std::time::Duration::from_secs(60))
-        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| from_reqwest(&e, host))?;
-    let url = format!("{scheme}://{api_host}/v2/");
+    let transport = crate::tls::transport(api_host, config).await?;
+    let client = transport.http_client(host, std::time::Duration::from_secs(60))?;
+    let url = transport.url(api_host, "/v2/");
     let response = client
         .get(&url)
         .basic_auth(&credentials.username, Some(&credentials.password))

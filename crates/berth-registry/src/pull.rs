@@ -6,7 +6,8 @@
 //! the store; each layer is unpacked (and its diff ID checked against the config) as soon as it is there,
 //! while the others still download. The image and its tag are recorded last: a pull that fails adds no
 //! image (blobs already stored stay unreferenced until the next garbage collection, so a retried pull does
-//! not download them again).
+//! not download them again, and a blob cut off midway is kept under `ingest/` so the next pull, in any
+//! process, asks only for the rest). Pulls of Docker Hub images try the configured mirrors first.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use oci_client::errors::OciDistributionError;
 use serde::Deserialize;
 
 use crate::client::{Registry, MAX_DOCUMENT};
+use crate::config::RegistryConfig;
 use crate::credentials::CredentialStore;
 use crate::error::{RegistryError, Subject};
 use crate::platform::Platform;
@@ -50,6 +52,8 @@ pub struct PullOptions {
     pub credentials: CredentialStore,
     /// How many layers download at once.
     pub concurrent_downloads: usize,
+    /// The registry settings (insecure registries, mirrors, timeouts).
+    pub config: RegistryConfig,
 }
 
 impl Default for PullOptions {
@@ -58,6 +62,7 @@ impl Default for PullOptions {
             platform: None,
             credentials: CredentialStore::from_env(),
             concurrent_downloads: DEFAULT_CONCURRENT_DOWNLOADS,
+            config: RegistryConfig::default(),
         }
     }
 }
@@ -124,7 +129,23 @@ pub fn pull(
     // image record that references it.
     let _lock = store.lock(false)?;
     crate::run(async {
-        let registry = Registry::connect(reference.domain(), credentials).await?;
+        // Docker Hub's mirrors first, in order; any failure moves on to the next, then to Docker Hub.
+        for mirror in options.config.mirrors_for(reference.domain()) {
+            let transport = crate::tls::mirror_transport(mirror, &options.config)?;
+            let credentials = options.credentials.get(&mirror.host)?;
+            let Ok(registry) =
+                Registry::with_transport(&mirror.host, transport, credentials, &options.config)
+                    .await
+            else {
+                continue;
+            };
+            match pull_one(store, &registry, reference, options, on_event).await {
+                Err(RegistryError::Store(e)) => return Err(e.into()),
+                Err(_) => continue,
+                pulled => return pulled,
+            }
+        }
+        let registry = Registry::connect(reference.domain(), credentials, &options.config).await?;
         pull_one(store, &registry, reference, options, on_event).await
     })?
 }
@@ -144,7 +165,7 @@ pub fn pull_all_tags(
     let credentials = options.credentials.get(repository.domain())?;
     let _lock = store.lock(false)?;
     crate::run(async {
-        let registry = Registry::connect(repository.domain(), credentials).await?;
+        let registry = Registry::connect(repository.domain(), credentials, &options.config).await?;
         let familiar = repository.familiar_repository();
         let tags = registry
             .client
@@ -491,13 +512,19 @@ async fn download(
     report: &(dyn Fn(u64) + Sync),
 ) -> Result<(), RegistryError> {
     let digest = &layer.digest;
-    let mut blob = InFlight {
-        writer: blobs.writer()?,
-        received: 0,
+    // What an interrupted pull (of this or another process) received is kept and continued from.
+    let mut writer = match blobs.resumable_writer(digest)? {
+        Some(writer) if writer.len() <= layer.size => writer,
+        Some(oversized) => {
+            oversized.discard();
+            blobs.writer()?
+        }
+        // Another pull is fetching this very blob: fetch a private copy rather than wait for it.
+        None => blobs.writer()?,
     };
     let mut attempt = 1;
     loop {
-        match fetch_into(client, oref, blobs, layer, host, &mut blob, report).await {
+        match fetch_into(client, oref, layer, host, &mut writer, report).await {
             Ok(()) => break,
             Err(Fetch::Transient(_)) if attempt < ATTEMPTS => {
                 tokio::time::sleep(backoff(attempt)).await;
@@ -509,22 +536,20 @@ async fn download(
                         .after_attempts(ATTEMPTS),
                 );
             }
-            Err(Fetch::Final(e)) => return Err(e),
+            Err(Fetch::Final(e)) => {
+                writer.discard();
+                return Err(e);
+            }
         }
     }
-    if blob.received != layer.size {
+    if writer.len() != layer.size {
+        writer.discard();
         return Err(size_mismatch(host, digest, layer.size, "fewer"));
     }
-    blob.writer
+    writer
         .commit(Some(digest))
         .map_err(|e| mismatch(e, host, digest))?;
     Ok(())
-}
-
-/// A blob being downloaded: what has arrived so far.
-struct InFlight {
-    writer: BlobWriter,
-    received: u64,
 }
 
 /// Why one attempt at a blob failed.
@@ -535,14 +560,13 @@ enum Fetch {
     Final(RegistryError),
 }
 
-/// One attempt: asks for the bytes from `received` on and appends them to `writer`.
+/// One attempt: asks for the bytes `writer` does not have yet and appends them to it.
 async fn fetch_into(
     client: &oci_client::Client,
     oref: &oci_client::Reference,
-    blobs: &BlobStore,
     layer: &Descriptor,
     host: &str,
-    blob: &mut InFlight,
+    writer: &mut BlobWriter,
     report: &(dyn Fn(u64) + Sync),
 ) -> Result<(), Fetch> {
     let digest = &layer.digest;
@@ -557,41 +581,44 @@ async fn fetch_into(
             ))
         }
     };
+    if writer.len() == layer.size {
+        // A kept download that was complete: the digest check at commit decides.
+        return Ok(());
+    }
     let response = client
-        .pull_blob_stream_partial(oref, digest.as_str(), blob.received, None)
+        .pull_blob_stream_partial(oref, digest.as_str(), writer.len(), None)
         .await
         .map_err(classify)?;
     let mut stream = match response {
         BlobResponse::Partial(stream) => stream,
         BlobResponse::Full(stream) => {
-            if blob.received > 0 {
+            if !writer.is_empty() {
                 // The registry ignored the range: start over.
-                blob.writer = blobs.writer().map_err(|e| Fetch::Final(e.into()))?;
-                blob.received = 0;
+                writer.restart().map_err(|e| Fetch::Final(e.into()))?;
             }
             stream
         }
     };
-    let mut reported = blob.received;
+    let mut reported = writer.len();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| classify(OciDistributionError::IoError(e)))?;
-        blob.received += chunk.len() as u64;
-        if blob.received - reported >= PROGRESS_STEP {
-            report(blob.received);
-            reported = blob.received;
-        }
-        if blob.received > layer.size {
+        let received = writer.len() + chunk.len() as u64;
+        if received > layer.size {
             return Err(Fetch::Final(size_mismatch(
                 host, digest, layer.size, "more",
             )));
         }
-        blob.writer.write_all(&chunk).map_err(|source| {
-            Fetch::Final(RegistryError::Io {
+        if let Err(source) = writer.write_all(&chunk) {
+            return Err(Fetch::Final(RegistryError::Io {
                 op: "write blob",
-                path: blobs.path(digest),
+                path: writer.path().to_path_buf(),
                 source,
-            })
-        })?;
+            }));
+        }
+        if received - reported >= PROGRESS_STEP {
+            report(received);
+            reported = received;
+        }
     }
     Ok(())
 }

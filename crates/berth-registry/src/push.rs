@@ -5,8 +5,9 @@
 //! here, plain tars with the media type recorded for them. Blobs the registry already has are skipped (one
 //! HEAD each); a blob that another repository of the same registry got from this store (by a pull or a
 //! push) is mounted from there without sending it (Docker's cross-repository mount); the others are
-//! streamed from disk, several at once, each in one monolithic upload; the manifest goes last, once every
-//! blob it names is there.
+//! streamed from disk, several at once, each in one monolithic upload — or, when the registry or a proxy
+//! in front of it refuses that (413, 405, 411, 501), as a series of PATCH requests of 512 KiB; the
+//! manifest goes last, once every blob it names is there.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -21,6 +22,7 @@ use futures_util::StreamExt;
 use oci_client::errors::OciDistributionError;
 
 use crate::client::Registry;
+use crate::config::RegistryConfig;
 use crate::credentials::CredentialStore;
 use crate::error::{RegistryError, Subject};
 use crate::pull::{backoff, transient, ATTEMPTS};
@@ -35,6 +37,8 @@ pub struct PushOptions {
     pub credentials: CredentialStore,
     /// How many blobs upload at once.
     pub concurrent_uploads: usize,
+    /// The registry settings (insecure registries, timeouts).
+    pub config: RegistryConfig,
 }
 
 impl Default for PushOptions {
@@ -42,6 +46,7 @@ impl Default for PushOptions {
         Self {
             credentials: CredentialStore::from_env(),
             concurrent_uploads: DEFAULT_CONCURRENT_UPLOADS,
+            config: RegistryConfig::default(),
         }
     }
 }
@@ -155,7 +160,7 @@ pub fn push(
 
     let credentials = options.credentials.get(reference.domain())?;
     crate::run(async {
-        let registry = Registry::connect(reference.domain(), credentials).await?;
+        let registry = Registry::connect(reference.domain(), credentials, &options.config).await?;
         let oref = registry.reference(reference);
         let host = registry.host.as_str();
         on_event(PushEvent::Started {
@@ -342,6 +347,50 @@ async fn try_send_blob(
             return Ok(Sent::Mounted(from.clone()));
         }
     }
+    let whole = registry
+        .client
+        .push_blob_stream(
+            oref,
+            blob_body(upload, WHOLE_BLOB_READ)?,
+            digest,
+            Some(upload.size),
+        )
+        .await;
+    match whole {
+        // The registry, or a proxy in front of it, refuses a whole blob in one request (nginx's
+        // `client_max_body_size` answers 413): send it as a series of PATCH requests instead.
+        Err(OciDistributionError::ServerError {
+            code: 405 | 411 | 413 | 501,
+            ..
+        }) => {
+            let chunked = registry.chunked_client().await.map_err(Attempt::Final)?;
+            chunked
+                .push_blob_stream(oref, blob_body(upload, UPLOAD_CHUNK)?, digest, None)
+                .await
+                .map_err(classify)?;
+        }
+        other => {
+            other.map_err(classify)?;
+        }
+    }
+    Ok(Sent::Pushed)
+}
+
+/// The read size of a blob sent in one request.
+const WHOLE_BLOB_READ: usize = 1 << 20;
+
+/// The size of each PATCH of a chunked upload: under the 1 MiB request body limit nginx applies by default.
+const UPLOAD_CHUNK: usize = 512 << 10;
+
+/// A blob's bytes from disk, `piece` bytes at a time (the distribution client sends each piece of a
+/// chunked upload as one PATCH).
+fn blob_body(
+    upload: &Upload,
+    piece: usize,
+) -> Result<
+    impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static,
+    Attempt,
+> {
     let file = std::fs::File::open(&upload.path).map_err(|source| {
         Attempt::Final(RegistryError::Io {
             op: "open blob",
@@ -349,22 +398,33 @@ async fn try_send_blob(
             source,
         })
     })?;
-    let body = futures_util::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
-        let mut buf = vec![0u8; 1 << 20];
-        match file.read(&mut buf) {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+    Ok(futures_util::stream::unfold(
+        Some(file),
+        move |file| async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; piece];
+            match read_full(&mut file, &mut buf) {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+                }
+                Err(e) => Some((Err(OciDistributionError::IoError(e)), None)),
             }
-            Err(e) => Some((Err(OciDistributionError::IoError(e)), None)),
+        },
+    ))
+}
+
+/// Reads until `buf` is full or the file ends (a chunk must not come out short because a read did).
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-    });
-    registry
-        .client
-        .push_blob_stream(oref, body, digest, Some(upload.size))
-        .await
-        .map_err(classify)?;
-    Ok(Sent::Pushed)
+    }
+    Ok(filled)
 }

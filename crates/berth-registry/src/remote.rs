@@ -8,6 +8,7 @@ use berth_store::{Digest, Reference};
 use serde::Deserialize;
 
 use crate::client::{Registry, MAX_DOCUMENT};
+use crate::config::RegistryConfig;
 use crate::credentials::CredentialStore;
 use crate::error::{from_reqwest, RegistryError, Subject};
 
@@ -24,10 +25,11 @@ pub struct RemoteManifest {
 pub fn inspect_manifest(
     reference: &Reference,
     credentials: &CredentialStore,
+    config: &RegistryConfig,
 ) -> Result<RemoteManifest, RegistryError> {
     let credentials = credentials.get(reference.domain())?;
     crate::run(async {
-        let registry = Registry::connect(reference.domain(), credentials).await?;
+        let registry = Registry::connect(reference.domain(), credentials, config).await?;
         let familiar = reference.familiar();
         let (bytes, digest) = registry
             .client
@@ -100,13 +102,14 @@ pub fn search(
     term: &str,
     limit: usize,
     credentials: &CredentialStore,
+    config: &RegistryConfig,
 ) -> Result<Vec<SearchResult>, RegistryError> {
     let credentials = credentials.get(host)?;
     crate::run(async {
         if host == berth_store::reference::DEFAULT_DOMAIN {
             return search_docker_hub(term, limit).await;
         }
-        let registry = Registry::connect(host, credentials).await?;
+        let registry = Registry::connect(host, credentials, config).await?;
         // The catalog endpoint is per registry; the reference only names the host.
         let probe = oci_client::Reference::with_tag(
             host.to_string(),

@@ -22,6 +22,7 @@ fn entry_points_leave_no_thread_behind() {
             password: "p".into(),
         },
         &store,
+        &berth_registry::RegistryConfig::default(),
     )
     .unwrap_err();
     assert!(

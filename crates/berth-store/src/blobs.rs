@@ -1,4 +1,8 @@
 //! The content-addressed blob store: `blobs/sha256/<hex>`, every blob verified on the way in.
+//!
+//! Blobs arrive through a [`BlobWriter`]: into a private file under `tmp/` that vanishes unless committed,
+//! or, for a download whose digest is known, into `ingest/<hex>`, which outlives the process so the next
+//! pull continues where an interrupted one stopped (containerd's ingests).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -12,6 +16,7 @@ use crate::error::{IoContext, StoreError};
 pub struct BlobStore {
     dir: PathBuf,
     tmp: PathBuf,
+    ingest: PathBuf,
 }
 
 impl BlobStore {
@@ -19,9 +24,11 @@ impl BlobStore {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let dir = root.join("blobs/sha256");
         let tmp = root.join("tmp");
-        fs::create_dir_all(&dir).ctx("create", &dir)?;
-        fs::create_dir_all(&tmp).ctx("create", &tmp)?;
-        Ok(Self { dir, tmp })
+        let ingest = root.join("ingest");
+        for d in [&dir, &tmp, &ingest] {
+            fs::create_dir_all(d).ctx("create", d)?;
+        }
+        Ok(Self { dir, tmp, ingest })
     }
 
     /// The path of a blob (which may not exist).
@@ -83,7 +90,70 @@ impl BlobStore {
             ))),
             tmp_path,
             dir: self.dir.clone(),
+            resumable: false,
         })
+    }
+
+    /// A writer for the blob `digest` that keeps what it received when dropped uncommitted, and starts
+    /// from what an earlier writer for the same digest kept ([`BlobWriter::len`] says how much; the bytes
+    /// are hashed again, so the final digest check covers them). `None` while another writer, in this or
+    /// another process, holds that blob: the caller then takes a private [`BlobStore::writer`].
+    pub fn resumable_writer(&self, digest: &Digest) -> Result<Option<BlobWriter>, StoreError> {
+        let path = self.ingest.join(digest.hex());
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .ctx("open", &path)?;
+        // The lock goes with the file: released when the writer closes it, or when its process dies.
+        #[allow(deprecated)]
+        match nix::fcntl::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        ) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EWOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(io::Error::from(e)).ctx("lock", &path),
+        }
+        // Hash what is kept; reading leaves the file offset at its end, where writing continues.
+        let mut kept = DigestWriter::new(io::sink());
+        io::copy(&mut file, &mut kept).ctx("read", &path)?;
+        Ok(Some(BlobWriter {
+            inner: Some(kept.replace_inner(io::BufWriter::with_capacity(1 << 20, file))),
+            tmp_path: path,
+            dir: self.dir.clone(),
+            resumable: true,
+        }))
+    }
+
+    /// Removes what interrupted downloads kept (`ingest/`) and is not being written now; returns the bytes
+    /// freed.
+    pub fn remove_partial_downloads(&self) -> Result<u64, StoreError> {
+        let mut freed = 0;
+        for entry in fs::read_dir(&self.ingest).ctx("list", &self.ingest)? {
+            let path = entry.ctx("list", &self.ingest)?.path();
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            #[allow(deprecated)]
+            let free = nix::fcntl::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                nix::fcntl::FlockArg::LockExclusiveNonblock,
+            )
+            .is_ok();
+            if free {
+                freed += file.metadata().map_or(0, |m| m.len());
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(e).ctx("remove", path)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(freed)
     }
 
     /// Removes a blob; a missing one is not an error.
@@ -115,9 +185,50 @@ pub struct BlobWriter {
     inner: Option<DigestWriter<io::BufWriter<File>>>,
     tmp_path: PathBuf,
     dir: PathBuf,
+    /// Kept when dropped uncommitted (see [`BlobStore::resumable_writer`]).
+    resumable: bool,
 }
 
 impl BlobWriter {
+    /// The bytes written so far, including those a resumable writer started with.
+    pub fn len(&self) -> u64 {
+        self.inner.as_ref().map_or(0, DigestWriter::written)
+    }
+
+    /// The file the bytes go to until the blob is committed.
+    pub fn path(&self) -> &Path {
+        &self.tmp_path
+    }
+
+    /// Whether nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops everything written so far, to write the blob from its first byte again.
+    pub fn restart(&mut self) -> Result<(), StoreError> {
+        let Some(inner) = self.inner.take() else {
+            return Err(StoreError::InvalidImage("blob writer used twice".into()));
+        };
+        let (buf, _, _) = inner.finish();
+        let mut file = buf
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .ctx("write blob", &self.tmp_path)?;
+        file.set_len(0).ctx("truncate", &self.tmp_path)?;
+        io::Seek::rewind(&mut file).ctx("truncate", &self.tmp_path)?;
+        self.inner = Some(DigestWriter::new(io::BufWriter::with_capacity(
+            1 << 20,
+            file,
+        )));
+        Ok(())
+    }
+
+    /// Drops the blob, and for a resumable writer what it kept too: its bytes are known to be wrong.
+    pub fn discard(mut self) {
+        self.resumable = false;
+    }
+
     /// Verifies the digest (if one is expected), syncs and publishes the blob.
     pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64), StoreError> {
         let Some(inner) = self.inner.take() else {
@@ -161,8 +272,54 @@ impl Write for BlobWriter {
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        if self.inner.is_some() {
-            let _ = fs::remove_file(&self.tmp_path);
+        if let Some(inner) = self.inner.take() {
+            if self.resumable {
+                // Keep what arrived, for the next pull (the buffer is flushed as the writer drops).
+                drop(inner);
+            } else {
+                let _ = fs::remove_file(&self.tmp_path);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumable_writer_continues_what_an_earlier_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path()).unwrap();
+        let content = b"0123456789abcdef".repeat(1000);
+        let digest = Digest::of(&content);
+
+        let mut first = blobs.resumable_writer(&digest).unwrap().unwrap();
+        assert!(first.is_empty());
+        first.write_all(&content[..5000]).unwrap();
+        // Held: a second writer for the same blob is refused, not interleaved.
+        assert!(blobs.resumable_writer(&digest).unwrap().is_none());
+        drop(first);
+
+        let mut second = blobs.resumable_writer(&digest).unwrap().unwrap();
+        assert_eq!(second.len(), 5000);
+        second.write_all(&content[5000..]).unwrap();
+        assert_eq!(second.commit(Some(&digest)).unwrap().0, digest);
+        assert_eq!(blobs.read(&digest).unwrap(), content);
+        assert!(fs::read_dir(dir.path().join("ingest")).unwrap().next().is_none());
+
+        // Restarted from zero, and discarded: nothing kept.
+        let other = Digest::of(b"other");
+        let mut w = blobs.resumable_writer(&other).unwrap().unwrap();
+        w.write_all(b"garbage").unwrap();
+        w.restart().unwrap();
+        w.write_all(b"oth").unwrap();
+        drop(w);
+        let w = blobs.resumable_writer(&other).unwrap().unwrap();
+        assert_eq!(w.len(), 3);
+        w.discard();
+        assert_eq!(blobs.resumable_writer(&other).unwrap().unwrap().len(), 0);
+        assert_eq!(blobs.remove_partial_downloads().unwrap(), 0);
+        assert!(fs::read_dir(dir.path().join("ingest")).unwrap().next().is_none());
     }
 }

@@ -84,6 +84,21 @@ impl<W: Write> DigestWriter<W> {
         }
     }
 
+    /// The byte count written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The same hash state and count over another writer: for data hashed (into a sink) before the
+    /// writer it continues into existed.
+    pub fn replace_inner<V: Write>(self, inner: V) -> DigestWriter<V> {
+        DigestWriter {
+            inner,
+            hasher: self.hasher,
+            written: self.written,
+        }
+    }
+
     /// Returns the inner writer, the digest and the byte count of what was written.
     pub fn finish(self) -> (W, Digest, u64) {
         let digest = Digest(format!("sha256:{}", hex::encode(self.hasher.finalize())));

@@ -588,6 +588,14 @@ impl Store {
         Ok(freed)
     }
 
+    /// Removes the partial downloads that interrupted pulls kept for resuming (see
+    /// [`crate::BlobStore::resumable_writer`]); returns the bytes freed. Pulls hold the store lock shared, so
+    /// none is under way meanwhile.
+    pub fn remove_partial_downloads(&self) -> Result<u64, StoreError> {
+        let _lock = self.lock(true)?;
+        self.blobs.remove_partial_downloads()
+    }
+
     /// The manifest of an image.
     pub fn manifest(&self, image: &ImageRecord) -> Result<Manifest, StoreError> {
         let bytes = self.blobs.read(&image.manifest_digest)?;

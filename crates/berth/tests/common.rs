@@ -71,8 +71,21 @@ impl Berth {
             .arg("--runroot")
             .arg(&self.runroot)
             .args(args);
+        // Each store has its own registry settings file (absent until `settings` writes it), so a
+        // machine's /etc/berth/config.json never changes what a test sees.
+        c.env("BERTH_CONFIG", self.settings_path());
         c.stdin(Stdio::null());
         c
+    }
+
+    /// The registry settings file this store's commands read.
+    pub fn settings_path(&self) -> PathBuf {
+        self.dir.path().join("config.json")
+    }
+
+    /// Writes this store's registry settings (see `berth_registry::config`).
+    pub fn settings(&self, json: &serde_json::Value) {
+        std::fs::write(self.settings_path(), json.to_string()).unwrap();
     }
 
     /// Runs a command to completion.

@@ -17,6 +17,8 @@ use sha2::Digest as _;
 /// A registry server for one test, killed on drop.
 struct Registry {
     child: Child,
+    /// The address it listens on (127.0.0.1 unless started with [`Registry::start_at`]).
+    ip: String,
     port: u16,
     dir: tempfile::TempDir,
 }
@@ -39,6 +41,11 @@ impl Registry {
 
     /// A registry serving HTTPS with this certificate and key when given.
     fn start_with_tls(auth: Auth<'_>, tls: Option<(&Path, &Path)>) -> Self {
+        Self::start_at("127.0.0.1", auth, tls)
+    }
+
+    /// A registry listening on `ip`, serving HTTPS with this certificate and key when given.
+    fn start_at(ip: &str, auth: Auth<'_>, tls: Option<(&Path, &Path)>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-registry-")
             .tempdir()
@@ -73,12 +80,16 @@ impl Registry {
             None => String::new(),
         };
         for _ in 0..5 {
-            let port = free_port();
+            let port = TcpListener::bind((ip, 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n{tls}{auth}",
                     dir.path().join("storage").display()
                 ),
             )
@@ -94,8 +105,13 @@ impl Registry {
                 .expect("start /usr/bin/docker-registry (apt package docker-registry)");
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self { child, port, dir };
+                if TcpStream::connect((ip, port)).is_ok() {
+                    return Self {
+                        child,
+                        ip: ip.to_string(),
+                        port,
+                        dir,
+                    };
                 }
                 if child.try_wait().unwrap().is_some() {
                     break; // the port was taken meanwhile: try another
@@ -112,7 +128,7 @@ impl Registry {
     }
 
     fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// Where the registry keeps a blob's bytes.
@@ -355,6 +371,20 @@ fn image_ids(b: &Berth) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// What interrupted downloads kept in the store for the next pull to resume.
+fn partial_downloads(b: &Berth) -> Vec<(String, u64)> {
+    std::fs::read_dir(b.root.join("ingest"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let size = e.metadata().map_or(0, |m| m.len());
+                    (e.file_name().to_string_lossy().into_owned(), size)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Files left in the store's tmp dir (aborted downloads must leave none).
@@ -978,6 +1008,10 @@ fn bad_input_fails_clearly_and_adds_nothing() {
     );
     assert!(!fresh.root.join("blobs/sha256").join(&layer[7..]).exists());
     assert!(tmp_files(&fresh).is_empty(), "{:?}", tmp_files(&fresh));
+    assert!(
+        partial_downloads(&fresh).is_empty(),
+        "bytes known to be wrong are not kept for resuming"
+    );
     let err = fails(&fresh, &["run", "--rm", &target, "true"], 125);
     assert!(err.contains("does not match its digest"), "{err}");
     assert!(image_ids(&fresh).is_empty());
@@ -1036,13 +1070,35 @@ fn bearer_token_auth_from_a_token_server() {
     assert!(tokens.dir.path().exists());
 }
 
-#[test]
-fn tls_with_a_ca_from_certs_d() {
-    // A CA, and a server certificate for 127.0.0.1 that it signs.
-    let pki = tempfile::tempdir().unwrap();
-    let file = |name: &str| pki.path().join(name);
-    let openssl =
-        |args: &[&str]| run_ok(Command::new("openssl").args(args).current_dir(pki.path()));
+/// This machine's address on its default route (else its first global IPv4 address): a registry there
+/// is not on loopback, so Berth treats it as a remote one.
+fn host_address() -> String {
+    let route = Command::new("ip")
+        .args(["-4", "route", "get", "192.0.2.1"])
+        .output()
+        .unwrap();
+    let text = stdout(&route);
+    if let Some(src) = text.split_whitespace().skip_while(|w| *w != "src").nth(1) {
+        return src.to_string();
+    }
+    let addrs = stdout(
+        &Command::new("ip")
+            .args(["-4", "-o", "addr", "show", "scope", "global"])
+            .output()
+            .unwrap(),
+    );
+    addrs
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .expect("a non-loopback IPv4 address for the insecure-registry tests")
+        .to_string()
+}
+
+/// Writes a CA (`ca.crt`) and a server certificate it signs for `ip` (`server.crt`, `server.key`) in `dir`.
+fn make_pki(dir: &Path, ip: &str) {
+    let openssl = |args: &[&str]| run_ok(Command::new("openssl").args(args).current_dir(dir));
     openssl(&[
         "req",
         "-x509",
@@ -1064,15 +1120,15 @@ fn tls_with_a_ca_from_certs_d() {
         "rsa:2048",
         "-nodes",
         "-subj",
-        "/CN=127.0.0.1",
+        &format!("/CN={ip}"),
         "-keyout",
         "server.key",
         "-out",
         "server.csr",
     ]);
     std::fs::write(
-        file("ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+        dir.join("ext"),
+        format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"),
     )
     .unwrap();
     openssl(&[
@@ -1092,12 +1148,23 @@ fn tls_with_a_ca_from_certs_d() {
         "-out",
         "server.crt",
     ]);
-    let registry =
-        Registry::start_with_tls(Auth::None, Some((&file("server.crt"), &file("server.key"))));
+}
+
+#[test]
+fn tls_with_a_ca_from_certs_d_or_listed_as_insecure() {
+    // A registry on this machine's network address (not loopback) with a certificate from a private CA.
+    let ip = host_address();
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path(), &ip);
+    let file = |name: &str| pki.path().join(name);
+    let registry = Registry::start_at(
+        &ip,
+        Auth::None,
+        Some((&file("server.crt"), &file("server.key"))),
+    );
     let host = registry.host();
     let certs_d = pki.path().join("certs.d");
     let host_dir = certs_d.join(&host);
-    std::fs::create_dir_all(&host_dir).unwrap();
     let b = Berth::with_busybox();
     let target = format!("{host}/tls/bb:1");
     b.ok(&["tag", "busybox", &target]);
@@ -1110,8 +1177,7 @@ fn tls_with_a_ca_from_certs_d() {
             .unwrap()
     };
 
-    // A certs.d directory for the host means HTTPS, even on loopback; without its CA the server's
-    // certificate is not trusted.
+    // Without its CA the server's certificate is not trusted.
     let out = berth(&b, &["push", &target]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
@@ -1119,6 +1185,14 @@ fn tls_with_a_ca_from_certs_d() {
         "{}",
         stderr(&out)
     );
+    // Listed in insecure-registries: HTTPS without checking the certificate, as Docker.
+    b.settings(&json!({ "insecure-registries": [host] }));
+    let out = berth(&b, &["push", &target]);
+    assert!(out.status.success(), "insecure: {}", stderr(&out));
+    std::fs::remove_file(b.settings_path()).unwrap();
+
+    // The CA in certs.d/<host:port>: verified HTTPS.
+    std::fs::create_dir_all(&host_dir).unwrap();
     std::fs::copy(file("ca.crt"), host_dir.join("ca.crt")).unwrap();
     let out = berth(&b, &["push", &target]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1140,13 +1214,111 @@ fn tls_with_a_ca_from_certs_d() {
         "stdin is empty: {}",
         stdout(&out)
     );
-    let out = b
-        .cmd(&["login", "-u", "any", "-p", "pw", &host])
-        .env("BERTH_CERTS_DIR", &certs_d)
-        .env("DOCKER_CONFIG", pki.path().join("docker"))
+    let out = berth(&b, &["login", "-u", "any", "-p", "pw", &host]);
+    assert!(out.status.success(), "login over TLS: {}", stderr(&out));
+
+    // Loopback is insecure without being listed (Docker's 127.0.0.0/8 rule): a TLS registry there is
+    // used although nothing vouches for its certificate.
+    let local =
+        Registry::start_with_tls(Auth::None, Some((&file("server.crt"), &file("server.key"))));
+    let local_target = format!("{}/tls/bb:2", local.host());
+    b.ok(&["tag", "busybox", &local_target]);
+    b.ok(&["push", &local_target]);
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{local_target}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "login over TLS: {}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn insecure_registries_fall_back_to_plain_http() {
+    let ip = host_address();
+    let registry = Registry::start_at(&ip, Auth::None, None);
+    let host = registry.host();
+    let b = Berth::with_busybox();
+    let target = format!("{host}/plain/bb:1");
+    b.ok(&["tag", "busybox", &target]);
+
+    // Not loopback and not listed: HTTPS only, which this registry does not speak.
+    let err = fails(&b, &["push", &target], 1);
+    assert!(
+        err.contains(&format!("cannot reach registry {host}")),
+        "{err}"
+    );
+
+    // A network in insecure-registries covers it: HTTPS is tried, then plain HTTP.
+    let settings = json!({ "insecure-registries": [format!("{ip}/32")] });
+    b.settings(&settings);
+    b.ok(&["push", &target]);
+    let fresh = Berth::empty();
+    fresh.settings(&settings);
+    fresh.ok(&["pull", &target]);
+    assert_eq!(
+        fresh.ok(&["run", "--rm", &target, "echo", "plain"]),
+        "plain\n"
+    );
+    let out = fresh
+        .cmd(&["login", "-u", "any", "-p", "pw", &host])
+        .env("DOCKER_CONFIG", fresh.dir.path().join("docker"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "login over HTTP: {}", stderr(&out));
+
+    // A settings file that cannot be used is an error that names it, for every registry command.
+    fresh.settings(&json!({ "insecure-registry": [host] }));
+    let err = fails(&fresh, &["pull", &target], 1);
+    assert!(
+        err.contains("settings file") && err.contains("unknown field `insecure-registry`"),
+        "{err}"
+    );
+    fresh.settings(&json!({ "registry-mirrors": ["mirror.example"] }));
+    let err = fails(
+        &fresh,
+        &["run", "--rm", "--pull", "always", &target, "true"],
+        125,
+    );
+    assert!(err.contains("must start with http:// or https://"), "{err}");
+}
+
+#[test]
+fn docker_hub_pulls_go_through_the_configured_mirrors() {
+    let mirror = Registry::start(Auth::None);
+    let b = Berth::with_busybox();
+    let id = b.ok(&["inspect", "-f", "{{.Id}}", "busybox"]);
+    let in_mirror = format!("{}/library/busybox:latest", mirror.host());
+    b.ok(&["tag", "busybox", &in_mirror]);
+    b.ok(&["push", &in_mirror]);
+    // The first mirror is down: the next one serves the pull.
+    let settings = json!({
+        "registry-mirrors": [format!("http://127.0.0.1:{}", free_port()), format!("http://{}/", mirror.host())]
+    });
+
+    let fresh = Berth::empty();
+    fresh.settings(&settings);
+    let out = fresh.ok(&["pull", "busybox"]);
+    assert!(
+        out.contains("latest: Pulling from library/busybox")
+            && out.contains("Status: Downloaded newer image for busybox:latest"),
+        "{out}"
+    );
+    assert_eq!(fresh.ok(&["inspect", "-f", "{{.Id}}", "busybox"]), id);
+    let inspect: Value = serde_json::from_str(&fresh.ok(&["image", "inspect", "busybox"])).unwrap();
+    let digests = inspect[0]["RepoDigests"].to_string();
+    assert!(digests.contains("busybox@sha256:"), "{digests}");
+
+    // `run` of a missing Docker Hub image pulls it through the mirror too.
+    let other = Berth::empty();
+    other.settings(&settings);
+    let out = other.run(&["run", "--rm", "busybox", "echo", "mirrored"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "mirrored\n");
+    assert!(
+        stderr(&out).contains("Unable to find image 'busybox:latest' locally"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -1301,6 +1473,8 @@ fn broken_or_foreign_registry_content_is_refused() {
 
     assert!(image_ids(&fresh).is_empty(), "nothing may be added");
     assert!(tmp_files(&fresh).is_empty(), "{:?}", tmp_files(&fresh));
+    // (The good layer that was downloading when the lost one failed may be kept in ingest/ for the
+    // next pull: it is not part of any image.)
 }
 
 /// What a [`FlakyProxy`] does to the downloads of one blob.
@@ -1310,6 +1484,11 @@ enum Flaw {
     Cut { times: usize },
     /// The first `times` requests are answered `503 Service Unavailable`.
     Unavailable { times: usize },
+    /// The first `times` responses stop after 64 KiB, the connection left open and silent.
+    Stall { times: usize },
+    /// Every request is redirected (307) to the registry under another host name, as registries that
+    /// keep blobs in object storage do.
+    Redirect,
 }
 
 /// A TCP proxy in front of a registry that spoils the downloads of one blob, for the retry tests.
@@ -1337,8 +1516,9 @@ impl FlakyProxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     break;
                 };
-                // Response bytes at which the proxy cuts the connection, set when a spoilt request passes.
-                let cut_at: Arc<Mutex<Option<u64>>> = Arc::new(Mutex::new(None));
+                // Response bytes at which the proxy cuts the connection (or stops sending, when the flag
+                // says so), set when a spoilt request passes.
+                let cut_at: Arc<Mutex<Option<(u64, bool)>>> = Arc::new(Mutex::new(None));
                 let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
                 let (seen, range_seen, needle) = (seen.clone(), range_seen.clone(), needle.clone());
                 let (mut from_client, mut to_server) =
@@ -1371,7 +1551,22 @@ impl FlakyProxy {
                                 }
                                 Flaw::Cut { times } if nth < times => {
                                     *cut.lock().unwrap() =
-                                        Some(count.load(Ordering::SeqCst) + 64 * 1024);
+                                        Some((count.load(Ordering::SeqCst) + 64 * 1024, false));
+                                }
+                                Flaw::Stall { times } if nth < times => {
+                                    *cut.lock().unwrap() =
+                                        Some((count.load(Ordering::SeqCst) + 64 * 1024, true));
+                                }
+                                Flaw::Redirect => {
+                                    let path = text.split(' ').nth(1).unwrap_or("/");
+                                    let _ = reply.write_all(
+                                        format!(
+                                            "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://localhost:{upstream}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                                        )
+                                        .as_bytes(),
+                                    );
+                                    let _ = reply.shutdown(std::net::Shutdown::Both);
+                                    break;
                                 }
                                 _ => {}
                             }
@@ -1393,10 +1588,14 @@ impl FlakyProxy {
                         };
                         let before = sent.load(Ordering::SeqCst);
                         let limit = *cut_at.lock().unwrap();
-                        if let Some(limit) = limit {
+                        if let Some((limit, stall)) = limit {
                             if before + n as u64 >= limit {
                                 let keep = (limit.saturating_sub(before)) as usize;
                                 let _ = to_client.write_all(&buf[..keep]);
+                                if stall {
+                                    // Silent, connection open, until the client gives up on it.
+                                    std::thread::sleep(Duration::from_secs(30));
+                                }
                                 let _ = to_client.shutdown(std::net::Shutdown::Both);
                                 let _ = from_server.shutdown(std::net::Shutdown::Both);
                                 break;
@@ -1426,17 +1625,7 @@ impl FlakyProxy {
 #[test]
 fn broken_transfers_and_5xx_are_retried_and_resumed() {
     use std::sync::atomic::Ordering;
-    let registry = Registry::start(Auth::None);
-    let b = Berth::with_busybox();
-    let target = format!("{}/flaky/bb:1", registry.host());
-    b.ok(&["tag", "busybox", &target]);
-    b.ok(&["push", &target]);
-    let manifest: Value = serde_json::from_str(&b.ok(&["manifest", "inspect", &target])).unwrap();
-    let layer = manifest["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let id = b.ok(&["inspect", "-f", "{{.Id}}", "busybox"]);
+    let (registry, _b, layer, id) = registry_with_busybox();
 
     // Cut off once: the download resumes where it stopped and the image is whole.
     let proxy = FlakyProxy::start(registry.port, &layer, Flaw::Cut { times: 1 });
@@ -1483,6 +1672,195 @@ fn broken_transfers_and_5xx_are_retried_and_resumed() {
         "{err}"
     );
     assert!(image_ids(&fresh).is_empty());
+}
+
+/// Pushes busybox to a fresh registry as `flaky/bb:1`; returns the registry, the store, the digest of the
+/// image's layer blob and the image ID.
+fn registry_with_busybox() -> (Registry, Berth, String, String) {
+    let registry = Registry::start(Auth::None);
+    let b = Berth::with_busybox();
+    let target = format!("{}/flaky/bb:1", registry.host());
+    b.ok(&["tag", "busybox", &target]);
+    b.ok(&["push", &target]);
+    let manifest: Value = serde_json::from_str(&b.ok(&["manifest", "inspect", &target])).unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = b.ok(&["inspect", "-f", "{{.Id}}", "busybox"]);
+    (registry, b, layer, id)
+}
+
+#[test]
+fn redirects_to_another_host_and_stalled_transfers() {
+    use std::sync::atomic::Ordering;
+    let (registry, _b, layer, id) = registry_with_busybox();
+
+    // Blobs served from another host (object storage behind the registry): the redirect is followed.
+    let proxy = FlakyProxy::start(registry.port, &layer, Flaw::Redirect);
+    let fresh = Berth::empty();
+    let via = format!("{}/flaky/bb:1", proxy.host());
+    fresh.ok(&["pull", &via]);
+    assert_eq!(proxy.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(fresh.ok(&["inspect", "-f", "{{.Id}}", &via]), id);
+    assert_eq!(
+        fresh.ok(&["run", "--rm", &via, "echo", "redirected"]),
+        "redirected\n"
+    );
+
+    // A registry that goes silent mid-blob: after the read timeout the transfer is abandoned and
+    // resumed where it stopped.
+    let proxy = FlakyProxy::start(registry.port, &layer, Flaw::Stall { times: 1 });
+    let fresh = Berth::empty();
+    fresh.settings(&json!({ "registry-read-timeout": 2 }));
+    let via = format!("{}/flaky/bb:1", proxy.host());
+    fresh.ok(&["pull", &via]);
+    assert_eq!(proxy.requests.load(Ordering::SeqCst), 2);
+    assert!(proxy.ranged.load(Ordering::SeqCst), "resumed with a range");
+    assert_eq!(fresh.ok(&["inspect", "-f", "{{.Id}}", &via]), id);
+}
+
+#[test]
+fn an_interrupted_pull_is_resumed_by_the_next_one() {
+    use std::sync::atomic::Ordering;
+    let (registry, _b, layer, id) = registry_with_busybox();
+
+    // Every transfer is cut: the pull fails, and what arrived is kept for the next one.
+    let broken = FlakyProxy::start(registry.port, &layer, Flaw::Cut { times: usize::MAX });
+    let fresh = Berth::empty();
+    let err = fails(
+        &fresh,
+        &["pull", &format!("{}/flaky/bb:1", broken.host())],
+        1,
+    );
+    assert!(err.contains(&layer), "{err}");
+    assert!(image_ids(&fresh).is_empty());
+    let kept = partial_downloads(&fresh);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].0, layer["sha256:".len()..]);
+    assert!(kept[0].1 >= 64 * 1024, "{kept:?}");
+
+    // The next pull, another process, asks only for the rest.
+    let healthy = FlakyProxy::start(registry.port, &layer, Flaw::Cut { times: 0 });
+    let via = format!("{}/flaky/bb:1", healthy.host());
+    fresh.ok(&["pull", &via]);
+    assert_eq!(healthy.requests.load(Ordering::SeqCst), 1);
+    assert!(
+        healthy.ranged.load(Ordering::SeqCst),
+        "the one request asks for a range"
+    );
+    assert_eq!(fresh.ok(&["inspect", "-f", "{{.Id}}", &via]), id);
+    assert!(partial_downloads(&fresh).is_empty());
+    assert_eq!(fresh.ok(&["run", "--rm", &via, "echo", "whole"]), "whole\n");
+
+    // `system prune` removes what interrupted pulls kept.
+    fresh.ok(&["rmi", &via]);
+    fails(
+        &fresh,
+        &["pull", &format!("{}/flaky/bb:1", broken.host())],
+        1,
+    );
+    assert_eq!(partial_downloads(&fresh).len(), 1);
+    fresh.ok(&["system", "prune", "-f"]);
+    assert!(partial_downloads(&fresh).is_empty());
+}
+
+/// nginx as a reverse proxy in front of a registry, refusing request bodies over 1 MiB (its default
+/// `client_max_body_size`, which many registry deployments keep); killed on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(upstream: u16) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-nginx-")
+            .tempdir()
+            .unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let d = dir.path().display();
+            let config = format!(
+                "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  server {{\n    listen 127.0.0.1:{port};\n    client_max_body_size 1m;\n    location / {{\n      proxy_pass http://127.0.0.1:{upstream};\n      proxy_set_header Host $http_host;\n      proxy_request_buffering off;\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
+            );
+            let file = dir.path().join("nginx.conf");
+            std::fs::write(&file, config).unwrap();
+            let mut child = Command::new("nginx")
+                .arg("-c")
+                .arg(&file)
+                .arg("-p")
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start nginx (apt package nginx)");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self { child, port, dir };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        );
+    }
+
+    /// The access log so far.
+    fn requests(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn blobs_a_proxy_refuses_whole_are_pushed_in_chunks() {
+    let registry = Registry::start(Auth::None);
+    let nginx = Nginx::start(registry.port);
+    let b = Berth::with_busybox();
+    // The imported layer is a plain tar of about 2 MiB: over the proxy's limit in one request.
+    let target = format!("127.0.0.1:{}/chunked/bb:1", nginx.port);
+    b.ok(&["tag", "busybox", &target]);
+    let out = b.ok(&["push", &target]);
+    assert!(out.contains("1: digest: sha256:"), "{out}");
+    let log = nginx.requests();
+    assert!(
+        log.contains("\"PUT /v2/chunked/bb/blobs/uploads/") && log.contains("\" 413 "),
+        "the whole blob was refused: {log}"
+    );
+    assert!(
+        log.contains("\"PATCH /v2/chunked/bb/blobs/uploads/"),
+        "then sent in chunks: {log}"
+    );
+    // What arrived is whole: skopeo reads it from the registry itself, and a fresh store runs it.
+    let direct = format!("{}/chunked/bb:1", registry.host());
+    let inspected = skopeo_json(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{direct}"),
+    ]);
+    assert_eq!(inspected["Layers"].as_array().map(Vec::len), Some(1));
+    let fresh = Berth::empty();
+    assert_eq!(
+        fresh.ok(&["run", "--rm", &target, "echo", "chunked"]),
+        "chunked\n"
+    );
 }
 
 /// A credential helper following Docker's protocol (`get`/`store`/`erase` on stdin), keeping one file per

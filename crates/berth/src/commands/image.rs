@@ -595,6 +595,7 @@ fn prune(engine: &Engine, args: ImagePruneArgs) -> anyhow::Result<i32> {
         }
         println!();
     }
+    reclaimed += engine.store().remove_partial_downloads()?;
     println!("Total reclaimed space: {}", human_size(reclaimed));
     Ok(0)
 }

@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Read, Write};
 use anyhow::{bail, Context};
 use berth_registry::{
     CredentialStore, Credentials, Platform, PullEvent, PullOptions, PushEvent, PushOptions,
-    RegistryError,
+    RegistryConfig, RegistryError,
 };
 use berth_runtime::Engine;
 use berth_store::{Reference, StoreError};
@@ -262,6 +262,7 @@ fn pull_reference(
 ) -> anyhow::Result<()> {
     let options = PullOptions {
         platform,
+        config: RegistryConfig::load()?,
         ..PullOptions::default()
     };
     let mut view = PullView::new(output, quiet);
@@ -286,6 +287,7 @@ pub fn pull(engine: &Engine, args: PullArgs) -> anyhow::Result<i32> {
         let repository = Reference::parse_name_only(&args.image)?;
         let options = PullOptions {
             platform,
+            config: RegistryConfig::load()?,
             ..PullOptions::default()
         };
         let quiet = args.quiet;
@@ -388,7 +390,10 @@ pub fn push(engine: &Engine, args: PushArgs) -> anyhow::Result<i32> {
     } else {
         vec![Reference::parse(&args.image)?]
     };
-    let options = PushOptions::default();
+    let options = PushOptions {
+        config: RegistryConfig::load()?,
+        ..PushOptions::default()
+    };
     let quiet = args.quiet;
     let mut started = false;
     for reference in &references {
@@ -427,6 +432,7 @@ pub fn push(engine: &Engine, args: PushArgs) -> anyhow::Result<i32> {
 pub fn login(args: LoginArgs) -> anyhow::Result<i32> {
     let host = berth_registry::normalise_server(args.server.as_deref());
     let store = CredentialStore::from_env();
+    let config = RegistryConfig::load()?;
     if args.password.is_some() && args.password_stdin {
         bail!("--password and --password-stdin are mutually exclusive");
     }
@@ -442,7 +448,7 @@ pub fn login(args: LoginArgs) -> anyhow::Result<i32> {
     if args.username.is_none() && args.password.is_none() && !args.password_stdin {
         if let Some(existing) = store.get(&host)? {
             println!("Authenticating with existing credentials...");
-            match berth_registry::login(&host, &existing, &store) {
+            match berth_registry::login(&host, &existing, &store, &config) {
                 Ok(()) => {
                     println!("Login Succeeded");
                     return Ok(0);
@@ -486,7 +492,7 @@ pub fn login(args: LoginArgs) -> anyhow::Result<i32> {
         bail!("Password cannot be empty");
     }
     let credentials = Credentials { username, password };
-    berth_registry::login(&host, &credentials, &store)?;
+    berth_registry::login(&host, &credentials, &store, &config)?;
     eprintln!(
         "WARNING! Your password will be stored unencrypted in {}.",
         store.path().display()
@@ -541,7 +547,11 @@ pub fn manifest_command(command: ManifestCommand) -> anyhow::Result<i32> {
 fn manifest_inspect(args: ManifestInspectArgs) -> anyhow::Result<i32> {
     let _ = args.insecure;
     let reference = Reference::parse(&args.image)?;
-    let manifest = berth_registry::inspect_manifest(&reference, &CredentialStore::from_env())?;
+    let manifest = berth_registry::inspect_manifest(
+        &reference,
+        &CredentialStore::from_env(),
+        &RegistryConfig::load()?,
+    )?;
     if args.verbose {
         let document: serde_json::Value = serde_json::from_slice(&manifest.bytes)
             .context("the registry's manifest is not JSON")?;
@@ -574,7 +584,13 @@ pub fn search(args: SearchArgs) -> anyhow::Result<i32> {
             args.term.clone(),
         ),
     };
-    let results = berth_registry::search(&host, &term, args.limit, &CredentialStore::from_env())?;
+    let results = berth_registry::search(
+        &host,
+        &term,
+        args.limit,
+        &CredentialStore::from_env(),
+        &RegistryConfig::load()?,
+    )?;
     let rows: Vec<serde_json::Value> = results
         .iter()
         .map(|r| {

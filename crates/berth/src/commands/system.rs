@@ -227,6 +227,7 @@ fn prune(engine: &Engine, args: PruneArgs) -> anyhow::Result<i32> {
             }
         }
     }
+    reclaimed += store.remove_partial_downloads()?;
     println!("Total reclaimed space: {}", human_size(reclaimed));
     Ok(0)
 }
