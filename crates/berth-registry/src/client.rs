@@ -35,6 +35,7 @@ fn distribution_client(
                 data: data.clone(),
             })
             .collect(),
+        client_identity_pem: transport.identity.clone(),
         use_monolithic_push: monolithic_push,
         // Berth chooses the platform itself (see `Platform::choose`).
         platform_resolver: None,

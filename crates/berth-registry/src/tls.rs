@@ -1,5 +1,6 @@
 //! How to reach a registry: HTTPS with the system's CAs plus the registry's own CAs from Docker's
-//! `certs.d` layout (`/etc/berth/certs.d/<host:port>/*.crt`); for insecure registries (loopback, and those
+//! `certs.d` layout (`/etc/berth/certs.d/<host:port>/*.crt`, and a client certificate `*.cert` + `*.key`
+//! for registries that ask for one); for insecure registries (loopback, and those
 //! the settings list) HTTPS without certificate checks, or plain HTTP when the host does not speak TLS.
 
 use std::fs;
@@ -25,6 +26,8 @@ pub(crate) struct Transport {
     pub verify: bool,
     /// Extra trusted CA certificates (PEM), from the registry's `certs.d` directory.
     pub roots: Vec<Vec<u8>>,
+    /// The client certificate and key (PEM, one buffer) to present, from `certs.d` (`*.cert` + `*.key`).
+    pub identity: Option<Vec<u8>>,
 }
 
 /// The certs.d directory in force.
@@ -42,18 +45,20 @@ pub(crate) async fn transport(
     host: &str,
     config: &RegistryConfig,
 ) -> Result<Transport, RegistryError> {
-    let roots = certs_d_roots(host)?;
+    let CertsD { roots, identity } = certs_d(host)?;
     if !config.is_insecure(host) {
         return Ok(Transport {
             https: true,
             verify: true,
             roots,
+            identity,
         });
     }
     let tls = Transport {
         https: true,
         verify: false,
         roots,
+        identity,
     };
     // Any answer over TLS, even 401 or 404, means the registry speaks HTTPS.
     let client = tls.http_client(host, PROBE_TIMEOUT)?;
@@ -71,10 +76,12 @@ pub(crate) fn mirror_transport(
     mirror: &Mirror,
     config: &RegistryConfig,
 ) -> Result<Transport, RegistryError> {
+    let CertsD { roots, identity } = certs_d(&mirror.host)?;
     Ok(Transport {
         https: mirror.https,
         verify: !config.is_insecure(&mirror.host),
-        roots: certs_d_roots(&mirror.host)?,
+        roots,
+        identity,
     })
 }
 
@@ -101,7 +108,12 @@ impl Transport {
                 reqwest::Certificate::from_pem_bundle(pem).map_err(|e| from_reqwest(&e, host))?,
             );
         }
-        reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &self.identity {
+            builder = builder
+                .identity(reqwest::Identity::from_pem(pem).map_err(|e| from_reqwest(&e, host))?);
+        }
+        builder
             .tls_certs_merge(roots)
             .danger_accept_invalid_certs(!self.verify)
             .connect_timeout(CONNECT_TIMEOUT.min(timeout))
@@ -112,41 +124,80 @@ impl Transport {
     }
 }
 
-/// The CA certificates of `host`'s `certs.d` directory (none when it has no directory).
-fn certs_d_roots(host: &str) -> Result<Vec<Vec<u8>>, RegistryError> {
-    let mut roots = Vec::new();
+/// What a registry's `certs.d` directory holds.
+#[derive(Default)]
+struct CertsD {
+    /// CA certificates (`*.crt`), PEM.
+    roots: Vec<Vec<u8>>,
+    /// A client certificate (`<name>.cert`) followed by its key (`<name>.key`), PEM.
+    identity: Option<Vec<u8>>,
+}
+
+/// Reads `host`'s `certs.d` directory (nothing when it has none), with Docker's rules: every `*.crt` is a
+/// CA; a `<name>.cert` needs its `<name>.key` and the other way round; the first pair by name is used.
+fn certs_d(host: &str) -> Result<CertsD, RegistryError> {
+    let mut found = CertsD::default();
     // A host name never contains '/', and "." or ".." would leave the directory.
     if host.is_empty() || host.contains('/') || host == "." || host == ".." {
-        return Ok(roots);
+        return Ok(found);
     }
     let dir = certs_dir().join(host);
     if !dir.is_dir() {
-        return Ok(roots);
+        return Ok(found);
     }
     let entries = fs::read_dir(&dir).map_err(|source| RegistryError::Io {
         op: "read",
         path: dir.clone(),
         source,
     })?;
-    let mut files: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "crt"))
-        .collect();
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     files.sort();
-    for file in files {
-        let pem = fs::read(&file).map_err(|source| RegistryError::Io {
+    let read_pem = |file: &PathBuf, marker: &str| {
+        let pem = fs::read(file).map_err(|source| RegistryError::Io {
             op: "read",
             path: file.clone(),
             source,
         })?;
-        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        if !String::from_utf8_lossy(&pem).contains(marker) {
             return Err(RegistryError::Credentials {
-                path: file,
-                reason: "not a PEM certificate".to_string(),
+                path: file.clone(),
+                reason: format!("not a PEM file (no {marker})"),
             });
         }
-        roots.push(pem);
+        Ok(pem)
+    };
+    for file in &files {
+        let pair = |ext: &str| file.with_extension(ext);
+        match file.extension().and_then(|e| e.to_str()) {
+            Some("crt") => found
+                .roots
+                .push(read_pem(file, "-----BEGIN CERTIFICATE-----")?),
+            Some("cert") => {
+                let key = pair("key");
+                if !key.is_file() {
+                    return Err(RegistryError::Credentials {
+                        path: file.clone(),
+                        reason: format!("client certificate without its key {}", key.display()),
+                    });
+                }
+                if found.identity.is_none() {
+                    let mut pem = read_pem(file, "-----BEGIN CERTIFICATE-----")?;
+                    pem.push(b'\n');
+                    pem.extend(read_pem(&key, "PRIVATE KEY-----")?);
+                    found.identity = Some(pem);
+                }
+            }
+            Some("key") if !pair("cert").is_file() => {
+                return Err(RegistryError::Credentials {
+                    path: file.clone(),
+                    reason: format!(
+                        "client key without its certificate {}",
+                        pair("cert").display()
+                    ),
+                })
+            }
+            _ => {}
+        }
     }
-    Ok(roots)
+    Ok(found)
 }

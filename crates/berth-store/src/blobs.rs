@@ -306,7 +306,10 @@ mod tests {
         second.write_all(&content[5000..]).unwrap();
         assert_eq!(second.commit(Some(&digest)).unwrap().0, digest);
         assert_eq!(blobs.read(&digest).unwrap(), content);
-        assert!(fs::read_dir(dir.path().join("ingest")).unwrap().next().is_none());
+        assert!(fs::read_dir(dir.path().join("ingest"))
+            .unwrap()
+            .next()
+            .is_none());
 
         // Restarted from zero, and discarded: nothing kept.
         let other = Digest::of(b"other");
@@ -320,6 +323,9 @@ mod tests {
         w.discard();
         assert_eq!(blobs.resumable_writer(&other).unwrap().unwrap().len(), 0);
         assert_eq!(blobs.remove_partial_downloads().unwrap(), 0);
-        assert!(fs::read_dir(dir.path().join("ingest")).unwrap().next().is_none());
+        assert!(fs::read_dir(dir.path().join("ingest"))
+            .unwrap()
+            .next()
+            .is_none());
     }
 }

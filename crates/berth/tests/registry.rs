@@ -1773,17 +1773,50 @@ struct Nginx {
     dir: tempfile::TempDir,
 }
 
+/// How an [`Nginx`] serves: plain HTTP, or HTTPS requiring a client certificate.
+enum Front<'a> {
+    Http,
+    /// The server's certificate and key, and the CA client certificates must come from.
+    MutualTls {
+        cert: &'a Path,
+        key: &'a Path,
+        client_ca: &'a Path,
+    },
+}
+
 impl Nginx {
     fn start(upstream: u16) -> Self {
+        Self::start_at("127.0.0.1", upstream, Front::Http)
+    }
+
+    fn start_at(ip: &str, upstream: u16, front: Front<'_>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-nginx-")
             .tempdir()
             .unwrap();
+        let tls = match front {
+            Front::Http => String::new(),
+            Front::MutualTls {
+                cert,
+                key,
+                client_ca,
+            } => format!(
+                "    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_client_certificate {};\n    ssl_verify_client on;\n",
+                cert.display(),
+                key.display(),
+                client_ca.display()
+            ),
+        };
+        let ssl = if tls.is_empty() { "" } else { " ssl" };
         for _ in 0..5 {
-            let port = free_port();
+            let port = TcpListener::bind((ip, 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
             let d = dir.path().display();
             let config = format!(
-                "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  server {{\n    listen 127.0.0.1:{port};\n    client_max_body_size 1m;\n    location / {{\n      proxy_pass http://127.0.0.1:{upstream};\n      proxy_set_header Host $http_host;\n      proxy_request_buffering off;\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
+                "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  server {{\n    listen {ip}:{port}{ssl};\n{tls}    client_max_body_size 1m;\n    location / {{\n      proxy_pass http://127.0.0.1:{upstream};\n      proxy_set_header Host $http_host;\n      proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_request_buffering off;\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
             );
             let file = dir.path().join("nginx.conf");
             std::fs::write(&file, config).unwrap();
@@ -1799,7 +1832,7 @@ impl Nginx {
                 .expect("start nginx (apt package nginx)");
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                if TcpStream::connect((ip, port)).is_ok() {
                     return Self { child, port, dir };
                 }
                 if child.try_wait().unwrap().is_some() {
@@ -1860,6 +1893,108 @@ fn blobs_a_proxy_refuses_whole_are_pushed_in_chunks() {
     assert_eq!(
         fresh.ok(&["run", "--rm", &target, "echo", "chunked"]),
         "chunked\n"
+    );
+}
+
+#[test]
+fn client_certificates_from_certs_d() {
+    // A registry behind nginx on this machine's network address, which wants a client certificate
+    // signed by the test CA.
+    let ip = host_address();
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path(), &ip);
+    let file = |name: &str| pki.path().join(name);
+    let openssl =
+        |args: &[&str]| run_ok(Command::new("openssl").args(args).current_dir(pki.path()));
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=berth-client",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+    ]);
+    std::fs::write(file("client-ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "client-ext",
+        "-out",
+        "client.cert",
+    ]);
+    let registry = Registry::start(Auth::None);
+    let nginx = Nginx::start_at(
+        &ip,
+        registry.port,
+        Front::MutualTls {
+            cert: &file("server.crt"),
+            key: &file("server.key"),
+            client_ca: &file("ca.crt"),
+        },
+    );
+    let host = format!("{ip}:{}", nginx.port);
+    let certs_d = pki.path().join("certs.d");
+    let host_dir = certs_d.join(&host);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::copy(file("ca.crt"), host_dir.join("ca.crt")).unwrap();
+    let b = Berth::with_busybox();
+    let target = format!("{host}/mtls/bb:1");
+    b.ok(&["tag", "busybox", &target]);
+    let berth = |store: &Berth, args: &[&str]| {
+        store
+            .cmd(args)
+            .env("BERTH_CERTS_DIR", &certs_d)
+            .output()
+            .unwrap()
+    };
+
+    // The CA alone: the server is trusted, but it refuses a client without a certificate.
+    let out = berth(&b, &["push", &target]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("400"), "{}", stderr(&out));
+
+    // A key without its certificate is a clear error.
+    std::fs::copy(file("client.key"), host_dir.join("client.key")).unwrap();
+    let out = berth(&b, &["push", &target]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("client key without its certificate"),
+        "{}",
+        stderr(&out)
+    );
+
+    // client.cert + client.key: mutual TLS.
+    std::fs::copy(file("client.cert"), host_dir.join("client.cert")).unwrap();
+    let out = berth(&b, &["push", &target]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fresh = Berth::empty();
+    let out = berth(&fresh, &["run", "--rm", &target, "echo", "mutual"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "mutual\n");
+    let out = fresh
+        .cmd(&["login", "-u", "any", "-p", "pw", &host])
+        .env("BERTH_CERTS_DIR", &certs_d)
+        .env("DOCKER_CONFIG", pki.path().join("docker"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "login with a client certificate: {}",
+        stderr(&out)
     );
 }
 
