@@ -166,6 +166,11 @@ struct TokenServer {
 
 impl TokenServer {
     fn start(user: &'static str, password: &'static str) -> Self {
+        Self::with_lifetime(user, password, 300)
+    }
+
+    /// A token server whose tokens expire `lifetime` seconds after they are issued.
+    fn with_lifetime(user: &'static str, password: &'static str, lifetime: u64) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-token-")
             .tempdir()
@@ -203,7 +208,8 @@ impl TokenServer {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { break };
-                let _ = answer_token_request(stream, &expected, &key, &der, user, &counter);
+                let _ =
+                    answer_token_request(stream, &expected, &key, &der, user, &counter, lifetime);
             }
         });
         Self {
@@ -222,6 +228,7 @@ fn answer_token_request(
     cert_der: &[u8],
     user: &str,
     issued: &std::sync::atomic::AtomicUsize,
+    lifetime: u64,
 ) -> std::io::Result<()> {
     use std::io::{BufRead, BufReader};
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -275,7 +282,7 @@ fn answer_token_request(
         "iss": TOKEN_ISSUER,
         "sub": user,
         "aud": TOKEN_SERVICE,
-        "exp": now + 300,
+        "exp": now + lifetime,
         "nbf": now - 10,
         "iat": now,
         "jti": format!("{now}-{}", issued.load(std::sync::atomic::Ordering::SeqCst)),
@@ -1718,6 +1725,47 @@ fn redirects_to_another_host_and_stalled_transfers() {
     assert_eq!(proxy.requests.load(Ordering::SeqCst), 2);
     assert!(proxy.ranged.load(Ordering::SeqCst), "resumed with a range");
     assert_eq!(fresh.ok(&["inspect", "-f", "{{.Id}}", &via]), id);
+}
+
+#[test]
+fn an_expired_token_is_renewed_mid_pull() {
+    use std::sync::atomic::Ordering;
+    let tokens = TokenServer::with_lifetime("dora", "short-lived", 1);
+    let registry = Registry::start(Auth::Token(&tokens));
+    let b = Berth::with_busybox();
+    let config_dir = b.dir.path().join("docker-config");
+    let target = format!("{}/renew/bb:1", registry.host());
+    b.ok(&["tag", "busybox", &target]);
+    let login = ["login", "-u", "dora", "--password-stdin", &registry.host()];
+    let out = with_config(&b, &config_dir, &login, Some("short-lived\n"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = with_config(&b, &config_dir, &["push", &target], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest = with_config(&b, &config_dir, &["manifest", "inspect", &target], None);
+    let manifest: Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The layer stalls for longer than the token lives: the resumed request carries a new token.
+    let proxy = FlakyProxy::start(registry.port, &layer, Flaw::Stall { times: 1 });
+    let via = format!("{}/renew/bb:1", proxy.host());
+    // Credentials are per host: log in to the proxy's too.
+    let proxy_host = proxy.host();
+    let proxy_login = ["login", "-u", "dora", "--password-stdin", &proxy_host];
+    let out = with_config(&b, &config_dir, &proxy_login, Some("short-lived\n"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fresh = Berth::empty();
+    fresh.settings(&json!({ "registry-read-timeout": 2 }));
+    let before = tokens.issued.load(Ordering::SeqCst);
+    let out = with_config(&fresh, &config_dir, &["pull", &via], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(proxy.requests.load(Ordering::SeqCst), 2);
+    assert!(
+        tokens.issued.load(Ordering::SeqCst) - before >= 2,
+        "one token for the start of the pull, a new one after it expired"
+    );
 }
 
 #[test]
