@@ -40,6 +40,7 @@ bench: release
 	bench/run.sh
 	bench/network.sh
 	bench/build.sh
+	bench/registry.sh
 
 clean:
 	$(CARGO) clean
