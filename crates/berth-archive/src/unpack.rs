@@ -58,6 +58,9 @@ pub struct UnpackOptions {
     /// ([`ArchiveError::DeviceNode`]). Whiteouts made by [`WhiteoutMode::Overlay`] are always
     /// allowed.
     pub allow_devices: bool,
+    /// Every entry owned by this uid and gid instead of the archive's (`cp` into a container without
+    /// `-a`, as Docker: the container's root owns what is copied in).
+    pub owner: Option<(u32, u32)>,
 }
 
 /// What an unpack did.
@@ -166,7 +169,10 @@ impl<'o> Extractor<'o> {
     fn run<R: Read>(mut self, reader: R) -> Result<UnpackSummary, ArchiveError> {
         let (_, stream) = crate::decompress(reader)?;
         let mut tar = TarReader::new(stream);
-        while let Some(header) = tar.next_entry()? {
+        while let Some(mut header) = tar.next_entry()? {
+            if let Some((uid, gid)) = self.opts.owner {
+                (header.uid, header.gid) = (uid, gid);
+            }
             self.summary.entries += 1;
             let name = String::from_utf8_lossy(&header.name).into_owned();
             self.entry(&header, &mut tar, &name)?;

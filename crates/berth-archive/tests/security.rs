@@ -294,6 +294,7 @@ fn devices_and_fifos_need_permission() {
     let opts = UnpackOptions {
         whiteouts: WhiteoutMode::Overlay,
         allow_devices: true,
+        owner: None,
     };
     unpack_layer(&tar[..], &sb.dest, &opts).unwrap();
     let null = fs::symlink_metadata(sb.dest.join("dev/null")).unwrap();

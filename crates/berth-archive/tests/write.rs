@@ -109,6 +109,7 @@ fn write_tree_is_complete_and_deterministic() {
     let options = berth_archive::UnpackOptions {
         whiteouts: WhiteoutMode::Apply,
         allow_devices: true,
+        owner: None,
     };
     unpack_layer(&first[..], &copy, &options).unwrap();
     assert_eq!(

@@ -41,6 +41,7 @@ impl Context {
         let options = berth_archive::UnpackOptions {
             whiteouts: berth_archive::WhiteoutMode::Literal,
             allow_devices: false,
+            owner: None,
         };
         berth_archive::unpack_layer(reader, dir.path(), &options)
             .map_err(|e| BuildError::Context(format!("reading the context tar: {e}")))?;

@@ -1298,6 +1298,7 @@ impl Builder<'_> {
         let options = berth_archive::UnpackOptions {
             whiteouts: berth_archive::WhiteoutMode::Literal,
             allow_devices: false,
+            owner: None,
         };
         let rel_dest = dest.strip_prefix("/").unwrap_or(dest).to_path_buf();
         let (reader, mut writer) =

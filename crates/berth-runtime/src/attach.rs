@@ -19,6 +19,7 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags};
 
 use crate::engine::{Engine, Started};
 use crate::error::{io_err, RuntimeError};
+use crate::session::{DetachKeys, DetachScanner};
 
 /// The socket's file name in the container's run directory.
 pub(crate) const SOCKET_NAME: &str = "attach.sock";
@@ -55,14 +56,14 @@ pub(crate) struct Attachment {
     pub errors: OwnedFd,
     /// The client's socket; None for the starter of a foreground `run`, which listens on the status pipe.
     pub socket: Option<UnixStream>,
-    /// A ctrl-p was seen; a ctrl-q next detaches.
-    pub detach_pending: bool,
+    /// Watches the input for the detach keys.
+    pub detach: DetachScanner,
 }
 
 impl Attachment {
     /// The starter's own stdio (fds 0-2, inherited by the monitor). They are moved to new descriptors
     /// and 0-2 pointed at /dev/null, so dropping the attachment really lets go of the caller's terminal.
-    pub(crate) fn from_inherited_stdio(forward_input: bool) -> Option<Self> {
+    pub(crate) fn from_inherited_stdio(forward_input: bool, keys: DetachKeys) -> Option<Self> {
         let take = |fd: RawFd| -> Option<OwnedFd> {
             let new = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)).ok()?;
             // SAFETY: F_DUPFD_CLOEXEC just returned this fresh descriptor; we are its only owner.
@@ -81,7 +82,7 @@ impl Attachment {
             output,
             errors,
             socket: None,
-            detach_pending: false,
+            detach: DetachScanner::new(keys),
         })
     }
 
@@ -106,10 +107,18 @@ impl Attachment {
                 }
             }
         }
-        let wants_stdin = msg
+        // "stdin" or "nostdin", then " keys=<hex>" (the client's detach keys).
+        let hello = msg
             .iovs()
             .next()
-            .is_some_and(|data| data.starts_with(b"stdin"));
+            .map(|data| String::from_utf8_lossy(data).into_owned())
+            .unwrap_or_default();
+        let wants_stdin = hello.starts_with("stdin");
+        let keys = hello
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("keys="))
+            .map(DetachKeys::from_hex)
+            .unwrap_or_default();
         if fds.len() != 3 {
             return Err(RuntimeError::Io("attach handshake: expected 3 fds".into()));
         }
@@ -123,7 +132,7 @@ impl Attachment {
             output,
             errors,
             socket: Some(stream),
-            detach_pending: false,
+            detach: DetachScanner::new(keys),
         })
     }
 
@@ -150,7 +159,12 @@ pub(crate) fn listen(dir: &Path) -> Result<UnixListener, RuntimeError> {
 impl Engine {
     /// Attaches the caller's stdin (when `stdin` and the container keeps stdin open), stdout and stderr to
     /// a running container. Wait on the result with [`crate::session::wait_attached`].
-    pub fn attach(&self, name_or_id: &str, stdin: bool) -> Result<Started, RuntimeError> {
+    pub fn attach(
+        &self,
+        name_or_id: &str,
+        stdin: bool,
+        keys: &DetachKeys,
+    ) -> Result<Started, RuntimeError> {
         let record = self.container(name_or_id)?;
         if !record.state.running || !self.monitor_alive(&record.id) {
             return Err(RuntimeError::InvalidOption(
@@ -167,10 +181,14 @@ impl Engine {
         let stream = UnixStream::connect(short.path())
             .map_err(|e| io_err(dir.join(SOCKET_NAME).display(), e))?;
         let fds = [0, 1, 2];
-        let hello: &[u8] = if stdin { b"stdin" } else { b"nostdin" };
+        let hello = format!(
+            "{} keys={}",
+            if stdin { "stdin" } else { "nostdin" },
+            keys.to_hex()
+        );
         nix::sys::socket::sendmsg::<()>(
             stream.as_raw_fd(),
-            &[IoSlice::new(hello)],
+            &[IoSlice::new(hello.as_bytes())],
             &[ControlMessage::ScmRights(&fds)],
             MsgFlags::empty(),
             None,

@@ -33,8 +33,8 @@ pub enum StdioMode {
     /// Detached: output only to the log.
     Detached,
     /// The caller's own stdin/stdout/stderr are handed to the monitor, which forwards container stdio
-    /// to them (and to the log) until the caller goes away.
-    Inherit,
+    /// to them (and to the log) until the caller goes away or types these detach keys.
+    Inherit(crate::session::DetachKeys),
     /// No stdin; stdout and stderr both go to this descriptor (a pipe the caller reads), which the
     /// monitor holds until it exits: a build step's output.
     Output(std::os::fd::OwnedFd),
@@ -504,8 +504,8 @@ impl Engine {
                     .stdout(Stdio::null())
                     .stderr(Stdio::null());
             }
-            StdioMode::Inherit => {
-                cmd.arg("--attached");
+            StdioMode::Inherit(keys) => {
+                cmd.arg("--attached").arg(keys.to_hex());
                 if !record.config.open_stdin {
                     cmd.stdin(Stdio::null());
                 }
@@ -513,6 +513,7 @@ impl Engine {
             StdioMode::Output(fd) => {
                 let copy = fd.try_clone().map_err(|e| io_err("dup output", e))?;
                 cmd.arg("--attached")
+                    .arg(crate::session::DetachKeys::default().to_hex())
                     .stdin(Stdio::null())
                     .stdout(Stdio::from(fd))
                     .stderr(Stdio::from(copy));

@@ -28,7 +28,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::engine::Engine;
 use crate::error::{io_err, RuntimeError};
-use crate::session::{copy_window_size, scan_detach_keys, RawTerminal};
+use crate::session::{copy_window_size, DetachKeys, DetachScanner, RawTerminal};
 
 /// What `berth exec` asks for.
 #[derive(Debug, Clone, Default)]
@@ -49,6 +49,8 @@ pub struct ExecOptions {
     pub detach: bool,
     /// `--privileged`: every capability.
     pub privileged: bool,
+    /// `--detach-keys`: what detaches a foreground exec with a terminal.
+    pub detach_keys: DetachKeys,
 }
 
 /// How a foreground exec ended.
@@ -113,7 +115,12 @@ impl Engine {
             let master = child
                 .pty
                 .ok_or_else(|| RuntimeError::Io("exec: no pty".into()))?;
-            pump_tty(child.pid, master, options.interactive)
+            pump_tty(
+                child.pid,
+                master,
+                options.interactive,
+                options.detach_keys.clone(),
+            )
         } else {
             wait_proxying_signals(child.pid).map(ExecEnd::Exited)
         }
@@ -619,7 +626,12 @@ fn wait_proxying_signals(pid: Pid) -> Result<i32, RuntimeError> {
 }
 
 /// Copies between our terminal and the exec's pty until the process exits or the user detaches.
-fn pump_tty(pid: Pid, master: OwnedFd, interactive: bool) -> Result<ExecEnd, RuntimeError> {
+fn pump_tty(
+    pid: Pid,
+    master: OwnedFd,
+    interactive: bool,
+    keys: DetachKeys,
+) -> Result<ExecEnd, RuntimeError> {
     copy_window_size(0, master.as_raw_fd());
     let _raw = RawTerminal::enter();
     let mut mask = SigSet::empty();
@@ -633,7 +645,7 @@ fn pump_tty(pid: Pid, master: OwnedFd, interactive: bool) -> Result<ExecEnd, Run
         .map_err(|e| io_err("signalfd", e))?;
     let mut exit = None;
     let mut stdin_open = interactive;
-    let mut detach_pending = false;
+    let mut detach = DetachScanner::new(keys);
     let mut buf = vec![0u8; 64 * 1024];
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
@@ -697,9 +709,9 @@ fn pump_tty(pid: Pid, master: OwnedFd, interactive: bool) -> Result<ExecEnd, Run
         if stdin_open && ready.get(2).copied().unwrap_or(false) {
             match stdin.lock().read(&mut buf) {
                 Ok(n) if n > 0 => {
-                    let (data, detach) = scan_detach_keys(&buf[..n], &mut detach_pending);
+                    let (data, detached) = detach.scan(&buf[..n]);
                     let _ = master_file.write_all(&data);
-                    if detach {
+                    if detached {
                         return Ok(ExecEnd::Detached);
                     }
                 }

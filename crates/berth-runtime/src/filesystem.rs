@@ -133,10 +133,13 @@ pub struct CommitOptions {
     pub reference: Option<Reference>,
 }
 
-fn unpack_options() -> UnpackOptions {
+/// How `cp` unpacks: `.wh.` names are plain files, no device nodes, and every entry owned by `owner`
+/// when given rather than as the archive says.
+fn unpack_options(owner: Option<(u32, u32)>) -> UnpackOptions {
     UnpackOptions {
         whiteouts: WhiteoutMode::Literal,
         allow_devices: false,
+        owner,
     }
 }
 
@@ -250,9 +253,17 @@ impl Engine {
         src: &str,
         target: CopyTarget<'_>,
         follow_link: bool,
+        keep_owners: bool,
     ) -> Result<(), RuntimeError> {
         let root = self.container_root(name_or_id)?;
         let (src_root, mut src_path) = root.locate(Path::new(src));
+        // Docker's: what is copied out belongs to the user copying, unless `-a` keeps the owners.
+        let owner = (!keep_owners).then(|| {
+            (
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            )
+        });
         let missing = || {
             RuntimeError::InvalidOption(format!(
                 "Could not find the file {src} in container {name_or_id}"
@@ -310,11 +321,14 @@ impl Engine {
                         .map_err(|e| RuntimeError::Io(format!("copy {src}: {e}")))
                     },
                     |r| {
-                        berth_archive::unpack_in_root(r, &dir, Path::new("/"), &unpack_options())
-                            .map(drop)
-                            .map_err(|e| {
-                                RuntimeError::Io(format!("copy to {}: {e}", dir.display()))
-                            })
+                        berth_archive::unpack_in_root(
+                            r,
+                            &dir,
+                            Path::new("/"),
+                            &unpack_options(owner),
+                        )
+                        .map(drop)
+                        .map_err(|e| RuntimeError::Io(format!("copy to {}: {e}", dir.display())))
                     },
                 )
             }
@@ -329,9 +343,12 @@ impl Engine {
         input: &mut dyn Read,
         dest: &str,
         follow_link: bool,
+        keep_owners: bool,
     ) -> Result<(), RuntimeError> {
         let root = self.container_root(name_or_id)?;
         let (dest_root, dest_path) = root.locate(Path::new(dest));
+        // Docker's: what is copied in belongs to the container's root, unless `-a` keeps the owners.
+        let owner = (!keep_owners).then_some((0, 0));
         let resolved =
             crate::rootfs::resolve_in_root(&dest_root, &dest_path).map_err(|e| io_err(dest, e))?;
         let dest_meta = fs::metadata(&resolved).ok();
@@ -341,7 +358,7 @@ impl Engine {
                     "destination \"{name_or_id}:{dest}\" must be a directory"
                 )));
             }
-            berth_archive::unpack_in_root(input, &dest_root, &dest_path, &unpack_options())
+            berth_archive::unpack_in_root(input, &dest_root, &dest_path, &unpack_options(owner))
                 .map_err(|e| RuntimeError::Io(format!("copy to {dest}: {e}")))?;
             return Ok(());
         };
@@ -392,9 +409,14 @@ impl Engine {
                     .map_err(|e| RuntimeError::Io(format!("copy {}: {e}", src.display())))
             },
             |r| {
-                berth_archive::unpack_in_root(r, &dest_root, &dir_in_container, &unpack_options())
-                    .map(drop)
-                    .map_err(|e| RuntimeError::Io(format!("copy to {dest}: {e}")))
+                berth_archive::unpack_in_root(
+                    r,
+                    &dest_root,
+                    &dir_in_container,
+                    &unpack_options(owner),
+                )
+                .map(drop)
+                .map_err(|e| RuntimeError::Io(format!("copy to {dest}: {e}")))
             },
         )
     }

@@ -24,7 +24,7 @@ use crate::attach::Attachment;
 use crate::engine::{Engine, MonitorEvent, STATUS_FD};
 use crate::error::{io_err, RuntimeError};
 use crate::logs::{JsonLogWriter, Stream};
-use crate::session::{copy_window_size, scan_detach_keys};
+use crate::session::{copy_window_size, DetachKeys};
 
 /// How long a container runs before its monitor sheds the memory it needed to create it.
 const SHED_STARTUP_MEMORY_AFTER: Duration = Duration::from_secs(1);
@@ -72,7 +72,8 @@ struct Outcome {
 }
 
 /// Runs the monitor for container `id` until the container is finally stopped; returns the process exit code.
-pub fn run(root: &Path, runroot: &Path, id: &str, attached: bool) -> i32 {
+/// `attached`: the starter's stdio (fds 0-2) is the container's until it detaches with these keys.
+pub fn run(root: &Path, runroot: &Path, id: &str, attached: Option<DetachKeys>) -> i32 {
     let mut status = StatusPipe::inherit();
     set_monitor_signals(true);
     let engine = match Engine::open(root, runroot) {
@@ -109,7 +110,7 @@ pub fn run(root: &Path, runroot: &Path, id: &str, attached: bool) -> i32 {
 fn supervise(
     engine: &Engine,
     id: &str,
-    attached: bool,
+    attached: Option<DetachKeys>,
     status: &mut StatusPipe,
 ) -> Result<i32, RuntimeError> {
     let record = engine.store().container(id)?;
@@ -127,10 +128,11 @@ fn supervise(
         list: Vec::new(),
         starter_left: false,
     };
-    if attached && status.fd().is_some() {
-        attachments
-            .list
-            .extend(Attachment::from_inherited_stdio(record.config.open_stdin));
+    if let Some(keys) = attached.filter(|_| status.fd().is_some()) {
+        attachments.list.extend(Attachment::from_inherited_stdio(
+            record.config.open_stdin,
+            keys,
+        ));
     }
     let mut backoff = BACKOFF_START;
     let mut first = true;
@@ -837,7 +839,7 @@ fn pump_loop(
                     match read_some(input, &mut buf) {
                         Some(n) if n > 0 => {
                             let (data, detach) = if tty {
-                                scan_detach_keys(&buf[..n], &mut a.detach_pending)
+                                a.detach.scan(&buf[..n])
                             } else {
                                 (buf[..n].to_vec(), false)
                             };

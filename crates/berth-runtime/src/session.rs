@@ -146,26 +146,119 @@ pub(crate) fn copy_window_size(from: RawFd, to: RawFd) {
     }
 }
 
-/// Ctrl-P Ctrl-Q detaches (Docker's default detach keys); returns the bytes to forward and whether to detach.
-pub(crate) fn scan_detach_keys(input: &[u8], pending: &mut bool) -> (Vec<u8>, bool) {
-    const CTRL_P: u8 = 0x10;
-    const CTRL_Q: u8 = 0x11;
-    let mut out = Vec::with_capacity(input.len() + 1);
-    for &b in input {
-        if *pending {
-            *pending = false;
-            if b == CTRL_Q {
-                return (out, true);
-            }
-            out.push(CTRL_P);
+/// The key sequence that detaches a terminal from a container, leaving it running: Docker's
+/// `--detach-keys` (`ctrl-p,ctrl-q` unless given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetachKeys(Vec<u8>);
+
+impl Default for DetachKeys {
+    fn default() -> Self {
+        Self(vec![0x10, 0x11])
+    }
+}
+
+impl DetachKeys {
+    /// Parses Docker's syntax: comma-separated keys, each a single character or `ctrl-<c>` with `<c>`
+    /// one of `a`-`z`, `@`, `[`, `\`, `]`, `^`, `_`. An empty string means the default.
+    pub fn parse(spec: &str) -> Result<Self, RuntimeError> {
+        if spec.is_empty() {
+            return Ok(Self::default());
         }
-        if b == CTRL_P {
-            *pending = true;
-        } else {
-            out.push(b);
+        let bad =
+            |why: &str| RuntimeError::InvalidOption(format!("invalid detach keys ({spec}): {why}"));
+        let mut codes = Vec::new();
+        for key in spec.split(',') {
+            if key.len() == 1 {
+                codes.push(key.as_bytes()[0]);
+                continue;
+            }
+            let lower = key.to_ascii_lowercase();
+            let Some(c) = lower.strip_prefix("ctrl-").filter(|c| c.len() == 1) else {
+                return Err(bad(&format!("unknown key {key:?}")));
+            };
+            codes.push(match c.as_bytes()[0] {
+                c @ b'a'..=b'z' => c - b'a' + 1,
+                b'@' => 0,
+                b'[' => 27,
+                b'\\' => 28,
+                b']' => 29,
+                b'^' => 30,
+                b'_' => 31,
+                _ => return Err(bad(&format!("unknown key {key:?}"))),
+            });
+        }
+        if codes.len() > MAX_DETACH_KEYS {
+            return Err(bad(&format!("at most {MAX_DETACH_KEYS} keys")));
+        }
+        Ok(Self(codes))
+    }
+
+    /// The keys as hex digits, for the attach handshake and the monitor's command line.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The keys from [`DetachKeys::to_hex`]'s form; the default for anything else.
+    pub fn from_hex(hex: &str) -> Self {
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect();
+        match bytes {
+            Some(b) if !b.is_empty() && b.len() <= MAX_DETACH_KEYS => Self(b),
+            _ => Self::default(),
         }
     }
-    (out, false)
+}
+
+/// The longest detach sequence accepted (it travels in a short handshake message).
+const MAX_DETACH_KEYS: usize = 16;
+
+/// Watches a terminal's input for the detach keys.
+#[derive(Debug, Clone)]
+pub(crate) struct DetachScanner {
+    keys: DetachKeys,
+    /// How many keys of the sequence the input has matched so far (held back, not forwarded yet).
+    matched: usize,
+}
+
+impl DetachScanner {
+    pub(crate) fn new(keys: DetachKeys) -> Self {
+        Self { keys, matched: 0 }
+    }
+
+    /// Returns the bytes to forward and whether the whole sequence was typed. A partial sequence is held
+    /// back until the next byte shows whether it continues; when it does not, it is forwarded as typed.
+    pub(crate) fn scan(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
+        let keys = &self.keys.0;
+        let mut out = Vec::with_capacity(input.len() + keys.len());
+        for &b in input {
+            if b == keys[self.matched] {
+                self.matched += 1;
+                if self.matched == keys.len() {
+                    self.matched = 0;
+                    return (out, true);
+                }
+                continue;
+            }
+            // Not the sequence after all: what was held back goes through, and this byte may start it.
+            out.extend_from_slice(&keys[..self.matched]);
+            self.matched = 0;
+            if b == keys[0] {
+                self.matched = 1;
+                if keys.len() == 1 {
+                    self.matched = 0;
+                    return (out, true);
+                }
+            } else {
+                out.push(b);
+            }
+        }
+        (out, false)
+    }
 }
 
 #[cfg(test)]
@@ -174,21 +267,28 @@ mod tests {
 
     #[test]
     fn detach_keys() {
-        let mut pending = false;
+        let mut scan = DetachScanner::new(DetachKeys::default());
+        assert_eq!(scan.scan(b"ab"), (b"ab".to_vec(), false));
+        assert_eq!(scan.scan(b"a\x10"), (b"a".to_vec(), false));
+        assert_eq!(scan.scan(b"\x11"), (vec![], true));
+        assert_eq!(scan.scan(b"\x10x"), (b"\x10x".to_vec(), false));
+        assert_eq!(scan.scan(b"\x10\x10\x11"), (b"\x10".to_vec(), true));
+
+        let keys = DetachKeys::parse("ctrl-a,d").unwrap();
+        assert_eq!(keys, DetachKeys(vec![1, b'd']));
+        assert_eq!(DetachKeys::from_hex(&keys.to_hex()), keys);
+        let mut scan = DetachScanner::new(keys);
+        assert_eq!(scan.scan(b"\x10\x11\x01"), (b"\x10\x11".to_vec(), false));
+        assert_eq!(scan.scan(b"d"), (vec![], true));
         assert_eq!(
-            scan_detach_keys(b"ab", &mut pending),
-            (b"ab".to_vec(), false)
+            DetachKeys::parse("ctrl-@,ctrl-[,ctrl-\\,ctrl-],ctrl-^,ctrl-_,CTRL-Z").unwrap(),
+            DetachKeys(vec![0, 27, 28, 29, 30, 31, 26])
         );
-        assert_eq!(
-            scan_detach_keys(b"a\x10", &mut pending),
-            (b"a".to_vec(), false)
-        );
-        assert!(pending);
-        assert_eq!(scan_detach_keys(b"\x11", &mut pending), (vec![], true));
-        pending = false;
-        assert_eq!(
-            scan_detach_keys(b"\x10x", &mut pending),
-            (b"\x10x".to_vec(), false)
-        );
+        assert_eq!(DetachKeys::parse("").unwrap(), DetachKeys::default());
+        for bad in ["ctrl-1", "ctl-a", "ab", "ctrl-", ","] {
+            assert!(DetachKeys::parse(bad).is_err(), "{bad}");
+        }
+        let mut single = DetachScanner::new(DetachKeys::parse("ctrl-x").unwrap());
+        assert_eq!(single.scan(b"ab\x18cd"), (b"ab".to_vec(), true));
     }
 }

@@ -104,6 +104,7 @@ impl Store {
             let options = berth_archive::UnpackOptions {
                 whiteouts: berth_archive::WhiteoutMode::Overlay,
                 allow_devices: false,
+                owner: None,
             };
             berth_archive::unpack_layer(&mut hashed, &staging.join("diff"), &options)?;
             // The tar reader stops at the end-of-archive marker; hash any padding after it too.

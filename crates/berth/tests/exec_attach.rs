@@ -260,3 +260,49 @@ fn attach_clients_come_and_go_without_disturbing_the_container() {
         "true\n"
     );
 }
+
+#[test]
+fn detach_keys_can_be_chosen() {
+    let b = Berth::with_busybox();
+    let running = |name: &str| b.ok(&["inspect", "-f", "{{.State.Running}}", name]) == "true\n";
+    b.ok(&["run", "-d", "-it", "--name", "dk1", "busybox", "sh"]);
+    // With other keys, ctrl-p ctrl-q is just input; ctrl-a d detaches.
+    let (code, out) = under_pty(
+        &b,
+        "attach --detach-keys ctrl-a,d dk1",
+        &["\x10\x11\r", "echo two-$((1+1))\r", "\x01d"],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("two-2"), "{out}");
+    assert!(running("dk1"));
+
+    // `run -it` and `exec -it` take them too.
+    let (code, out) = under_pty(
+        &b,
+        "run -it --name dk2 --detach-keys ctrl-x busybox sh",
+        &["echo in-run\r", "\x18"],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("in-run"), "{out}");
+    assert!(running("dk2"));
+    let (code, out) = under_pty(&b, "exec -it --detach-keys ctrl-e dk2 sh", &["\x05"]);
+    assert_eq!(code, Some(0), "{out}");
+
+    // A key Docker does not know is refused before anything runs.
+    let out = b.run(&[
+        "run",
+        "--detach-keys",
+        "ctrl-1",
+        "--name",
+        "dk3",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("invalid detach keys (ctrl-1)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(b.run(&["inspect", "dk3"]).status.code() != Some(0));
+}

@@ -46,12 +46,18 @@ fn cp_both_directions_with_dockers_destination_rules() {
     {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    // Directory to a new host path: created with the directory's contents; owner and mode kept.
+    // Directory to a new host path: created with the directory's contents; the mode kept, the
+    // owner the user copying (Docker's), or the container's with -a.
     let out = host.join("d-copy");
     b.ok(&["cp", "cp1:/srv/d", out.to_str().unwrap()]);
     let a = std::fs::metadata(out.join("a")).unwrap();
     assert_eq!(std::fs::read_to_string(out.join("a")).unwrap(), "hello\n");
+    assert_eq!((a.uid(), a.gid(), a.mode() & 0o777), (0, 0, 0o640));
+    let archived = host.join("d-archived");
+    b.ok(&["cp", "-a", "cp1:/srv/d", archived.to_str().unwrap()]);
+    let a = std::fs::metadata(archived.join("a")).unwrap();
     assert_eq!((a.uid(), a.gid(), a.mode() & 0o777), (123, 45, 0o640));
+    std::fs::remove_dir_all(&archived).unwrap();
     // Into an existing directory: lands under the source's name.
     b.ok(&["cp", "cp1:/srv/d", host.to_str().unwrap()]);
     assert!(host.join("d/a").is_file());
@@ -66,8 +72,29 @@ fn cp_both_directions_with_dockers_destination_rules() {
     assert_eq!(tar_names(&out.stdout), vec!["d/", "d/a"]);
 
     // Host to container: a file into a directory, to a new name, a directory's contents, a tar on stdin.
+    // What is copied in belongs to the container's root, or keeps its owner with -a.
     std::fs::write(host.join("up.txt"), "up\n").unwrap();
+    std::os::unix::fs::chown(host.join("up.txt"), Some(321), Some(54)).unwrap();
     b.ok(&["cp", host.join("up.txt").to_str().unwrap(), "cp1:/srv/"]);
+    b.ok(&[
+        "cp",
+        "-a",
+        host.join("up.txt").to_str().unwrap(),
+        "cp1:/srv/kept.txt",
+    ]);
+    assert_eq!(
+        b.ok(&[
+            "exec",
+            "cp1",
+            "stat",
+            "-c",
+            "%u:%g",
+            "/srv/up.txt",
+            "/srv/kept.txt"
+        ]),
+        "0:0\n321:54\n"
+    );
+    b.ok(&["exec", "cp1", "rm", "/srv/kept.txt"]);
     b.ok(&[
         "cp",
         host.join("up.txt").to_str().unwrap(),

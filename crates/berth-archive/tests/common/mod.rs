@@ -217,6 +217,7 @@ pub fn opts(whiteouts: WhiteoutMode) -> UnpackOptions {
     UnpackOptions {
         whiteouts,
         allow_devices: false,
+        owner: None,
     }
 }
 

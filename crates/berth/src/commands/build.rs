@@ -359,6 +359,7 @@ impl Output {
                     let options = berth_archive::UnpackOptions {
                         whiteouts: berth_archive::WhiteoutMode::Literal,
                         allow_devices: false,
+                        owner: None,
                     };
                     let unpacked = berth_archive::unpack_layer(reader, dir, &options);
                     let produced = producer

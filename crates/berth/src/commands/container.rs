@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use berth_runtime::exec::{ExecEnd, ExecOptions};
 use berth_runtime::logs::{self, LogRecord};
-use berth_runtime::session::{wait_attached, SessionEnd};
+use berth_runtime::session::{wait_attached, DetachKeys, SessionEnd};
 use berth_runtime::{Engine, RunOptions, StdioMode};
 use berth_store::container::{ContainerRecord, Status};
 use clap::{Args, Subcommand};
@@ -265,6 +265,9 @@ pub struct RunArgs {
     /// Proxy received signals to the process
     #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
     sig_proxy: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys")]
+    detach_keys: Option<String>,
     #[command(flatten)]
     create: CreateArgs,
 }
@@ -278,6 +281,9 @@ pub struct StartArgs {
     /// Attach container's STDIN
     #[arg(short = 'i', long)]
     interactive: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys")]
+    detach_keys: Option<String>,
     /// Containers
     #[arg(required = true)]
     containers: Vec<String>,
@@ -454,6 +460,9 @@ pub struct AttachArgs {
     /// Proxy all received signals to the process
     #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
     sig_proxy: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys")]
+    detach_keys: Option<String>,
     /// Container
     container: String,
 }
@@ -485,6 +494,9 @@ pub struct ExecArgs {
     /// Give extended privileges to the command
     #[arg(long)]
     privileged: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys")]
+    detach_keys: Option<String>,
     /// Container
     container: String,
     /// Command and arguments
@@ -497,9 +509,9 @@ pub struct ExecArgs {
 pub struct MonitorArgs {
     /// Container ID
     pub id: String,
-    /// The starter's stdio is attached
+    /// The starter's stdio is attached, until these detach keys (hex) are typed
     #[arg(long)]
-    pub attached: bool,
+    pub attached: Option<String>,
 }
 
 /// `container` subcommands.
@@ -603,6 +615,7 @@ pub fn create(engine: &Engine, args: CreateArgs) -> anyhow::Result<i32> {
 pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
     let attach = !args.detach;
     let options = args.create.options(attach)?;
+    let keys = DetachKeys::parse(args.detach_keys.as_deref().unwrap_or_default())?;
     // Any pull is over (and its threads gone) before the container starts: the runtime forks.
     super::registry::ensure_image(
         engine,
@@ -612,7 +625,7 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
     )?;
     let record = engine.create(&options)?;
     let stdio = if attach {
-        StdioMode::Inherit
+        StdioMode::Inherit(keys)
     } else {
         StdioMode::Detached
     };
@@ -629,7 +642,8 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
 
 pub fn attach(engine: &Engine, args: AttachArgs) -> anyhow::Result<i32> {
     let record = engine.container(&args.container)?;
-    let started = engine.attach(&record.id, !args.no_stdin)?;
+    let keys = DetachKeys::parse(args.detach_keys.as_deref().unwrap_or_default())?;
+    let started = engine.attach(&record.id, !args.no_stdin, &keys)?;
     match wait_attached(started, record.config.tty, args.sig_proxy)? {
         SessionEnd::Exited(code) => Ok(code),
         SessionEnd::Detached => Ok(0),
@@ -653,6 +667,7 @@ pub fn exec(engine: &Engine, args: ExecArgs) -> anyhow::Result<i32> {
         interactive: args.interactive,
         detach: args.detach,
         privileged: args.privileged,
+        detach_keys: DetachKeys::parse(args.detach_keys.as_deref().unwrap_or_default())?,
     };
     match engine.exec(&args.container, &options)? {
         ExecEnd::Exited(code) => Ok(code),
@@ -664,15 +679,16 @@ pub fn start(engine: &Engine, args: StartArgs) -> anyhow::Result<i32> {
     if args.attach && args.containers.len() > 1 {
         bail!("you cannot start and attach multiple containers at once");
     }
+    let keys = DetachKeys::parse(args.detach_keys.as_deref().unwrap_or_default())?;
     let mut failed = false;
     for name in &args.containers {
         if args.attach {
             let record = engine.container(name)?;
             // Already running: attach to it, as Docker does.
             let started = if record.state.running && engine.monitor_alive(&record.id) {
-                engine.attach(&record.id, args.interactive)?
+                engine.attach(&record.id, args.interactive, &keys)?
             } else {
-                engine.start(name, StdioMode::Inherit)?
+                engine.start(name, StdioMode::Inherit(keys.clone()))?
             };
             return match wait_attached(started, record.config.tty, true)? {
                 SessionEnd::Exited(code) => Ok(code),

@@ -81,8 +81,7 @@ fn split_operand(arg: &str) -> (Option<&str>, &str) {
 }
 
 pub fn cp(engine: &Engine, args: CpArgs) -> anyhow::Result<i32> {
-    // Owners are always kept: Berth runs as root, where Docker's -a makes no difference either.
-    let _ = (args.archive, args.quiet);
+    let _ = args.quiet;
     match (
         split_operand(&args.source),
         split_operand(&args.destination),
@@ -100,6 +99,7 @@ pub fn cp(engine: &Engine, args: CpArgs) -> anyhow::Result<i32> {
                     path,
                     CopyTarget::Stream(&mut out),
                     args.follow_link,
+                    args.archive,
                 )?;
                 out.flush().context("write to stdout")?;
             } else {
@@ -108,6 +108,7 @@ pub fn cp(engine: &Engine, args: CpArgs) -> anyhow::Result<i32> {
                     path,
                     CopyTarget::Path(Path::new(dest)),
                     args.follow_link,
+                    args.archive,
                 )?;
             }
             Ok(0)
@@ -121,7 +122,14 @@ pub fn cp(engine: &Engine, args: CpArgs) -> anyhow::Result<i32> {
             }
             let mut stdin = std::io::stdin().lock();
             let source = (src != "-").then(|| Path::new(src));
-            engine.copy_to_container(container, source, &mut stdin, path, args.follow_link)?;
+            engine.copy_to_container(
+                container,
+                source,
+                &mut stdin,
+                path,
+                args.follow_link,
+                args.archive,
+            )?;
             Ok(0)
         }
     }

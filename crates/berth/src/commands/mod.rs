@@ -183,7 +183,11 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
                     .try_init();
             }
         }
-        return berth_runtime::monitor::run(root, runroot, &args.id, args.attached);
+        let attached = args
+            .attached
+            .as_deref()
+            .map(berth_runtime::session::DetachKeys::from_hex);
+        return berth_runtime::monitor::run(root, runroot, &args.id, attached);
     }
     if let Command::DnsServer { network } = &command {
         let served =
