@@ -64,7 +64,7 @@ echo "the producer alone (busybox yes | head to /dev/null): $(( 1073741824 / ((e
 # The monitor's own capacity: its CPU time for the GiB (utime+stime, sampled until it exits).
 $B rm logger >/dev/null
 $B run -d --name logger2 busybox sh -c "sleep 0.5; yes $line | head -c 1073741824" >/dev/null
-mon=$(pgrep -f "monitor $($B inspect -f '{{.Id}}' logger2)")
+mon=$(pgrep -f "berth-monitor .*$($B inspect -f '{{.Id}}' logger2)")
 ticks=0
 while t=$(awk '{print $14 + $15}' /proc/"$mon"/stat 2>/dev/null); do ticks=$t; sleep 0.1; done
 hz=$(getconf CLK_TCK)

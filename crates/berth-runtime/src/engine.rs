@@ -40,6 +40,25 @@ pub enum StdioMode {
     Output(std::os::fd::OwnedFd),
 }
 
+/// The file name of the monitor binary, installed next to `berth`.
+pub const MONITOR_BINARY: &str = "berth-monitor";
+
+/// The monitor binary beside the running executable. It is a program of its own, not a mode of `berth`,
+/// because one runs per container for as long as the container does: it carries only the runtime, not
+/// the registry client, the builder or the CLI, so it maps and dirties a fraction of their memory.
+fn monitor_binary() -> Result<std::path::PathBuf, RuntimeError> {
+    let exe = std::env::current_exe().map_err(|e| io_err("locate the berth binary", e))?;
+    let monitor = exe.with_file_name(MONITOR_BINARY);
+    if !monitor.is_file() {
+        return Err(RuntimeError::Monitor(format!(
+            "{} not found: it is installed beside {}",
+            monitor.display(),
+            exe.display()
+        )));
+    }
+    Ok(monitor)
+}
+
 /// What the monitor tells the process that started it, one line each on the status pipe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MonitorEvent {
@@ -488,13 +507,11 @@ impl Engine {
         }
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
-        let exe = std::env::current_exe().map_err(|e| io_err("locate the berth binary", e))?;
-        let mut cmd = Command::new(exe);
+        let mut cmd = Command::new(monitor_binary()?);
         cmd.arg("--root")
             .arg(self.store.root())
             .arg("--runroot")
             .arg(&self.runroot)
-            .arg("monitor")
             .arg(&record.id)
             // The monitor outlives the caller's working directory, which may go away.
             .current_dir("/");

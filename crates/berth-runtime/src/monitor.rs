@@ -1,4 +1,4 @@
-//! The per-container monitor: `berth monitor <id>`, started by `start`/`run` in its own session. It creates and
+//! The per-container monitor: `berth-monitor <id>`, started by `start`/`run` in its own session. It creates and
 //! starts the container through the embedded libcontainer, owns the container's stdio (pipes or a pty), appends
 //! it to the json log, forwards it to an attached caller, reaps the exit status, records it, applies the
 //! restart policy and `--rm`. Single-threaded and without an async runtime, because libcontainer forks.
@@ -74,6 +74,14 @@ struct Outcome {
 /// Runs the monitor for container `id` until the container is finally stopped; returns the process exit code.
 /// `attached`: the starter's stdio (fds 0-2) is the container's until it detaches with these keys.
 pub fn run(root: &Path, runroot: &Path, id: &str, attached: Option<DetachKeys>) -> i32 {
+    // Blocks of 64 KiB and more (the stdio and log buffers) get mappings of their own, whose pages are
+    // only resident once written and go back to the kernel when freed. glibc's default threshold rises
+    // to the largest block freed, which creating the container pushes up: those buffers would then sit
+    // in the heap, zeroed and resident, for the container's whole life.
+    // SAFETY: mallopt only changes the allocator's tuning, before anything else runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
     let mut status = StatusPipe::inherit();
     set_monitor_signals(true);
     let engine = match Engine::open(root, runroot) {

@@ -189,7 +189,7 @@ fn processes_of(b: &Berth, ids: &[String]) -> Vec<String> {
         let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let cgroup = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
-        if (cmdline.contains(&root) && cmdline.contains(" monitor "))
+        if (cmdline.contains(&root) && cmdline.contains("berth-monitor "))
             || ids
                 .iter()
                 .any(|id| cgroup.contains(&format!("/berth/{id}")))
@@ -241,7 +241,8 @@ fn monitor_pid(b: &Berth, id: &str) -> Option<i32> {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         if args.iter().any(|a| a == &root)
-            && args.windows(2).any(|w| w[0] == "monitor" && w[1] == id)
+            && args.first().is_some_and(|a| a.ends_with("berth-monitor"))
+            && args.iter().rev().find(|a| !a.is_empty()) == Some(&id.to_string())
         {
             return Some(pid);
         }
@@ -1187,4 +1188,33 @@ fn kill_with_a_signal_reaches_the_containers_trap() {
     assert_eq!(b.ok(&["wait", "listener"]), "137\n");
     b.ok(&["rm", "listener"]);
     assert_nothing_left(&b, &[id]);
+}
+
+#[test]
+fn a_missing_monitor_binary_is_a_clear_error() {
+    let b = Berth::with_busybox();
+    // `berth` copied somewhere without its `berth-monitor`.
+    let alone = b.dir.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_berth"), alone.join("berth")).unwrap();
+    let out = Command::new(alone.join("berth"))
+        .arg("--root")
+        .arg(&b.root)
+        .arg("--runroot")
+        .arg(&b.runroot)
+        .args(["run", "--rm", "--name", "lonely", "busybox", "true"])
+        .env("BERTH_CONFIG", b.settings_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("berth-monitor not found: it is installed beside"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        b.ok(&["ps", "-aq", "--filter", "name=lonely"]),
+        "",
+        "--rm removes the container that could not start"
+    );
 }

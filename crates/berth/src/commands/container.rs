@@ -504,16 +504,6 @@ pub struct ExecArgs {
     command: Vec<String>,
 }
 
-/// The hidden `monitor` command.
-#[derive(Args)]
-pub struct MonitorArgs {
-    /// Container ID
-    pub id: String,
-    /// The starter's stdio is attached, until these detach keys (hex) are typed
-    #[arg(long)]
-    pub attached: Option<String>,
-}
-
 /// `container` subcommands.
 #[derive(Subcommand)]
 pub enum ContainerCommand {
@@ -629,7 +619,16 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
     } else {
         StdioMode::Detached
     };
-    let started = engine.start(&record.id, stdio)?;
+    let started = match engine.start(&record.id, stdio) {
+        Ok(started) => started,
+        Err(e) => {
+            // No monitor came up to honour --rm: the container it would have removed goes now.
+            if record.host_config.auto_remove {
+                let _ = engine.remove(&record.id, true, true);
+            }
+            return Err(e.into());
+        }
+    };
     if args.detach {
         println!("{}", record.id);
         return Ok(0);

@@ -120,9 +120,6 @@ pub enum Command {
     Version,
     /// Display system-wide information
     Info,
-    /// Supervise one container (started by berth itself)
-    #[command(hide = true)]
-    Monitor(container::MonitorArgs),
     /// Serve DNS for a user-defined network (started by berth itself)
     #[command(hide = true)]
     DnsServer {
@@ -170,25 +167,6 @@ impl Command {
 
 /// Runs a command and returns the process exit code.
 pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
-    if let Command::Monitor(args) = &command {
-        // BERTH_DEBUG=1 makes the monitor log libcontainer's steps to <runroot>/containers/<id>/monitor.log.
-        if std::env::var_os("BERTH_DEBUG").is_some() {
-            let dir = runroot.join("containers").join(&args.id);
-            let _ = std::fs::create_dir_all(&dir);
-            if let Ok(file) = std::fs::File::create(dir.join("monitor.log")) {
-                let _ = tracing_subscriber::fmt()
-                    .with_writer(std::sync::Mutex::new(file))
-                    .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
-                    .with_ansi(false)
-                    .try_init();
-            }
-        }
-        let attached = args
-            .attached
-            .as_deref()
-            .map(berth_runtime::session::DetachKeys::from_hex);
-        return berth_runtime::monitor::run(root, runroot, &args.id, attached);
-    }
     if let Command::DnsServer { network } = &command {
         let served =
             berth_net::Network::load(&root.join("networks"), network).and_then(|n| match n {
@@ -269,7 +247,7 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::System(c) => system::system_command(&engine, c),
             Command::Version => system::version(&engine),
             Command::Info => system::info(&engine),
-            Command::Monitor(_) | Command::DnsServer { .. } => Ok(0),
+            Command::DnsServer { .. } => Ok(0),
         }
     })();
     match result {
