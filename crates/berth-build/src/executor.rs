@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use berth_runtime::{Engine, MonitorEvent, RunOptions, StdioMode};
 use berth_store::image::{HealthConfig, History, RunConfig};
@@ -43,6 +43,10 @@ pub struct BuildOptions {
     pub network: Option<String>,
     /// `--add-host` for RUN.
     pub add_hosts: Vec<String>,
+    /// `--secret` values: each id and the file holding the secret (for RUN `--mount=type=secret`).
+    pub secrets: BTreeMap<String, PathBuf>,
+    /// `--ssh` values: each id and the SSH agent socket forwarded to RUN `--mount=type=ssh`.
+    pub ssh: BTreeMap<String, PathBuf>,
 }
 
 /// What the builder needs from outside the store: base images (pulled when missing, as the
@@ -268,6 +272,146 @@ fn parse_mount(spec: &str) -> BTreeMap<String, String> {
             None => (p.trim().to_ascii_lowercase(), "true".into()),
         })
         .collect()
+}
+
+/// A numeric `--mount` option (`mode=0400` in octal, `uid=1000`), or its default.
+fn mount_number(
+    ins: &Instruction,
+    spec: &BTreeMap<String, String>,
+    key: &str,
+    radix: u32,
+    default: u32,
+) -> Result<u32, BuildError> {
+    match spec.get(key) {
+        None => Ok(default),
+        Some(v) => u32::from_str_radix(v, radix)
+            .map_err(|_| step_error(ins, format!("invalid --mount {key}={v}"))),
+    }
+}
+
+/// A RUN mount prepared only when the step really runs (not when it is cached).
+enum DeferredMount {
+    /// `type=bind,from=…`: a path of another stage's or image's tree.
+    Image {
+        image: Box<ImageRecord>,
+        source: String,
+        target: String,
+        rw: bool,
+    },
+    /// `type=secret`: a copy of the secret, owned and moded as asked.
+    Secret {
+        source: PathBuf,
+        target: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+/// What a RUN step prepared for its mounts, undone when dropped: the snapshots mounted for `from=`
+/// and the private directory holding its copies of secrets.
+struct StepMounts<'e> {
+    engine: &'e Engine,
+    snapshots: Vec<String>,
+    secrets: Option<PathBuf>,
+}
+
+impl<'e> StepMounts<'e> {
+    fn new(engine: &'e Engine) -> Self {
+        Self {
+            engine,
+            snapshots: Vec::new(),
+            secrets: None,
+        }
+    }
+
+    /// Prepares one mount; returns its `-v` spec for the RUN container.
+    fn realize(&mut self, mount: DeferredMount) -> Result<String, String> {
+        match mount {
+            DeferredMount::Image {
+                image,
+                source,
+                target,
+                rw,
+            } => {
+                let snapshots = self.engine.store().snapshots();
+                let snapshot = format!("build-{}", berth_store::random_hex(12));
+                self.snapshots.push(snapshot.clone());
+                let layers = &image.config.rootfs.diff_ids;
+                // Writes to a rw bind from another stage are the step's own, and thrown away.
+                let root = if rw {
+                    snapshots
+                        .create_container(&snapshot)
+                        .and_then(|()| snapshots.mount_container(&snapshot, layers, true))
+                } else {
+                    snapshots.mount_layers_readonly(&snapshot, layers)
+                }
+                .map_err(|e| e.to_string())?;
+                let wanted = if source.is_empty() { "/" } else { &source };
+                let found = berth_archive::resolve_in_root(&root, Path::new(wanted))
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("{source}: not found in the --mount from= tree"))?;
+                Ok(format!(
+                    "{}:{target}:{}",
+                    root.join(found.path).display(),
+                    if rw { "rw" } else { "ro" }
+                ))
+            }
+            DeferredMount::Secret {
+                source,
+                target,
+                mode,
+                uid,
+                gid,
+            } => {
+                use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+                let dir = match &self.secrets {
+                    Some(dir) => dir.clone(),
+                    None => {
+                        let dir = self
+                            .engine
+                            .store()
+                            .tmp_dir()
+                            .join(format!("secrets-{}", berth_store::random_hex(8)));
+                        std::fs::DirBuilder::new()
+                            .mode(0o700)
+                            .recursive(true)
+                            .create(&dir)
+                            .map_err(|e| format!("{}: {e}", dir.display()))?;
+                        self.secrets = Some(dir.clone());
+                        dir
+                    }
+                };
+                let copy = dir.join(berth_store::random_hex(8));
+                let bytes =
+                    std::fs::read(&source).map_err(|e| format!("{}: {e}", source.display()))?;
+                let failed = |e: std::io::Error| format!("{}: {e}", copy.display());
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&copy)
+                    .map_err(failed)?;
+                file.write_all(&bytes).map_err(failed)?;
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(failed)?;
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(failed)?;
+                Ok(format!("{}:{target}:ro", copy.display()))
+            }
+        }
+    }
+}
+
+impl Drop for StepMounts<'_> {
+    fn drop(&mut self) {
+        let snapshots = self.engine.store().snapshots();
+        for snapshot in &self.snapshots {
+            let _ = snapshots.remove_container(snapshot);
+        }
+        if let Some(dir) = &self.secrets {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// The key of a step: its parent's key and everything the step depends on.
@@ -727,7 +871,8 @@ impl Builder<'_> {
                     self.label(index, is_target, *step, total),
                     ins.original.trim()
                 );
-                self.run(state, scope, ins, line, &label).map_err(at(ins))?;
+                self.run(index, state, scope, ins, line, &label)
+                    .map_err(at(ins))?;
             }
             Command::Copy(t) | Command::Add(t) => {
                 *step += 1;
@@ -791,6 +936,7 @@ impl Builder<'_> {
 
     fn run(
         &mut self,
+        index: usize,
         state: &mut State,
         scope: &Scope,
         ins: &Instruction,
@@ -827,24 +973,35 @@ impl Builder<'_> {
         let mut volumes = Vec::new();
         let mut tmpfs = Vec::new();
         let mut mount_keys = Vec::new();
+        // Mounts that need work once the step is known not to be cached, and environment that must
+        // not reach the cache key (secret values, the agent socket's path).
+        let mut deferred: Vec<DeferredMount> = Vec::new();
+        let mut private_env: Vec<String> = Vec::new();
+        let mut ssh_mounts = 0;
         for f in ins.flags.iter().filter(|f| f.name == "mount") {
             let spec = parse_mount(f.value.as_deref().unwrap_or(""));
             mount_keys.push(f.value.clone().unwrap_or_default());
+            let kind = spec.get("type").map(String::as_str).unwrap_or("bind");
             let target = spec
                 .get("target")
                 .or_else(|| spec.get("dst"))
-                .or_else(|| spec.get("destination"))
-                .ok_or_else(|| step_error(ins, "--mount needs a target".into()))?;
-            let target = clean_absolute(
-                &Path::new(if state.config.working_dir.is_empty() {
-                    "/"
-                } else {
-                    &state.config.working_dir
-                })
-                .join(target),
-            );
-            match spec.get("type").map(String::as_str).unwrap_or("bind") {
+                .or_else(|| spec.get("destination"));
+            let target = match (target, kind) {
+                (Some(t), _) => Some(clean_absolute(
+                    &Path::new(if state.config.working_dir.is_empty() {
+                        "/"
+                    } else {
+                        &state.config.working_dir
+                    })
+                    .join(t),
+                )),
+                (None, "secret" | "ssh") => None,
+                (None, _) => return Err(step_error(ins, "--mount needs a target".into())),
+            };
+            let required = spec.get("required").is_some_and(|v| v != "false");
+            match kind {
                 "cache" => {
+                    let target = target.unwrap_or_default();
                     let id = spec.get("id").cloned().unwrap_or_else(|| target.clone());
                     let dir = self
                         .engine
@@ -856,18 +1013,26 @@ impl Builder<'_> {
                         .map_err(|e| BuildError::Io(format!("{}: {e}", dir.display())))?;
                     volumes.push(format!("{}:{target}", dir.display()));
                 }
-                "tmpfs" => tmpfs.push(target),
+                "tmpfs" => tmpfs.push(target.unwrap_or_default()),
                 "bind" => {
+                    let target = target.unwrap_or_default();
                     let source = spec
                         .get("source")
                         .or_else(|| spec.get("src"))
                         .cloned()
                         .unwrap_or_default();
-                    if spec.contains_key("from") {
-                        return Err(step_error(
-                            ins,
-                            "RUN --mount=type=bind,from=… is not supported yet".into(),
-                        ));
+                    let rw = spec.contains_key("rw") || spec.contains_key("readwrite");
+                    if let Some(from) = spec.get("from") {
+                        // Another stage's or image's tree; its ID keys the cache.
+                        let image = self.copy_source_image(index, ins, from)?;
+                        mount_keys.push(format!("from={}", image.id));
+                        deferred.push(DeferredMount::Image {
+                            image: Box::new(image),
+                            source,
+                            target,
+                            rw,
+                        });
+                        continue;
                     }
                     let found = self.context.tree().sources(if source.is_empty() {
                         "."
@@ -875,12 +1040,65 @@ impl Builder<'_> {
                         &source
                     })?;
                     let path = self.context.root().join(&found[0].path);
-                    let rw = spec.contains_key("rw") || spec.contains_key("readwrite");
                     volumes.push(format!(
                         "{}:{target}:{}",
                         path.display(),
                         if rw { "rw" } else { "ro" }
                     ));
+                }
+                "secret" => {
+                    // BuildKit: the id defaults to the target's file name, the target to
+                    // /run/secrets/<id>; with env= and no target, only the variable is set.
+                    let id = spec
+                        .get("id")
+                        .cloned()
+                        .or_else(|| {
+                            target.as_ref().and_then(|t| {
+                                Path::new(t)
+                                    .file_name()
+                                    .map(|n| n.to_string_lossy().into_owned())
+                            })
+                        })
+                        .ok_or_else(|| step_error(ins, "a secret mount needs an id".into()))?;
+                    let Some(source) = self.options.secrets.get(&id) else {
+                        if required {
+                            return Err(step_error(ins, format!("secret {id} not found: give it with --secret id={id},src=<file>")));
+                        }
+                        continue;
+                    };
+                    if let Some(var) = spec.get("env") {
+                        let value = std::fs::read_to_string(source).map_err(|e| {
+                            step_error(ins, format!("secret {id} ({}): {e}", source.display()))
+                        })?;
+                        private_env.push(format!("{var}={value}"));
+                        if target.is_none() {
+                            continue;
+                        }
+                    }
+                    let mode = mount_number(ins, &spec, "mode", 8, 0o400)?;
+                    deferred.push(DeferredMount::Secret {
+                        source: source.clone(),
+                        target: target.unwrap_or_else(|| format!("/run/secrets/{id}")),
+                        mode,
+                        uid: mount_number(ins, &spec, "uid", 10, 0)?,
+                        gid: mount_number(ins, &spec, "gid", 10, 0)?,
+                    });
+                }
+                "ssh" => {
+                    let id = spec.get("id").map_or("default", String::as_str);
+                    let Some(socket) = self.options.ssh.get(id) else {
+                        if required {
+                            return Err(step_error(ins, format!("no SSH agent socket {id:?} forwarded: give it with --ssh {id}[=<socket>]")));
+                        }
+                        continue;
+                    };
+                    let target =
+                        target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{ssh_mounts}"));
+                    if ssh_mounts == 0 {
+                        private_env.push(format!("SSH_AUTH_SOCK={target}"));
+                    }
+                    ssh_mounts += 1;
+                    volumes.push(format!("{}:{target}", socket.display()));
                 }
                 other => {
                     return Err(step_error(
@@ -909,6 +1127,18 @@ impl Builder<'_> {
             return Ok(());
         }
         let parent = self.materialize(state)?;
+        // Released (unmounted, deleted) when the step is over, however it ends.
+        let mut mounts = StepMounts::new(self.engine);
+        for m in deferred {
+            volumes.push(mounts.realize(m).map_err(|e| step_error(ins, e))?);
+        }
+        // Where the mounts go: their mount points are not the step's changes.
+        let mount_targets: Vec<String> = volumes
+            .iter()
+            .filter_map(|v| v.split(':').nth(1).map(str::to_string))
+            .chain(tmpfs.iter().cloned())
+            .collect();
+        env.extend(private_env);
         let options = RunOptions {
             image: parent.id.to_string(),
             command: args.clone(),
@@ -928,7 +1158,11 @@ impl Builder<'_> {
         let record = self.engine.create(&options)?;
         let outcome = self.run_container(&record.id, &vertex);
         let layer = match &outcome {
-            Ok(0) => match self.engine.diff(&record.id) {
+            Ok(0) => match self
+                .engine
+                .remove_mount_stubs(&record.id, &mount_targets)
+                .and_then(|()| self.engine.diff(&record.id))
+            {
                 Ok(changes) if changes.is_empty() => Ok(None),
                 Ok(_) => self.engine.write_changes_as_layer(&record.id).map(Some),
                 Err(e) => Err(e),

@@ -484,6 +484,52 @@ impl Engine {
         Ok(store.add_layer(&blob_digest, berth_store::image::MEDIA_TYPE_OCI_LAYER, None)?)
     }
 
+    /// Removes from a stopped container's upper dir the mount points the runtime created for `targets`
+    /// (container paths): each target and its parents, as long as the image did not have them and they
+    /// are still empty. The builder calls it before a RUN step's changes become a layer, so a
+    /// `--mount` leaves nothing behind (BuildKit removes its mount stubs too). An upper-dir path with a
+    /// symlink in it is left alone: nothing is ever followed out of the upper dir.
+    pub fn remove_mount_stubs(&self, id: &str, targets: &[String]) -> Result<(), RuntimeError> {
+        let record = self.container(id)?;
+        let snapshots = self.store().snapshots();
+        let upper = snapshots.upper_dir(&record.id);
+        let lowers = snapshots.lower_dirs(&record.layers);
+        for target in targets {
+            let rel = clean_absolute(Path::new(target));
+            let parts: Vec<_> = rel.components().skip(1).collect();
+            let mut stubs = Vec::new();
+            for depth in 1..=parts.len() {
+                let sub: PathBuf = parts[..depth].iter().collect();
+                let Ok(meta) = fs::symlink_metadata(upper.join(&sub)) else {
+                    break; // not created here: nor are the deeper ones
+                };
+                if meta.file_type().is_symlink() {
+                    stubs.clear();
+                    break;
+                }
+                let in_image = lowers
+                    .iter()
+                    .any(|l| fs::symlink_metadata(l.join(&sub)).is_ok());
+                if !in_image {
+                    stubs.push((sub, meta.is_dir()));
+                }
+            }
+            // Deepest first; stop at the first one that holds something.
+            for (sub, is_dir) in stubs.iter().rev() {
+                let path = upper.join(sub);
+                let removed = if *is_dir {
+                    fs::remove_dir(&path).is_ok()
+                } else {
+                    fs::metadata(&path).is_ok_and(|m| m.len() == 0) && fs::remove_file(&path).is_ok()
+                };
+                if !removed {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the changes of a snapshot that never ran as a container (the builder's COPY and ADD
     /// steps) as a layer, whose content becomes the snapshot's upper dir itself: moved into the
     /// layer store rather than unpacked again from the blob (one file creation per file instead of

@@ -772,3 +772,110 @@ fn tty_progress_redraws_a_live_view() {
     assert!(!stderr(&plain).contains("\x1b["), "{}", stderr(&plain));
     assert!(stderr(&plain).contains("#3 [3/3] RUN echo from-run"));
 }
+
+#[test]
+fn run_mounts_secrets_ssh_and_other_stages() {
+    let b = Berth::with_busybox();
+    let secret_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret_file.path(), "file-s3cret").unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent = agent_dir.path().join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+    let dockerfile = r#"FROM busybox AS tools
+RUN mkdir -p /opt/tool && echo from-tools > /opt/tool/version
+
+FROM busybox
+RUN --mount=type=secret,id=tok test "$(cat /run/secrets/tok)" = "file-s3cre""t" \
+ && test "$(stat -c %a:%u /run/secrets/tok)" = 400:0
+RUN --mount=type=secret,id=tok,target=/etc/tok,mode=0440,uid=7 test "$(stat -c %a:%u /etc/tok)" = 440:7
+RUN --mount=type=secret,id=envtok,env=TOKEN test "$TOKEN" = "env-s3cre""t" && test ! -e /run/secrets/envtok
+RUN --mount=type=secret,id=absent echo optional secrets may be missing
+RUN --mount=type=ssh test -S "$SSH_AUTH_SOCK" && echo "agent at $SSH_AUTH_SOCK" > /ssh.txt
+RUN --mount=type=bind,from=tools,source=/opt/tool,target=/mnt/tool cat /mnt/tool/version > /tool.txt
+RUN --mount=type=bind,from=tools,target=/mnt/rw,rw touch /mnt/rw/scratch && ls /mnt/rw/opt > /listed.txt
+"#;
+    let ctx = context(&[("Dockerfile", dockerfile)]);
+    let secret_arg = format!("id=tok,src={}", p(secret_file.path()));
+    let ssh_arg = format!("default={}", p(&agent));
+    let args = [
+        "--secret",
+        &secret_arg,
+        "--secret",
+        "id=envtok,env=BERTH_TEST_TOKEN",
+        "--ssh",
+        &ssh_arg,
+        "-t",
+        "mounts:1",
+        p(ctx.path()),
+    ];
+    let mut all = vec!["build", "--progress", "plain"];
+    all.extend_from_slice(&args);
+    let out = b
+        .cmd(&all)
+        .env("BERTH_TEST_TOKEN", "env-s3cret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = |cmd: &str| b.ok(&["run", "--rm", "mounts:1", "sh", "-c", cmd]);
+    assert_eq!(run("cat /tool.txt /listed.txt"), "from-tools\ntool\n");
+    assert_eq!(run("cat /ssh.txt"), "agent at /run/buildkit/ssh_agent.0\n");
+    // Nothing of the secrets, the agent or the mounts is in the image.
+    assert_eq!(
+        run("ls -a /run/secrets /run/buildkit /etc/tok /mnt 2>&1 | grep -v 'No such' | tr '\\n' ' '"),
+        ""
+    );
+    let saved = b.ok(&["save", "mounts:1"]);
+    assert!(!saved.contains("s3cret"), "a secret leaked into the image");
+    let tmp = std::fs::read_dir(b.root.join("tmp")).unwrap().count();
+    assert_eq!(tmp, 0, "secret copies left in the store");
+    no_containers_left(&b);
+
+    // Secret values are not part of the cache key: a new value reuses the steps.
+    std::fs::write(secret_file.path(), "file-s3cret").unwrap();
+    let out = b
+        .cmd(&all)
+        .env("BERTH_TEST_TOKEN", "another-value")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, ran) = cached_and_run(&stderr(&out));
+    assert!(ran.is_empty(), "{ran:?}");
+
+    // A required secret or agent that was not given, and bad flags, fail clearly.
+    let required = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=secret,id=needed,required true\n",
+    )]);
+    let out = build(&b, &[p(required.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("secret needed not found"),
+        "{}",
+        stderr(&out)
+    );
+    let out = build(&b, &["--secret", "src=/nonexistent", p(required.path())]);
+    assert!(stderr(&out).contains("id= is required"), "{}", stderr(&out));
+    let out = build(
+        &b,
+        &["--secret", "id=x,src=/nonexistent", p(required.path())],
+    );
+    assert!(
+        stderr(&out).contains("is not a readable file"),
+        "{}",
+        stderr(&out)
+    );
+    let out = build(
+        &b,
+        &[
+            "--ssh",
+            &format!("default={}", p(secret_file.path())),
+            p(required.path()),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("is not an SSH agent socket"),
+        "{}",
+        stderr(&out)
+    );
+    no_containers_left(&b);
+}

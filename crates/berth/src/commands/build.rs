@@ -60,6 +60,12 @@ pub struct BuildArgs {
     /// Output destination (format: 'type=local,dest=path' or 'type=tar,dest=path')
     #[arg(short = 'o', long)]
     output: Vec<String>,
+    /// Secret to expose to RUN --mount=type=secret (format: 'id=mysecret[,src=/local/secret]' or 'id=mysecret,env=VAR')
+    #[arg(long)]
+    secret: Vec<String>,
+    /// SSH agent socket to expose to RUN --mount=type=ssh (format: 'default|<id>[=<socket>]')
+    #[arg(long)]
+    ssh: Vec<String>,
     /// Build context: a directory, or - for a tar (or a Dockerfile) on stdin
     path: String,
 }
@@ -156,6 +162,127 @@ fn inputs(engine: &Engine, args: &BuildArgs) -> anyhow::Result<Inputs> {
     })
 }
 
+/// The `--secret` values as files: `src=` files as they are; values from the environment (`env=`, or
+/// a bare `id=` naming a variable, as buildx) written to a private directory removed with this.
+struct Secrets {
+    files: BTreeMap<String, PathBuf>,
+    dir: Option<PathBuf>,
+}
+
+impl Secrets {
+    fn new(engine: &Engine, specs: &[String]) -> anyhow::Result<Self> {
+        let mut secrets = Self {
+            files: BTreeMap::new(),
+            dir: None,
+        };
+        for spec in specs {
+            let (mut id, mut src, mut env) = (None, None, None);
+            for part in spec.split(',') {
+                match part.split_once('=') {
+                    Some(("id", v)) => id = Some(v.to_string()),
+                    Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+                    Some(("env", v)) => env = Some(v.to_string()),
+                    Some(("type", "file" | "env")) => {}
+                    _ => bail!("invalid secret {spec:?}: expected id=ID[,src=FILE|,env=VAR]"),
+                }
+            }
+            let id = id
+                .filter(|i| !i.is_empty())
+                .with_context(|| format!("invalid secret {spec:?}: id= is required"))?;
+            let file = match (src, env) {
+                (Some(src), None) => {
+                    if !src.is_file() {
+                        bail!("secret {id}: {} is not a readable file", src.display());
+                    }
+                    src
+                }
+                (None, env) => {
+                    let var = env.unwrap_or_else(|| id.clone());
+                    let value = std::env::var_os(&var).with_context(|| {
+                        format!(
+                            "secret {id}: environment variable {var} is not set (or give src=FILE)"
+                        )
+                    })?;
+                    secrets.write(&id, value.as_encoded_bytes(), engine)?
+                }
+                (Some(_), Some(_)) => bail!("invalid secret {spec:?}: src= and env= together"),
+            };
+            secrets.files.insert(id, file);
+        }
+        Ok(secrets)
+    }
+
+    /// Writes a secret value to a file only root can read.
+    fn write(&mut self, id: &str, value: &[u8], engine: &Engine) -> anyhow::Result<PathBuf> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = match &self.dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = engine
+                    .store()
+                    .tmp_dir()
+                    .join(format!("build-secrets-{}", berth_store::random_hex(8)));
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .recursive(true)
+                    .create(&dir)
+                    .with_context(|| format!("create {}", dir.display()))?;
+                self.dir = Some(dir.clone());
+                dir
+            }
+        };
+        let file = dir.join(berth_store::random_hex(8));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .and_then(|mut f| f.write_all(value))
+            .with_context(|| format!("secret {id}: write {}", file.display()))?;
+        Ok(file)
+    }
+}
+
+impl Drop for Secrets {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The `--ssh` values: `default` or `<id>`, with `=<socket>` or else `$SSH_AUTH_SOCK`.
+fn ssh_sockets(specs: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut sockets = BTreeMap::new();
+    for spec in specs {
+        let (id, path) = match spec.split_once('=') {
+            Some((id, path)) => (id, PathBuf::from(path)),
+            None => (
+                spec.as_str(),
+                std::env::var_os("SSH_AUTH_SOCK")
+                    .map(PathBuf::from)
+                    .with_context(|| {
+                        format!("--ssh {spec}: SSH_AUTH_SOCK is not set (give {spec}=<socket>)")
+                    })?,
+            ),
+        };
+        if id.is_empty() {
+            bail!("invalid --ssh {spec:?}: expected default|<id>[=<socket>]");
+        }
+        let is_socket = std::fs::metadata(&path)
+            .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            .unwrap_or(false);
+        if !is_socket {
+            bail!(
+                "--ssh {spec}: {} is not an SSH agent socket (key files are not supported)",
+                path.display()
+            );
+        }
+        sockets.insert(id.to_string(), path);
+    }
+    Ok(sockets)
+}
+
 /// Runs `build`; returns the exit code.
 pub fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<i32> {
     let build_args = build_args(&args);
@@ -177,6 +304,8 @@ pub fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<i32> {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
         labels.insert(k.to_string(), v.to_string());
     }
+    let secrets = Secrets::new(engine, &args.secret)?;
+    let ssh = ssh_sockets(&args.ssh)?;
     let inputs = inputs(engine, &args)?;
     let options = BuildOptions {
         dockerfile: inputs.dockerfile.clone(),
@@ -187,6 +316,8 @@ pub fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<i32> {
         labels,
         network: args.network.clone(),
         add_hosts: args.add_host.clone(),
+        secrets: secrets.files.clone(),
+        ssh,
     };
     let quiet = args.quiet || args.progress == "quiet";
     let mode = match args.progress.as_str() {
