@@ -1,19 +1,22 @@
 //! Name resolution on user-defined networks: one small DNS server per network (as Podman's aardvark-dns),
-//! listening on the network's gateway address, answering A queries for the names of the containers on
+//! listening on the network's gateway address (UDP and TCP), answering A queries for the names of the containers on
 //! the network (container name, short ID, `--network-alias`es; several containers may share an alias and
 //! all their addresses are returned) and relaying everything else to the host's resolvers.
 //!
 //! The records are files in `<network state>/names/<container id>` (`ip name alias…`), written with a
 //! rename when a container is attached and removed when it is detached. The server re-reads them when the
 //! directory's mtime changes, so it stays right as containers come, go and restart with new addresses.
-//! It runs as its own process (`berth dns-server`, started by the first container that needs it) so it
+//! It runs as its own process (`berth-monitor --dns-server`, started by the first container that needs it) so it
 //! can use threads for upstream queries without touching the single-threaded monitors.
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::{NetError, Network};
@@ -135,16 +138,30 @@ fn question(packet: &[u8]) -> Option<(String, u16, usize)> {
     Some((labels.join("."), qtype, at + 4))
 }
 
-/// An answer for a container name: A records for `addresses` (none for other types: NOERROR, no data).
-fn answer(query: &[u8], question_end: usize, qtype: u16, addresses: &[Ipv4Addr]) -> Vec<u8> {
+/// An answer for a container name: A records for `addresses` (none for other types: NOERROR, no data),
+/// as many as fit in `max_len` bytes; when some do not, the answer is marked truncated (TC) so the
+/// client asks again over TCP.
+fn answer(
+    query: &[u8],
+    question_end: usize,
+    qtype: u16,
+    addresses: &[Ipv4Addr],
+    max_len: usize,
+) -> Vec<u8> {
+    const RECORD: usize = 16;
     let mut out = query[..question_end].to_vec();
     out[2] = 0x80 | (query[2] & 0x01) | 0x04; // response, recursion desired as asked, authoritative
     out[3] = 0x80; // recursion available, NOERROR
-    let records: Vec<&Ipv4Addr> = if qtype == 1 {
+    let mut records: Vec<&Ipv4Addr> = if qtype == 1 {
         addresses.iter().collect()
     } else {
         Vec::new()
     };
+    let fit = max_len.saturating_sub(question_end) / RECORD;
+    if records.len() > fit {
+        records.truncate(fit);
+        out[2] |= 0x02; // TC
+    }
     out[6..8].copy_from_slice(&(records.len() as u16).to_be_bytes());
     out[8..12].fill(0);
     for ip in records {
@@ -155,6 +172,110 @@ fn answer(query: &[u8], question_end: usize, qtype: u16, addresses: &[Ipv4Addr])
         out.extend_from_slice(&ip.octets());
     }
     out
+}
+
+/// The largest DNS message over UDP without EDNS (RFC 1035).
+const UDP_MAX: usize = 512;
+
+/// TCP connections served at once.
+const MAX_TCP_CLIENTS: usize = 64;
+
+/// Relays a query over TCP to the upstream resolvers and returns the first answer.
+fn forward_tcp(query: &[u8], servers: &[SocketAddr]) -> Option<Vec<u8>> {
+    for server in servers {
+        let Ok(mut stream) = TcpStream::connect_timeout(server, Duration::from_secs(2)) else {
+            continue;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        if write_tcp_message(&mut stream, query).is_err() {
+            continue;
+        }
+        if let Ok(Some(reply)) = read_tcp_message(&mut stream) {
+            return Some(reply);
+        }
+    }
+    None
+}
+
+/// Reads one length-prefixed message of a DNS TCP connection; `None` at a clean end.
+fn read_tcp_message(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match stream.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut message = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut message)?;
+    Ok(Some(message))
+}
+
+fn write_tcp_message(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(message.len()).map_err(std::io::Error::other)?;
+    let mut framed = len.to_be_bytes().to_vec();
+    framed.extend_from_slice(message);
+    stream.write_all(&framed)
+}
+
+/// The container names of one network, re-read when their directory changes.
+struct Names {
+    state_dir: PathBuf,
+    cache: HashMap<String, Vec<Ipv4Addr>>,
+    seen: Option<SystemTime>,
+}
+
+impl Names {
+    fn new(state_dir: &Path) -> Self {
+        Self {
+            state_dir: state_dir.to_path_buf(),
+            cache: HashMap::new(),
+            seen: None,
+        }
+    }
+
+    /// The addresses of `name` for a query from `peer`: on this network, or on another network of
+    /// the querying container.
+    fn lookup(&mut self, name: &str, peer: SocketAddr) -> Option<Vec<Ipv4Addr>> {
+        let mtime = fs::metadata(names_dir(&self.state_dir))
+            .and_then(|m| m.modified())
+            .ok();
+        if mtime != self.seen || self.seen.is_none() {
+            self.cache = load(&self.state_dir);
+            self.seen = mtime;
+        }
+        let key = name.trim_end_matches('.');
+        self.cache
+            .get(key)
+            .cloned()
+            .or_else(|| on_querier_networks(&self.state_dir, peer, key))
+    }
+}
+
+/// Answers the queries of one TCP connection until the client closes it or stays silent.
+fn serve_tcp_client(mut stream: TcpStream, names: &Mutex<Names>, servers: &[SocketAddr]) {
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    while let Ok(Some(query)) = read_tcp_message(&mut stream) {
+        let Some((name, qtype, end)) = question(&query) else {
+            return;
+        };
+        let found = match names.lock() {
+            Ok(mut names) => names.lookup(&name, peer),
+            Err(_) => return,
+        };
+        let reply = match found {
+            Some(addresses) => answer(&query, end, qtype, &addresses, usize::from(u16::MAX)),
+            None => match forward_tcp(&query, servers) {
+                Some(reply) => reply,
+                None => return,
+            },
+        };
+        if write_tcp_message(&mut stream, &reply).is_err() {
+            return;
+        }
+    }
 }
 
 /// Relays a query to the upstream resolvers and returns the first answer.
@@ -212,10 +333,29 @@ pub fn serve(network: &Network) -> Result<(), NetError> {
     socket
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| NetError::Io(format!("dns: {e}")))?;
+    // TCP too, as Docker's resolver: clients retry there when an answer was truncated.
+    let tcp = TcpListener::bind((network.gateway, 53))
+        .map_err(|e| NetError::Io(format!("dns: bind {}:53/tcp: {e}", network.gateway)))?;
     let servers = upstreams();
-    let dir = names_dir(&network.state_dir);
-    let mut cache: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
-    let mut seen: Option<SystemTime> = None;
+    let names = Arc::new(Mutex::new(Names::new(&network.state_dir)));
+    {
+        let (names, servers) = (names.clone(), servers.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        std::thread::spawn(move || {
+            for stream in tcp.incoming().flatten() {
+                // A container opening connections without end gets refused, not a thread each.
+                if open.load(Ordering::SeqCst) >= MAX_TCP_CLIENTS {
+                    continue;
+                }
+                open.fetch_add(1, Ordering::SeqCst);
+                let (names, servers, open) = (names.clone(), servers.clone(), open.clone());
+                std::thread::spawn(move || {
+                    serve_tcp_client(stream, &names, &servers);
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+    }
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, peer) = match socket.recv_from(&mut buf) {
@@ -231,18 +371,12 @@ pub fn serve(network: &Network) -> Result<(), NetError> {
         let Some((name, qtype, end)) = question(&query) else {
             continue;
         };
-        let mtime = fs::metadata(&dir).and_then(|m| m.modified()).ok();
-        if mtime != seen || seen.is_none() {
-            cache = load(&network.state_dir);
-            seen = mtime;
-        }
-        let key = name.trim_end_matches('.');
-        let found = cache
-            .get(key)
-            .cloned()
-            .or_else(|| on_querier_networks(&network.state_dir, peer, key));
+        let found = match names.lock() {
+            Ok(mut names) => names.lookup(&name, peer),
+            Err(_) => return Err(NetError::Io("dns: name table poisoned".into())),
+        };
         if let Some(addresses) = found {
-            let _ = socket.send_to(&answer(&query, end, qtype, &addresses), peer);
+            let _ = socket.send_to(&answer(&query, end, qtype, &addresses, UDP_MAX), peer);
             continue;
         }
         let reply_socket = match socket.try_clone() {
@@ -258,7 +392,7 @@ pub fn serve(network: &Network) -> Result<(), NetError> {
     }
 }
 
-/// Starts `berth dns-server` for `network` unless one runs (`exe` and `args` make the command line).
+/// Starts `berth-monitor --dns-server` for `network` unless one runs (`exe` and `args` make the command line).
 pub fn ensure_server(
     network: &Network,
     exe: &Path,
@@ -351,12 +485,24 @@ mod tests {
         let (name, qtype, end) = question(&q).unwrap();
         assert_eq!((name.as_str(), qtype, end), ("web", 1, q.len()));
         let ips = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)];
-        let a = answer(&q, end, qtype, &ips);
+        let a = answer(&q, end, qtype, &ips, UDP_MAX);
         assert_eq!(&a[0..2], &[0x12, 0x34]);
         assert_eq!(u16::from_be_bytes([a[6], a[7]]), 2);
         assert_eq!(&a[a.len() - 4..], &[10, 0, 0, 3]);
-        let aaaa = answer(&q, end, 28, &ips);
+        let aaaa = answer(&q, end, 28, &ips, UDP_MAX);
         assert_eq!(u16::from_be_bytes([aaaa[6], aaaa[7]]), 0);
         assert!(question(&q[..5]).is_none());
+        // 40 addresses do not fit in a UDP message: as many as fit, marked truncated.
+        let many: Vec<Ipv4Addr> = (0..40).map(|i| Ipv4Addr::new(10, 0, 1, i)).collect();
+        let udp = answer(&q, end, 1, &many, UDP_MAX);
+        assert!(udp.len() <= UDP_MAX);
+        assert_eq!(udp[2] & 0x02, 0x02);
+        assert_eq!(
+            u16::from_be_bytes([udp[6], udp[7]]) as usize,
+            (UDP_MAX - end) / 16
+        );
+        let tcp = answer(&q, end, 1, &many, usize::from(u16::MAX));
+        assert_eq!(tcp[2] & 0x02, 0);
+        assert_eq!(u16::from_be_bytes([tcp[6], tcp[7]]), 40);
     }
 }

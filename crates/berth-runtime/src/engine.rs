@@ -43,10 +43,11 @@ pub enum StdioMode {
 /// The file name of the monitor binary, installed next to `berth`.
 pub const MONITOR_BINARY: &str = "berth-monitor";
 
-/// The monitor binary beside the running executable. It is a program of its own, not a mode of `berth`,
-/// because one runs per container for as long as the container does: it carries only the runtime, not
-/// the registry client, the builder or the CLI, so it maps and dirties a fraction of their memory.
-fn monitor_binary() -> Result<std::path::PathBuf, RuntimeError> {
+/// The monitor binary beside the running executable (`berth`, or the monitor itself). It is a program
+/// of its own, not a mode of `berth`, because its processes live as long as what they serve — one per
+/// container, and a network's DNS server: it carries only the runtime, not the registry client, the
+/// builder or the CLI, so it maps and dirties a fraction of their memory.
+pub(crate) fn monitor_binary() -> Result<std::path::PathBuf, RuntimeError> {
     let exe = std::env::current_exe().map_err(|e| io_err("locate the berth binary", e))?;
     let monitor = exe.with_file_name(MONITOR_BINARY);
     if !monitor.is_file() {

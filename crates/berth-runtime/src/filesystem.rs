@@ -520,7 +520,8 @@ impl Engine {
                 let removed = if *is_dir {
                     fs::remove_dir(&path).is_ok()
                 } else {
-                    fs::metadata(&path).is_ok_and(|m| m.len() == 0) && fs::remove_file(&path).is_ok()
+                    fs::metadata(&path).is_ok_and(|m| m.len() == 0)
+                        && fs::remove_file(&path).is_ok()
                 };
                 if !removed {
                     break;

@@ -204,14 +204,13 @@ pub fn find(engine: &Engine, name: &str) -> Result<Network, RuntimeError> {
 fn joinable(engine: &Engine, name: &str) -> Result<Network, RuntimeError> {
     let network = find(engine, name)?;
     network.ensure().map_err(net_err)?;
-    let exe = std::env::current_exe()
-        .map_err(|e| RuntimeError::Io(format!("locate the berth binary: {e}")))?;
+    let exe = crate::engine::monitor_binary()?;
     let args: Vec<&std::ffi::OsStr> = vec![
         "--root".as_ref(),
         engine.store().root().as_os_str(),
         "--runroot".as_ref(),
         engine.runroot().as_os_str(),
-        "dns-server".as_ref(),
+        "--dns-server".as_ref(),
         name.as_ref(),
     ];
     berth_net::dns::ensure_server(&network, &exe, &args).map_err(net_err)?;

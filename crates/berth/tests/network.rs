@@ -495,6 +495,34 @@ fn user_networks_are_isolated_and_validated() {
     );
 }
 
+/// Asks a DNS server over a TCP connection for the A records of `name`; returns the addresses.
+fn tcp_lookup(stream: &mut std::net::TcpStream, name: &str) -> Vec<String> {
+    use std::io::{Read, Write};
+    let mut query = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    stream.write_all(&framed).unwrap();
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[..2], &[0x42, 0x42], "the reply answers the query");
+    let count = u16::from_be_bytes([reply[6], reply[7]]) as usize;
+    // The records follow the question; each A record is 16 bytes ending with the address.
+    (0..count)
+        .map(|i| {
+            let end = query.len() + 16 * (i + 1);
+            let ip = &reply[end - 4..end];
+            format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
+        })
+        .collect()
+}
+
 #[test]
 fn containers_resolve_each_other_by_name_on_user_networks() {
     let b = Berth::with_busybox();
@@ -564,6 +592,21 @@ fn containers_resolve_each_other_by_name_on_user_networks() {
     assert!(
         pool.contains(ip1.trim()) && pool.contains(ip2.trim()),
         "{pool}"
+    );
+    // Over TCP too (what clients fall back to for truncated answers), here asked from the host.
+    let net: serde_json::Value =
+        serde_json::from_str(&b.ok(&["network", "inspect", "appnet"])).unwrap();
+    let gateway = net[0]["IPAM"]["Config"][0]["Gateway"].as_str().unwrap();
+    let mut tcp = std::net::TcpStream::connect((gateway, 53)).unwrap();
+    let mut found = tcp_lookup(&mut tcp, "pool");
+    found.sort();
+    let mut want = vec![ip1.trim().to_string(), ip2.trim().to_string()];
+    want.sort();
+    assert_eq!(found, want);
+    // Several queries on one connection.
+    assert_eq!(
+        tcp_lookup(&mut tcp, "data-service"),
+        vec![ip1.trim().to_string()]
     );
     let id = b.ok(&["inspect", "-f", "{{.Id}}", "second"]);
     assert!(String::from_utf8_lossy(&lookup(&id[..12]).stdout).contains(ip2.trim()));

@@ -1,60 +1,102 @@
-//! `berth-monitor`: the process that supervises one container, for as long as the container runs
-//! (see `berth_runtime::monitor`). `berth run`/`start` spawn it; it is not meant to be run by hand:
+//! `berth-monitor`: Berth's long-running helper processes. Berth spawns them; they are not meant to be
+//! run by hand:
 //!
 //! ```text
 //! berth-monitor --root DIR --runroot DIR [--attached DETACH_KEYS_HEX] CONTAINER_ID
+//! berth-monitor --root DIR --runroot DIR --dns-server NETWORK
 //! ```
+//!
+//! The first supervises one container for as long as it runs (see `berth_runtime::monitor`); the second
+//! answers DNS for a user-defined network (see `berth_net::dns`).
 //!
 //! It is a binary of its own rather than a mode of `berth` because one runs per container: it links the
 //! runtime and nothing of the CLI, the registry client or the builder, and it is linked without PIE
 //! (see `build.rs`), so its read-only data needs no relocation at load and stays shared, clean page
 //! cache instead of private memory in every monitor.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use berth_runtime::session::DetachKeys;
 
-/// The command line, as `Engine::start` writes it.
+/// The command line, as `Engine::start` or the network code writes it.
 struct Args {
     root: PathBuf,
     runroot: PathBuf,
-    id: String,
-    attached: Option<DetachKeys>,
+    job: Job,
+}
+
+/// What to serve.
+#[derive(Debug, PartialEq)]
+enum Job {
+    /// A container, attached to the starter's stdio until these keys when given.
+    Monitor {
+        id: String,
+        attached: Option<DetachKeys>,
+    },
+    /// A network's DNS.
+    DnsServer { network: String },
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let (mut root, mut runroot, mut id, mut attached) = (None, None, None, None);
+    let (mut root, mut runroot, mut id, mut attached, mut network) = (None, None, None, None, None);
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
         match arg.as_str() {
             "--root" => root = Some(PathBuf::from(value("--root")?)),
             "--runroot" => runroot = Some(PathBuf::from(value("--runroot")?)),
             "--attached" => attached = Some(DetachKeys::from_hex(&value("--attached")?)),
+            "--dns-server" => network = Some(value("--dns-server")?),
             flag if flag.starts_with('-') => return Err(format!("unknown flag {flag}")),
             _ if id.is_some() => return Err(format!("unexpected argument {arg}")),
             _ => id = Some(arg),
         }
     }
+    let job = match (network, id) {
+        (Some(network), None) if attached.is_none() => Job::DnsServer { network },
+        (None, Some(id)) => Job::Monitor { id, attached },
+        (None, None) => return Err("a container ID is required".into()),
+        _ => return Err("--dns-server takes no container".into()),
+    };
     Ok(Args {
         root: root.ok_or("--root is required")?,
         runroot: runroot.ok_or("--runroot is required")?,
-        id: id.ok_or("a container ID is required")?,
-        attached,
+        job,
     })
+}
+
+/// Serves a network's DNS until the network is removed; returns the exit code.
+fn dns_server(root: &Path, network: &str) -> u8 {
+    let served = berth_net::Network::load(&root.join("networks"), network).and_then(|n| match n {
+        Some(n) => berth_net::dns::serve(&n),
+        None => Err(berth_net::NetError::Invalid(format!(
+            "network {network} not found"
+        ))),
+    });
+    match served {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("berth-monitor: {e}");
+            1
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = match parse(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("berth-monitor: {e} (it is started by berth run/start)");
+            eprintln!("berth-monitor: {e} (it is started by berth itself)");
             return ExitCode::from(125);
         }
     };
+    let (id, attached) = match args.job {
+        Job::DnsServer { network } => return ExitCode::from(dns_server(&args.root, &network)),
+        Job::Monitor { id, attached } => (id, attached),
+    };
     // BERTH_DEBUG=1 makes the monitor log libcontainer's steps to <runroot>/containers/<id>/monitor.log.
     if std::env::var_os("BERTH_DEBUG").is_some() {
-        let dir = args.runroot.join("containers").join(&args.id);
+        let dir = args.runroot.join("containers").join(&id);
         let _ = std::fs::create_dir_all(&dir);
         if let Ok(file) = std::fs::File::create(dir.join("monitor.log")) {
             let _ = tracing_subscriber::fmt()
@@ -64,7 +106,7 @@ fn main() -> ExitCode {
                 .try_init();
         }
     }
-    let code = berth_runtime::monitor::run(&args.root, &args.runroot, &args.id, args.attached);
+    let code = berth_runtime::monitor::run(&args.root, &args.runroot, &id, attached);
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
@@ -77,23 +119,38 @@ mod tests {
     }
 
     #[test]
-    fn the_command_line_engine_start_writes() {
+    fn the_command_lines_berth_writes() {
         let a = args("--root /r --runroot /rr --attached 0102 abc").unwrap();
+        assert_eq!((a.root, a.runroot), ("/r".into(), "/rr".into()));
         assert_eq!(
-            (a.root, a.runroot, a.id),
-            ("/r".into(), "/rr".into(), "abc".into())
+            a.job,
+            Job::Monitor {
+                id: "abc".into(),
+                attached: Some(DetachKeys::from_hex("0102"))
+            }
         );
-        assert_eq!(a.attached, Some(DetachKeys::from_hex("0102")));
-        assert!(args("--root /r --runroot /rr abc")
-            .unwrap()
-            .attached
-            .is_none());
+        assert_eq!(
+            args("--root /r --runroot /rr abc").unwrap().job,
+            Job::Monitor {
+                id: "abc".into(),
+                attached: None
+            }
+        );
+        assert_eq!(
+            args("--root /r --runroot /rr --dns-server net")
+                .unwrap()
+                .job,
+            Job::DnsServer {
+                network: "net".into()
+            }
+        );
         for bad in [
             "--root /r abc",
             "--root /r --runroot /rr",
             "--root /r --runroot /rr a b",
             "--x 1 --root /r --runroot /rr a",
             "--root",
+            "--root /r --runroot /rr --dns-server net abc",
         ] {
             assert!(args(bad).is_err(), "{bad}");
         }

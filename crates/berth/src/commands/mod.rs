@@ -120,12 +120,6 @@ pub enum Command {
     Version,
     /// Display system-wide information
     Info,
-    /// Serve DNS for a user-defined network (started by berth itself)
-    #[command(hide = true)]
-    DnsServer {
-        /// Network name
-        network: String,
-    },
 }
 
 impl Command {
@@ -167,22 +161,6 @@ impl Command {
 
 /// Runs a command and returns the process exit code.
 pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
-    if let Command::DnsServer { network } = &command {
-        let served =
-            berth_net::Network::load(&root.join("networks"), network).and_then(|n| match n {
-                Some(n) => berth_net::dns::serve(&n),
-                None => Err(berth_net::NetError::Invalid(format!(
-                    "network {network} not found"
-                ))),
-            });
-        return match served {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("Error: {e}");
-                1
-            }
-        };
-    }
     // Docker's engine errors for container-starting commands are 125; lookups of missing objects are 1.
     let engine_error_code = match &command {
         Command::Run(_) | Command::Create(_) | Command::Start(_) => 125,
@@ -247,7 +225,6 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::System(c) => system::system_command(&engine, c),
             Command::Version => system::version(&engine),
             Command::Info => system::info(&engine),
-            Command::DnsServer { .. } => Ok(0),
         }
     })();
     match result {
