@@ -9,10 +9,9 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 BERTH=${BERTH:-target/release/berth}
 work=$(mktemp -d /tmp/berth-bench-registry.XXXXXX)
-pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # (start_registry runs in command substitutions, subshells: the PIDs go through a file.)
+  [ -f "$work/pids" ] && xargs -r kill < "$work/pids" 2>/dev/null || true
   [ -f "$work/docker-images" ] && xargs -r docker rmi -f < "$work/docker-images" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -30,7 +29,7 @@ start_registry() {
   printf 'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
     "$dir/storage" "$port" > "$dir/config.yml"
   /usr/bin/docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
-  pids+=($!)
+  echo $! >> "$work/pids"
   for _ in $(seq 200); do
     (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && { echo "127.0.0.1:$port"; return; }
     sleep 0.05
