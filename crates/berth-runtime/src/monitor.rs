@@ -424,6 +424,19 @@ fn run_once(
         }
         let files = store.container_dir(id);
         let shared_netns = crate::network::shared_namespace(engine, record)?;
+        // Legacy links add the linked containers' addresses to the environment, as they are now.
+        let linked;
+        let record = if record.host_config.links.is_empty() {
+            record
+        } else {
+            let mut with_links = record.clone();
+            with_links
+                .config
+                .env
+                .extend(crate::network::link_env(engine, record));
+            linked = with_links;
+            &linked
+        };
         let spec = crate::spec::build_spec(
             record,
             &crate::spec::SpecPaths {

@@ -193,6 +193,59 @@ fn add_links(engine: &Engine, record: &ContainerRecord, hosts: &mut String) {
     }
 }
 
+/// Docker's legacy link environment for each `--link name:alias` (default bridge): with `ALIAS` the alias
+/// upper-cased (`-` as `_`), `ALIAS_NAME=/<this container>/<alias>`; for every port the linked container
+/// exposes `ALIAS_PORT_<port>_<PROTO>` (`tcp://ip:port`) with its `_ADDR`, `_PORT` and `_PROTO`, and
+/// `ALIAS_PORT` for the lowest; `ALIAS_ENV_<VAR>` for its environment but `HOME` and `PATH`. Linked
+/// containers that do not run have no address and give nothing.
+pub(crate) fn link_env(engine: &Engine, record: &ContainerRecord) -> Vec<String> {
+    let mut env = Vec::new();
+    for link in &record.host_config.links {
+        let (name, alias) = link.split_once(':').unwrap_or((link, link));
+        let Ok(target) = engine.container(name) else {
+            continue;
+        };
+        let ip = &target.network_settings.ip_address;
+        if ip.is_empty() || !target.state.running {
+            continue;
+        }
+        let prefix = alias.to_ascii_uppercase().replace('-', "_");
+        let mut ports: Vec<(u16, String)> = target
+            .config
+            .exposed_ports
+            .keys()
+            .filter_map(|p| {
+                let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                Some((port.parse().ok()?, proto.to_ascii_lowercase()))
+            })
+            .collect();
+        ports.sort();
+        if let Some((port, proto)) = ports.first() {
+            env.push(format!("{prefix}_PORT={proto}://{ip}:{port}"));
+        }
+        for (port, proto) in &ports {
+            let var = format!("{prefix}_PORT_{port}_{}", proto.to_ascii_uppercase());
+            env.push(format!("{var}={proto}://{ip}:{port}"));
+            env.push(format!("{var}_ADDR={ip}"));
+            env.push(format!("{var}_PORT={port}"));
+            env.push(format!("{var}_PROTO={proto}"));
+        }
+        env.push(format!(
+            "{prefix}_NAME=/{}/{alias}",
+            record.name.trim_start_matches('/')
+        ));
+        for pair in &target.config.env {
+            let Some((var, value)) = pair.split_once('=') else {
+                continue;
+            };
+            if var != "HOME" && var != "PATH" {
+                env.push(format!("{prefix}_ENV_{var}={value}"));
+            }
+        }
+    }
+    env
+}
+
 /// A user-defined network by name.
 pub fn find(engine: &Engine, name: &str) -> Result<Network, RuntimeError> {
     Network::load(&engine.store().root().join("networks"), name)

@@ -641,6 +641,12 @@ fn links_and_shared_network_namespaces() {
         "-d",
         "--name",
         "db",
+        "--expose",
+        "80",
+        "--expose",
+        "5432/udp",
+        "-e",
+        "GREETING=hi there",
         "busybox",
         "sh",
         "-c",
@@ -663,6 +669,24 @@ fn links_and_shared_network_namespaces() {
         "db\n",
         "link never answered",
     );
+    // And Docker's link environment.
+    let ip = ip.trim();
+    let env = b.ok(&[
+        "run", "--rm", "--name", "linker", "--link", "db:my-db", "busybox", "env",
+    ]);
+    for want in [
+        format!("MY_DB_PORT=tcp://{ip}:80"),
+        format!("MY_DB_PORT_80_TCP=tcp://{ip}:80"),
+        format!("MY_DB_PORT_80_TCP_ADDR={ip}"),
+        "MY_DB_PORT_80_TCP_PORT=80".to_string(),
+        "MY_DB_PORT_80_TCP_PROTO=tcp".to_string(),
+        format!("MY_DB_PORT_5432_UDP=udp://{ip}:5432"),
+        "MY_DB_NAME=/linker/my-db".to_string(),
+        "MY_DB_ENV_GREETING=hi there".to_string(),
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} missing in:\n{env}");
+    }
+    assert!(!env.contains("MY_DB_ENV_PATH"), "{env}");
     // --network container:db shares db's stack: its server is on 127.0.0.1, its address is eth0's.
     let out = b.ok(&[
         "run",
