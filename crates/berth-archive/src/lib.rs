@@ -49,8 +49,9 @@ pub use write::{
     write_path_in_root, write_path_in_root_as, write_tree,
 };
 
-/// Compression of a layer stream, sniffed from its first bytes (gzip `1f 8b`, zstd `28 b5 2f fd`,
-/// anything else is taken as a plain tar).
+/// Compression of a tar stream, sniffed from its first bytes (gzip `1f 8b`, zstd `28 b5 2f fd`,
+/// bzip2 `BZh`, xz `fd 37 7a 58 5a 00`; anything else is taken as a plain tar). Layers are gzip, zstd
+/// or plain; `import` and ADD take bzip2 and xz too, as Docker does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Compression {
     /// A plain, uncompressed tar.
@@ -59,15 +60,24 @@ pub enum Compression {
     Gzip,
     /// zstd (magic `28 b5 2f fd`).
     Zstd,
+    /// bzip2 (magic `BZh`).
+    Bzip2,
+    /// xz (magic `fd 37 7a 58 5a 00`).
+    Xz,
 }
 
 impl Compression {
-    /// Detects the compression from the first bytes of a stream (4 bytes are enough).
+    /// Detects the compression from the first bytes of a stream (6 bytes are enough).
     pub fn sniff(head: &[u8]) -> Compression {
         if head.starts_with(&[0x1f, 0x8b]) {
             Compression::Gzip
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             Compression::Zstd
+        } else if head.starts_with(b"BZh") && head.get(3).is_some_and(|b| (b'1'..=b'9').contains(b))
+        {
+            Compression::Bzip2
+        } else if head.starts_with(&[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]) {
+            Compression::Xz
         } else {
             Compression::None
         }
@@ -91,12 +101,13 @@ const STREAM_BUFFER: usize = 256 * 1024;
 /// Wraps a reader so it yields the decompressed tar stream, with the detected compression.
 ///
 /// The magic bytes are read and then chained back in front of the stream, so a plain tar passes
-/// through unchanged. Concatenated gzip members and zstd frames are decoded as one stream.
+/// through unchanged. Concatenated gzip members, zstd frames, bzip2 and xz streams are decoded as one
+/// stream.
 pub fn decompress<'a, R: Read + 'a>(
     mut reader: R,
 ) -> Result<(Compression, Box<dyn Read + 'a>), ArchiveError> {
     // Loop rather than a single read: a pipe may deliver the magic number a byte at a time.
-    let mut head = [0u8; 4];
+    let mut head = [0u8; 6];
     let mut have = 0;
     while have < head.len() {
         match reader.read(&mut head[have..]) {
@@ -130,6 +141,14 @@ pub fn decompress<'a, R: Read + 'a>(
             })?;
             Ok((compression, Box::new(decoder)))
         }
+        Compression::Bzip2 => Ok((
+            compression,
+            Box::new(bzip2::read::MultiBzDecoder::new(stream)),
+        )),
+        Compression::Xz => Ok((
+            compression,
+            Box::new(lzma_rust2::XzReader::new(stream, true)),
+        )),
         Compression::None => Ok((compression, Box::new(stream))),
     }
 }
@@ -217,4 +236,23 @@ pub fn create_dir_all_in_root(
         return Ok(());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_compression_is_sniffed() {
+        for (head, want) in [
+            (&b"\x1f\x8b\x08\0\0\0"[..], Compression::Gzip),
+            (&b"\x28\xb5\x2f\xfd\0\0"[..], Compression::Zstd),
+            (&b"BZh91AY"[..], Compression::Bzip2),
+            (&b"\xfd7zXZ\0"[..], Compression::Xz),
+            (&b"BZh0"[..], Compression::None),
+            (&b"hello!"[..], Compression::None),
+        ] {
+            assert_eq!(Compression::sniff(head), want, "{head:?}");
+        }
+    }
 }

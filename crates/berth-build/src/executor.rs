@@ -1670,7 +1670,7 @@ fn healthcheck(ins: &Instruction, health: &Health) -> Result<HealthConfig, Build
     })
 }
 
-/// Whether ADD extracts this local file: a tar, plain or gzip/zstd compressed.
+/// Whether ADD extracts this local file: a tar, plain or gzip, zstd, bzip2 or xz compressed.
 fn is_archive(path: &Path) -> bool {
     let mut head = [0u8; 512];
     let Ok(mut f) = std::fs::File::open(path) else {

@@ -879,3 +879,52 @@ RUN --mount=type=bind,from=tools,target=/mnt/rw,rw touch /mnt/rw/scratch && ls /
     );
     no_containers_left(&b);
 }
+
+#[test]
+fn add_extracts_bzip2_and_xz_tars() {
+    let b = Berth::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nADD app.tar.bz2 /opt/\nADD data.tar.xz /srv/\n",
+    )]);
+    // Real archives, written by GNU tar with bzip2 and xz.
+    let staging = context(&[("app/run.sh", "bzip2 inside"), ("data/x.txt", "xz inside")]);
+    for (flag, name, dir) in [
+        ("-cjf", "app.tar.bz2", "app"),
+        ("-cJf", "data.tar.xz", "data"),
+    ] {
+        run_ok(
+            std::process::Command::new("tar")
+                .arg(flag)
+                .arg(ctx.path().join(name))
+                .arg("-C")
+                .arg(staging.path())
+                .arg(dir),
+        );
+    }
+    build_ok(&b, &["-t", "compressed:1", p(ctx.path())]);
+    assert_eq!(
+        b.ok(&[
+            "run",
+            "--rm",
+            "compressed:1",
+            "cat",
+            "/opt/app/run.sh",
+            "/srv/data/x.txt"
+        ]),
+        "bzip2 insidexz inside"
+    );
+    // `import` takes them too, as Docker's does.
+    let xz = b.dir.path().join("rootfs.tar.xz");
+    run_ok(std::process::Command::new("sh").arg("-c").arg(format!(
+        "xz -1 -c {} > {}",
+        common::busybox_tar().display(),
+        xz.display()
+    )));
+    b.ok(&["import", "-c", "CMD [\"sh\"]", p(&xz), "fromxz:1"]);
+    assert_eq!(
+        b.ok(&["run", "--rm", "fromxz:1", "echo", "from xz"]),
+        "from xz\n"
+    );
+    no_containers_left(&b);
+}
