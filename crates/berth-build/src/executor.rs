@@ -335,7 +335,7 @@ impl<'e> StepMounts<'e> {
                 rw,
             } => {
                 let snapshots = self.engine.store().snapshots();
-                let snapshot = format!("build-{}", berth_store::random_hex(12));
+                let snapshot = berth_store::Snapshotter::work_id("build");
                 self.snapshots.push(snapshot.clone());
                 let layers = &image.config.rootfs.diff_ids;
                 // Writes to a rw bind from another stage are the step's own, and thrown away.
@@ -1282,7 +1282,7 @@ impl Builder<'_> {
         };
         let image = self.copy_source_image(index, ins, from)?;
         let snapshots = self.engine.store().snapshots();
-        let from_snapshot = format!("build-{}", berth_store::random_hex(12));
+        let from_snapshot = berth_store::Snapshotter::work_id("build");
         let from_root =
             snapshots.mount_layers_readonly(&from_snapshot, &image.config.rootfs.diff_ids)?;
         let result = self.copy_from(
@@ -1477,7 +1477,7 @@ impl Builder<'_> {
             return Ok(());
         }
         let snapshots = self.engine.store().snapshots();
-        let snapshot = format!("build-{}", berth_store::random_hex(12));
+        let snapshot = berth_store::Snapshotter::work_id("build");
         snapshots.create_container(&snapshot)?;
         let result = (|| {
             let root = snapshots.mount_container(&snapshot, &state.layers, true)?;

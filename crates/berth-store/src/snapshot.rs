@@ -19,6 +19,17 @@ pub struct Snapshotter {
     empty: PathBuf,
 }
 
+/// The process in a [`Snapshotter::work_id`] name; `None` for other names (container IDs).
+fn work_owner(name: &str) -> Option<u32> {
+    let mut parts = name.rsplitn(3, '-');
+    let (random, pid, kind) = (parts.next()?, parts.next()?, parts.next()?);
+    let well_formed = random.len() == 16
+        && random.bytes().all(|b| b.is_ascii_hexdigit())
+        && !kind.is_empty()
+        && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+    well_formed.then(|| pid.parse().ok()).flatten()
+}
+
 impl Snapshotter {
     /// Opens (and creates) the snapshot directories under `root`.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
@@ -33,6 +44,31 @@ impl Snapshotter {
             fs::create_dir_all(dir).ctx("create", dir)?;
         }
         Ok(s)
+    }
+
+    /// A name for a short-lived working snapshot (a build step's, an export's): `<kind>-<pid>-<random>`.
+    /// The process that makes it is in the name, so [`Snapshotter::remove_abandoned_work`] can tell one
+    /// whose maker died (SIGKILL, a Ctrl-C in the middle of a step) from one still in use.
+    pub fn work_id(kind: &str) -> String {
+        format!("{kind}-{}-{}", std::process::id(), crate::random_hex(8))
+    }
+
+    /// Unmounts and removes the working snapshots (see [`Snapshotter::work_id`]) whose process is gone;
+    /// returns how many there were.
+    pub fn remove_abandoned_work(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let entries = fs::read_dir(&self.containers).ctx("list", &self.containers)?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = work_owner(&name) else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                self.remove_container(&name)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// The unpacked content of a layer.
@@ -300,5 +336,30 @@ mod tests {
         let merged = snapshots.mount_container("c", &[], false).unwrap();
         assert_eq!(fs::read(merged.join("file")).unwrap(), b"x");
         snapshots.remove_container("c").unwrap();
+    }
+
+    #[test]
+    fn work_snapshots_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = Snapshotter::open(dir.path()).unwrap();
+        let mine = Snapshotter::work_id("build-out");
+        assert_eq!(work_owner(&mine), Some(std::process::id()));
+        // A process that has exited (its PID is free: reaped just now).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let theirs = format!("build-{dead}-0123456789abcdef");
+        let container = "a".repeat(64);
+        for id in [&mine, &theirs, &container] {
+            snapshots.create_container(id).unwrap();
+        }
+        snapshots.mount_container(&theirs, &[], true).unwrap();
+        assert_eq!(snapshots.remove_abandoned_work().unwrap(), 1);
+        assert!(!snapshots.container_dir(&theirs).exists());
+        assert!(snapshots.container_dir(&mine).exists());
+        assert!(snapshots.container_dir(&container).exists());
+        assert_eq!(work_owner("build-12-xyz"), None);
+        assert_eq!(work_owner(&"f".repeat(64)), None);
+        snapshots.remove_container(&mine).unwrap();
     }
 }

@@ -928,3 +928,49 @@ fn add_extracts_bzip2_and_xz_tars() {
     );
     no_containers_left(&b);
 }
+
+#[test]
+fn a_builder_killed_mid_copy_leaves_nothing_mounted() {
+    let b = Berth::with_busybox();
+    let files: Vec<(String, String)> = (0..4000)
+        .map(|i| (format!("many/f{i}"), format!("{i}")))
+        .collect();
+    let mut all: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    all.push(("Dockerfile", "FROM busybox\nCOPY many /many/\n"));
+    let ctx = context(&all);
+    let snapshots = b.root.join("snapshots/containers");
+    let work = || -> Vec<String> {
+        std::fs::read_dir(&snapshots)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("build-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut child = b
+        .cmd(&["build", "--progress", "plain", p(ctx.path())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while work().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = work();
+    assert_eq!(left.len(), 1, "the COPY step's snapshot: {left:?}");
+    // The next build (or `system prune`) removes it, mounted or not.
+    let next = context(&[("Dockerfile", "FROM busybox\nRUN true\n")]);
+    build_ok(&b, &[p(next.path())]);
+    assert!(work().is_empty(), "{:?}", work());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&left[0]), "{mounts}");
+    no_containers_left(&b);
+}

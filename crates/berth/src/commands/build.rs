@@ -304,6 +304,8 @@ pub fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<i32> {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
         labels.insert(k.to_string(), v.to_string());
     }
+    // What builders killed mid-step left mounted (a COPY's snapshot) goes first.
+    engine.store().snapshots().remove_abandoned_work()?;
     let secrets = Secrets::new(engine, &args.secret)?;
     let ssh = ssh_sockets(&args.ssh)?;
     let inputs = inputs(engine, &args)?;
@@ -463,7 +465,7 @@ impl Output {
 
     fn write(&self, engine: &Engine, image: &ImageRecord) -> anyhow::Result<()> {
         let snapshots = engine.store().snapshots();
-        let id = format!("build-out-{}", berth_store::random_hex(12));
+        let id = berth_store::Snapshotter::work_id("build-out");
         let root = snapshots.mount_layers_readonly(&id, &image.config.rootfs.diff_ids)?;
         let result = (|| -> anyhow::Result<()> {
             match self {
