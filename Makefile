@@ -1,7 +1,7 @@
 # Berth: `make demo` builds Berth and runs a container; `make test` runs the whole suite (as root).
 SHELL := /bin/bash
 CARGO ?= cargo
-APT_PACKAGES := busybox-static tini python3 iptables libseccomp-dev pkg-config file skopeo umoci tar gzip zstd iproute2 procps docker-registry apache2-utils openssl nginx bzip2 xz-utils
+APT_PACKAGES := busybox-static tini python3 iptables libseccomp-dev pkg-config file skopeo umoci tar gzip zstd iproute2 procps docker-registry apache2-utils openssl nginx bzip2 xz-utils git
 BERTH := $(or $(CARGO_TARGET_DIR),target)/release/berth
 DEMO_ROOT ?= /var/lib/berth
 DEMO_RUNROOT ?= /run/berth

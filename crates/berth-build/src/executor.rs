@@ -56,6 +56,9 @@ pub trait Host {
     fn base_image(&self, reference: &str) -> Result<ImageRecord, String>;
     /// Downloads `url` into `out`.
     fn download(&self, url: &str, out: &mut dyn Write) -> Result<(), String>;
+    /// Clones the git repository at `url` into the empty directory `into`, checked out at `reference`
+    /// (a branch, tag or commit) when given, else at the remote's default branch.
+    fn clone_git(&self, url: &str, reference: Option<&str>, into: &Path) -> Result<(), String>;
 }
 
 /// A finished build.
@@ -1274,6 +1277,13 @@ impl Builder<'_> {
         };
         let dest_abs = clean_absolute(&Path::new(&workdir).join(&dest));
         let flags = self.copy_flags(state, scope, ins, t)?;
+        if is_add {
+            if let Some(result) =
+                self.add_git(state, scope, ins, t, label, &dest, &dest_abs, &flags)
+            {
+                return result;
+            }
+        }
         // The tree sources come from: the context, or an image mounted for `--from`.
         let Some(from) = &flags.from else {
             return self.copy_from(
@@ -1299,6 +1309,81 @@ impl Builder<'_> {
         );
         let _ = snapshots.remove_container(&from_snapshot);
         result
+    }
+
+    /// `ADD <git repository>[#ref[:subdir]]`: the repository cloned by the host into a private directory,
+    /// then copied like a directory of the context (its `.git` left out unless `--keep-git-dir`).
+    /// `None` when the ADD has no git source.
+    #[allow(clippy::too_many_arguments)]
+    fn add_git(
+        &mut self,
+        state: &mut State,
+        scope: &Scope,
+        ins: &Instruction,
+        t: &Transfer,
+        label: &str,
+        dest: &str,
+        dest_abs: &str,
+        flags: &CopyFlags,
+    ) -> Option<Result<(), BuildError>> {
+        let mut sources = Vec::new();
+        for src in &t.sources {
+            match self.expand_in(state, scope, src, ins) {
+                Ok(s) => sources.push(s),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let git = sources.iter().find(|s| is_git_source(s))?.clone();
+        if sources.len() > 1 || flags.from.is_some() {
+            return Some(Err(step_error(
+                ins,
+                format!(
+                    "ADD of a git repository ({git}) takes it as its only source, without --from"
+                ),
+            )));
+        }
+        let (url, fragment) = git.split_once('#').unwrap_or((&git, ""));
+        let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+        let keep_git_dir = matches!(ins.flag("keep-git-dir"), Some(None) | Some(Some("true")));
+        let dir = self
+            .engine
+            .store()
+            .tmp_dir()
+            .join(format!("git-{}", berth_store::random_hex(8)));
+        let result = (|| {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| BuildError::Io(format!("{}: {e}", dir.display())))?;
+            self.host
+                .clone_git(url, (!reference.is_empty()).then_some(reference), &dir)
+                .map_err(|e| step_error(ins, format!("failed to clone {url}: {e}")))?;
+            if !keep_git_dir {
+                let _ = std::fs::remove_dir_all(dir.join(".git"));
+            }
+            let source = if subdir.is_empty() {
+                ".".to_string()
+            } else {
+                subdir.trim_start_matches('/').to_string()
+            };
+            let cloned = Transfer {
+                sources: vec![source],
+                dest: t.dest.clone(),
+                json: t.json,
+            };
+            self.copy_from(
+                state,
+                scope,
+                ins,
+                &cloned,
+                false,
+                label,
+                dest,
+                dest_abs,
+                flags,
+                Some(&dir),
+            )
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        Some(result)
     }
 
     /// The flags of a COPY or ADD, expanded and checked.
@@ -1402,12 +1487,6 @@ impl Builder<'_> {
                 continue;
             }
             let src = self.expand_in(state, scope, src, ins)?;
-            if is_add && is_git_source(&src) {
-                return Err(step_error(
-                    ins,
-                    format!("ADD of a git repository ({src}) is not supported"),
-                ));
-            }
             if is_add && is_url(&src) {
                 let mut data = Vec::new();
                 self.host

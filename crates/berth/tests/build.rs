@@ -525,9 +525,9 @@ fn bad_input_is_refused_with_file_and_line() {
     );
     build_fails(
         &b,
-        &df("FROM busybox\nADD https://example.invalid/repo.git /src\n"),
+        &df("FROM busybox\nADD https://example.invalid/repo.git a /src/\n"),
         &[],
-        &["Dockerfile:2", "git repository", "not supported"],
+        &["Dockerfile:2", "git repository", "only source"],
     );
     build_fails(
         &b,
@@ -972,5 +972,93 @@ fn a_builder_killed_mid_copy_leaves_nothing_mounted() {
     assert!(work().is_empty(), "{:?}", work());
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(&left[0]), "{mounts}");
+    no_containers_left(&b);
+}
+
+#[test]
+fn add_clones_git_repositories() {
+    let b = Berth::with_busybox();
+    // A repository with a tag and a later commit, served as a bare repo over (dumb) HTTP.
+    let served = tempfile::tempdir().unwrap();
+    let work = served.path().join("work");
+    std::fs::create_dir_all(work.join("docs")).unwrap();
+    let git = |dir: &Path, args: &[&str]| {
+        run_ok(
+            std::process::Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+                .args(["-c", "init.defaultBranch=main"])
+                .arg("-C")
+                .arg(dir)
+                .args(args),
+        )
+    };
+    git(&work, &["init", "-q"]);
+    std::fs::write(work.join("README"), "one").unwrap();
+    std::fs::write(work.join("docs/guide.txt"), "guide").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "one"]);
+    git(&work, &["tag", "v1"]);
+    std::fs::write(work.join("README"), "two").unwrap();
+    git(&work, &["commit", "-qam", "two"]);
+    git(
+        served.path(),
+        &["clone", "-q", "--bare", "work", "repo.git"],
+    );
+    git(&served.path().join("repo.git"), &["update-server-info"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(served.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let repo = format!("http://127.0.0.1:{port}/repo.git");
+    let dockerfile = format!(
+        "FROM busybox\nADD {repo}#v1 /v1\nADD {repo} /latest\nADD {repo}#v1:docs /docs\nADD --keep-git-dir=true {repo} /withgit\n"
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    let out = build(&b, &["-t", "git:1", p(ctx.path())]);
+    let missing = context(&[(
+        "Dockerfile",
+        &format!("FROM busybox\nADD http://127.0.0.1:{port}/missing.git /x\n"),
+    )]);
+    let failed = build(&b, &[p(missing.path())]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        b.ok(&[
+            "run",
+            "--rm",
+            "git:1",
+            "sh",
+            "-c",
+            "cat /v1/README /latest/README /docs/guide.txt; echo; ls -a /v1 | tr '\\n' ' '; test -d /withgit/.git && echo kept",
+        ]),
+        "onetwoguide\n. .. README docs kept\n"
+    );
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        stderr(&failed).contains("failed to clone"),
+        "{}",
+        stderr(&failed)
+    );
     no_containers_left(&b);
 }

@@ -429,6 +429,61 @@ impl berth_build::Host for CliHost<'_> {
             .map(drop)
             .map_err(|e| e.to_string())
     }
+
+    fn clone_git(&self, url: &str, reference: Option<&str>, into: &Path) -> Result<(), String> {
+        let git = |args: &[&std::ffi::OsStr]| -> Result<(), String> {
+            let out = std::process::Command::new("git")
+                .args(args)
+                // Never ask for credentials on the terminal; only network transports (no file://,
+                // no ext:: helpers running commands).
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .env("GIT_ALLOW_PROTOCOL", "http:https:ssh:git")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .map_err(|e| format!("run git: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            }
+        };
+        use std::ffi::OsStr;
+        let (url, dir) = (OsStr::new(url), into.as_os_str());
+        // A shallow clone of the branch or tag first; servers that cannot (dumb HTTP) and commit IDs
+        // need a full clone and a checkout.
+        let mut shallow = vec![
+            OsStr::new("clone"),
+            OsStr::new("--quiet"),
+            OsStr::new("--depth"),
+            OsStr::new("1"),
+        ];
+        if let Some(r) = reference {
+            shallow.extend([OsStr::new("--branch"), OsStr::new(r)]);
+        }
+        shallow.extend([OsStr::new("--"), url, dir]);
+        if git(&shallow).is_ok() {
+            return Ok(());
+        }
+        let _ = std::fs::remove_dir_all(into);
+        git(&[
+            OsStr::new("clone"),
+            OsStr::new("--quiet"),
+            OsStr::new("--"),
+            url,
+            dir,
+        ])?;
+        if let Some(r) = reference {
+            let checkout = [
+                OsStr::new("-C"),
+                dir,
+                OsStr::new("checkout"),
+                OsStr::new("--quiet"),
+                OsStr::new(r),
+            ];
+            git(&checkout)?;
+        }
+        Ok(())
+    }
 }
 
 /// An `--output` destination.
