@@ -528,12 +528,15 @@ struct CopyFlags {
     from: Option<String>,
     exclude: Option<crate::dockerignore::Matcher>,
     checksum: Option<String>,
+    /// `--parents`: sources keep their path (from the context root, or from a `/./` in the source).
+    parents: bool,
 }
 
 /// A COPY or ADD source once found.
 enum Found {
-    /// Files or directories in a tree.
-    Tree(Source),
+    /// Files or directories in a tree, with the path they keep under the destination for
+    /// `--parents` (else a file keeps its name and a directory gives its contents).
+    Tree(Source, Option<PathBuf>),
     /// A heredoc or a downloaded file: content for a new file named `name`.
     Content { name: String, data: Vec<u8> },
     /// A local archive ADD extracts.
@@ -1398,13 +1401,6 @@ impl Builder<'_> {
             Some(Some(v)) => self.expand_in(state, scope, v, ins).map(Some),
             _ => Ok(None),
         };
-        if ins.flag("parents").is_some() {
-            let what = ins.command.name();
-            return Err(step_error(
-                ins,
-                format!("{what} --parents is not supported"),
-            ));
-        }
         let chmod = match ins.flag("chmod") {
             Some(Some(v)) => Some(u32::from_str_radix(v, 8).map_err(|_| {
                 step_error(
@@ -1436,6 +1432,7 @@ impl Builder<'_> {
             from: expanded("from")?,
             exclude,
             checksum,
+            parents: matches!(ins.flag("parents"), Some(None) | Some(Some("true"))),
         })
     }
 
@@ -1506,6 +1503,10 @@ impl Builder<'_> {
                 found.push(Found::Content { name, data });
                 continue;
             }
+            // `--parents`: what comes before a `/./` in the source is not kept.
+            let pivot = src
+                .split_once("/./")
+                .map(|(before, _)| PathBuf::from(before.trim_start_matches("./")));
             for s in tree.sources(&src)? {
                 if is_add
                     && flags.from.is_none()
@@ -1514,7 +1515,11 @@ impl Builder<'_> {
                 {
                     found.push(Found::Archive(s));
                 } else {
-                    found.push(Found::Tree(s));
+                    let kept = flags.parents.then(|| match &pivot {
+                        Some(p) => s.path.strip_prefix(p).unwrap_or(&s.path).to_path_buf(),
+                        None => s.path.clone(),
+                    });
+                    found.push(Found::Tree(s, kept));
                 }
             }
         }
@@ -1522,7 +1527,14 @@ impl Builder<'_> {
         let mut sink = Sink::Hash(Sha256::new());
         for f in &found {
             match f {
-                Found::Tree(s) | Found::Archive(s) => {
+                Found::Tree(s, kept) => {
+                    sink.hash(s.name.as_bytes());
+                    if let Some(kept) = kept {
+                        sink.hash(kept.as_os_str().as_encoded_bytes());
+                    }
+                    tree.stream(s, Path::new(""), Rewrite::default(), &mut sink)?;
+                }
+                Found::Archive(s) => {
                     sink.hash(s.name.as_bytes());
                     tree.stream(s, Path::new(""), Rewrite::default(), &mut sink)?;
                 }
@@ -1625,7 +1637,7 @@ impl Builder<'_> {
                     || found.iter().any(|f| {
                         matches!(
                             f,
-                            Found::Archive(_) | Found::Tree(Source { is_dir: true, .. })
+                            Found::Archive(_) | Found::Tree(Source { is_dir: true, .. }, _)
                         )
                     }))
                     && berth_archive::resolve_in_root(root, dest)
@@ -1638,11 +1650,11 @@ impl Builder<'_> {
                 }
                 for f in found {
                     match f {
-                        Found::Tree(s) => {
-                            let target = if s.is_dir || !into_dir {
-                                rel_dest.clone()
-                            } else {
-                                rel_dest.join(&s.name)
+                        Found::Tree(s, kept) => {
+                            let target = match kept {
+                                Some(kept) => rel_dest.join(kept),
+                                None if s.is_dir || !into_dir => rel_dest.clone(),
+                                None => rel_dest.join(&s.name),
                             };
                             tree.stream(s, &target, rewrite, &mut sink)?;
                         }

@@ -519,12 +519,6 @@ fn bad_input_is_refused_with_file_and_line() {
     );
     build_fails(
         &b,
-        &df("FROM busybox\nCOPY --parents a /x/\n"),
-        &[],
-        &["Dockerfile:2", "--parents is not supported"],
-    );
-    build_fails(
-        &b,
         &df("FROM busybox\nADD https://example.invalid/repo.git a /src/\n"),
         &[],
         &["Dockerfile:2", "git repository", "only source"],
@@ -1059,6 +1053,34 @@ fn add_clones_git_repositories() {
         stderr(&failed).contains("failed to clone"),
         "{}",
         stderr(&failed)
+    );
+    no_containers_left(&b);
+}
+
+#[test]
+fn copy_parents_keeps_source_paths() {
+    let b = Berth::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY --parents x/a.txt z/*.txt /flat/\nCOPY --parents ./lib/./pkg /pivot/\nCOPY --parents x/y /dirs\nCOPY x/a.txt /plain/\n",
+        ),
+        ("x/a.txt", "a"),
+        ("x/y/b.txt", "b"),
+        ("z/c.txt", "c"),
+        ("lib/pkg/mod.txt", "m"),
+    ]);
+    build_ok(&b, &["-t", "parents:1", p(ctx.path())]);
+    assert_eq!(
+        b.ok(&[
+            "run",
+            "--rm",
+            "parents:1",
+            "sh",
+            "-c",
+            "cd / && find flat pivot dirs plain -type f | sort | tr '\\n' ' '",
+        ]),
+        "dirs/x/y/b.txt flat/x/a.txt flat/z/c.txt pivot/pkg/mod.txt plain/a.txt "
     );
     no_containers_left(&b);
 }
