@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use berth_runtime::{Engine, MonitorEvent, RunOptions, StdioMode};
 use berth_store::image::{HealthConfig, History, RunConfig};
+use berth_store::Platform;
 use berth_store::{Digest, ImageRecord, LayerRecord};
 use sha2::{Digest as _, Sha256};
 
@@ -47,13 +48,19 @@ pub struct BuildOptions {
     pub secrets: BTreeMap<String, PathBuf>,
     /// `--ssh` values: each id and the SSH agent socket forwarded to RUN `--mount=type=ssh`.
     pub ssh: BTreeMap<String, PathBuf>,
+    /// `--platform`: the platform to build for; this host's when `None`.
+    pub platform: Option<Platform>,
 }
 
 /// What the builder needs from outside the store: base images (pulled when missing, as the
 /// caller's policy says) and remote ADD sources.
 pub trait Host {
-    /// The image `reference` names, pulling it if needed.
-    fn base_image(&self, reference: &str) -> Result<ImageRecord, String>;
+    /// The image `reference` names for `platform` (any when `None`), pulling it if needed.
+    fn base_image(
+        &self,
+        reference: &str,
+        platform: Option<&Platform>,
+    ) -> Result<ImageRecord, String>;
     /// Downloads `url` into `out`.
     fn download(&self, url: &str, out: &mut dyn Write) -> Result<(), String>;
     /// Clones the git repository at `url` into the empty directory `into`, checked out at `reference`
@@ -86,6 +93,7 @@ pub fn build(
     })?;
     let escape = dockerfile.directives.escape;
     let mut scope = Scope::new(options.build_args.clone());
+    scope.target = options.platform.clone();
     let mut stages: Vec<Stage<'_>> = Vec::new();
     for ins in &dockerfile.instructions {
         match (&ins.command, stages.last_mut()) {
@@ -277,6 +285,23 @@ fn parse_mount(spec: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Whether this host runs binaries of `platform`: its own, or through a binfmt_misc handler (QEMU).
+fn can_run(platform: &Platform) -> bool {
+    let host = Platform::host();
+    if platform.os == host.os && platform.architecture == host.architecture {
+        return true;
+    }
+    let qemu = match platform.architecture.as_str() {
+        "amd64" => "x86_64",
+        "arm64" => "aarch64",
+        "386" => "i386",
+        other => other,
+    };
+    Path::new("/proc/sys/fs/binfmt_misc")
+        .join(format!("qemu-{qemu}"))
+        .exists()
+}
+
 /// A numeric `--mount` option (`mode=0400` in octal, `uid=1000`), or its default.
 fn mount_number(
     ins: &Instruction,
@@ -440,6 +465,8 @@ struct State {
     args: BTreeSet<String>,
     /// CMD was set in this stage (ENTRYPOINT then keeps it).
     cmd_set: bool,
+    /// The platform the stage is for: its base image's, or the target's for `scratch`.
+    platform: Platform,
 }
 
 impl State {
@@ -453,6 +480,7 @@ impl State {
             image: None,
             args: BTreeSet::new(),
             cmd_set: false,
+            platform: Platform::host(),
         }
     }
 
@@ -469,6 +497,7 @@ impl State {
         self.history = image.config.history.clone();
         self.layers = image.config.rootfs.diff_ids.clone();
         self.author = image.config.author.clone();
+        self.platform = Platform::of_config(&image.config);
         self.key = key;
         self.image = Some(image);
     }
@@ -584,6 +613,14 @@ impl Builder<'_> {
             return Err(BuildError::Invalid("stage without FROM".into()));
         };
         let base = expand(&scope.from_vars(), image, self.escape, stage.from)?;
+        // FROM --platform, else the build's --platform.
+        let platform = match stage.from.flag("platform") {
+            Some(Some(p)) => {
+                let text = expand(&scope.from_vars(), p, self.escape, stage.from)?;
+                Some(Platform::parse(&text).map_err(|e| step_error(stage.from, e.to_string()))?)
+            }
+            _ => self.options.platform.clone(),
+        };
         if base.is_empty() {
             return Err(step_error(
                 stage.from,
@@ -607,7 +644,11 @@ impl Builder<'_> {
         ));
         let mut state =
             if base.eq_ignore_ascii_case("scratch") {
-                State::scratch()
+                let mut state = State::scratch();
+                state.platform = platform.clone().unwrap_or_else(Platform::host);
+                // Nothing else tells the platforms' scratch stages apart in the cache.
+                state.key = Digest::of(format!("scratch {}", state.platform).as_bytes());
+                state
             } else if let Some(dep) = stage_ref(self.stages, &base, index) {
                 let image =
                     self.results.get(dep).cloned().flatten().ok_or_else(|| {
@@ -617,7 +658,7 @@ impl Builder<'_> {
             } else {
                 let image = self
                     .host
-                    .base_image(&base)
+                    .base_image(&base, platform.as_ref())
                     .map_err(|e| step_error(stage.from, e))?;
                 State::from_image(image)
             };
@@ -690,6 +731,7 @@ impl Builder<'_> {
             layers,
             state.history.clone(),
             state.author.clone(),
+            Some(&state.platform),
             &[],
         )?;
         store.build_cache_put(&state.key, &image.id)?;
@@ -949,6 +991,15 @@ impl Builder<'_> {
         line: &CommandLine,
         label: &str,
     ) -> Result<(), BuildError> {
+        if !can_run(&state.platform) {
+            return Err(step_error(
+                ins,
+                format!(
+                    "RUN for {} needs an emulator, and this host has none for it (binfmt_misc, e.g. qemu-user-static)",
+                    state.platform
+                ),
+            ));
+        }
         let args = self.run_args(state, ins, line);
         // ARGs reach RUN as environment variables, unless an ENV of the same name wins.
         let mut env: Vec<String> = Vec::new();
@@ -1253,7 +1304,10 @@ impl Builder<'_> {
                 .cloned()
                 .flatten()
                 .ok_or_else(|| step_error(ins, format!("stage {from} was not built"))),
-            None => self.host.base_image(from).map_err(|e| step_error(ins, e)),
+            None => self
+                .host
+                .base_image(from, self.options.platform.as_ref())
+                .map_err(|e| step_error(ins, e)),
         }
     }
 

@@ -3,6 +3,7 @@
 //! double quotes, and the escape character. Substitution applies only to the instructions listed
 //! in [`EXPANDED`]; ARG scoping is modelled by [`Scope`].
 
+use berth_store::Platform;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The instructions whose arguments Docker substitutes (RUN, CMD, ENTRYPOINT, SHELL, HEALTHCHECK
@@ -347,6 +348,8 @@ pub struct Scope {
     pub stage: BTreeMap<String, String>,
     /// Names declared in the stage (even without a value).
     pub declared: BTreeSet<String>,
+    /// The platform built for (the `TARGET*` arguments); this host's when `None`.
+    pub target: Option<Platform>,
 }
 
 impl Scope {
@@ -362,7 +365,7 @@ impl Scope {
     pub fn from_vars(&self) -> BTreeMap<String, String> {
         let mut vars: BTreeMap<String, String> = PLATFORM_ARGS
             .iter()
-            .map(|k| (k.to_string(), platform_default(k)))
+            .map(|k| (k.to_string(), self.platform_arg(k)))
             .collect();
         for (k, v) in &self.global {
             if let Some(v) = v {
@@ -396,7 +399,7 @@ impl Scope {
             .or_else(|| {
                 PLATFORM_ARGS
                     .contains(&name)
-                    .then(|| platform_default(name))
+                    .then(|| self.platform_arg(name))
             });
         match value {
             Some(v) => {
@@ -409,24 +412,34 @@ impl Scope {
         }
     }
 
+    /// The value of a platform argument: `BUILD*` this host's, `TARGET*` the target's.
+    fn platform_arg(&self, name: &str) -> String {
+        let host = Platform::host();
+        let (platform, part) = match name.strip_prefix("TARGET") {
+            Some(part) => (self.target.as_ref().unwrap_or(&host), part),
+            None => (&host, name.trim_start_matches("BUILD")),
+        };
+        // BuildKit leaves out the variant every arm64 has.
+        let variant = platform
+            .variant
+            .clone()
+            .filter(|v| !(platform.architecture == "arm64" && v == "v8"));
+        match part {
+            "PLATFORM" => match &variant {
+                Some(v) => format!("{}/{}/{v}", platform.os, platform.architecture),
+                None => format!("{}/{}", platform.os, platform.architecture),
+            },
+            "OS" => platform.os.clone(),
+            "ARCH" => platform.architecture.clone(),
+            "VARIANT" => variant.unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
     /// Sets an ENV variable in the stage.
     pub fn set_env(&mut self, name: &str, value: String) {
         self.declared.insert(name.to_string());
         self.stage.insert(name.to_string(), value);
-    }
-}
-
-fn platform_default(name: &str) -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    match name {
-        "BUILDPLATFORM" | "TARGETPLATFORM" => format!("linux/{arch}"),
-        "BUILDOS" | "TARGETOS" => "linux".into(),
-        "BUILDARCH" | "TARGETARCH" => arch.into(),
-        _ => String::new(),
     }
 }
 

@@ -94,9 +94,6 @@ pub enum RegistryError {
         /// The image's platform.
         actual: String,
     },
-    /// A `--platform` value that is not `os/arch[/variant]`.
-    #[error("invalid platform {0:?}: expected os/arch[/variant], e.g. linux/amd64")]
-    InvalidPlatform(String),
     /// `push` of a name no local image has.
     #[error("An image does not exist locally with the tag: {0}")]
     NoSuchLocalTag(String),

@@ -13,7 +13,6 @@ pub mod config;
 pub mod credentials;
 mod error;
 mod login;
-pub mod platform;
 mod pull;
 mod push;
 mod remote;
@@ -21,12 +20,12 @@ mod tls;
 
 use std::future::Future;
 
+pub use berth_store::platform::{self, Platform};
 pub use client::plain_http;
 pub use config::RegistryConfig;
 pub use credentials::{CredentialStore, Credentials};
 pub use error::RegistryError;
 pub use login::{login, logout, normalise_server};
-pub use platform::Platform;
 pub use pull::{
     pull, pull_all_tags, PullEvent, PullOptions, PulledImage, DEFAULT_CONCURRENT_DOWNLOADS,
 };

@@ -29,7 +29,7 @@ use crate::client::{Registry, MAX_DOCUMENT};
 use crate::config::RegistryConfig;
 use crate::credentials::CredentialStore;
 use crate::error::{RegistryError, Subject};
-use crate::platform::Platform;
+use berth_store::Platform;
 
 /// The manifest media types Berth asks for, most wanted first.
 const ACCEPTED_MANIFESTS: &[&str] = &[

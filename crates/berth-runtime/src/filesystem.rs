@@ -613,7 +613,18 @@ impl Engine {
             berth_store::import::apply_change(&mut run_config, change)?;
         }
         let tags: Vec<Reference> = options.reference.iter().cloned().collect();
-        Ok(store.create_image(run_config, layers, history, options.author.clone(), &tags)?)
+        // A commit is for the platform of the image the container runs.
+        let platform = base
+            .as_ref()
+            .map(|image| berth_store::Platform::of_config(&image.config));
+        Ok(store.create_image(
+            run_config,
+            layers,
+            history,
+            options.author.clone(),
+            platform.as_ref(),
+            &tags,
+        )?)
     }
 }
 

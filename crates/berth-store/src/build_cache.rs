@@ -102,7 +102,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let image = store
-            .create_image(RunConfig::default(), Vec::new(), Vec::new(), None, &[])
+            .create_image(
+                RunConfig::default(),
+                Vec::new(),
+                Vec::new(),
+                None,
+                None,
+                &[],
+            )
             .unwrap();
         let key = Digest::of(b"step");
         assert!(store.build_cache_get(&key).unwrap().is_none());
@@ -123,7 +130,14 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let tag = crate::Reference::parse("app:1").unwrap();
         let image = store
-            .create_image(RunConfig::default(), Vec::new(), Vec::new(), None, &[tag])
+            .create_image(
+                RunConfig::default(),
+                Vec::new(),
+                Vec::new(),
+                None,
+                None,
+                &[tag],
+            )
             .unwrap();
         store.build_cache_put(&Digest::of(b"k"), &image.id).unwrap();
         let pruned = store.prune_build_cache().unwrap();

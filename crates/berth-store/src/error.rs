@@ -17,6 +17,9 @@ pub enum StoreError {
     /// A digest that is not `sha256:<64 hex>`.
     #[error("invalid digest {0:?}")]
     InvalidDigest(String),
+    /// A `--platform` value that is not `os/arch[/variant]`.
+    #[error("invalid platform {0:?}: expected os/arch[/variant], e.g. linux/amd64")]
+    InvalidPlatform(String),
     /// Content whose digest is not the one announced.
     #[error("digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch {

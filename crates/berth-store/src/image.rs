@@ -228,7 +228,7 @@ pub fn is_layer_media_type(media_type: &str) -> bool {
     )
 }
 
-/// The platform this binary runs on, in OCI's words.
+/// The operating system and architecture this binary runs on, in OCI's words.
 pub fn host_platform() -> (&'static str, &'static str) {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",

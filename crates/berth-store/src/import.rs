@@ -6,8 +6,8 @@ use std::io::Read;
 use crate::digest::Digest;
 use crate::error::StoreError;
 use crate::image::{
-    host_platform, Descriptor, History, ImageConfig, Manifest, RootFs, RunConfig,
-    MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_MANIFEST,
+    Descriptor, History, ImageConfig, Manifest, RootFs, RunConfig, MEDIA_TYPE_OCI_CONFIG,
+    MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_MANIFEST,
 };
 use crate::images::{ImageRecord, LayerRecord, NewImage};
 use crate::reference::Reference;
@@ -137,6 +137,7 @@ impl Store {
         reader: impl Read,
         changes: &[String],
         message: Option<&str>,
+        platform: Option<&crate::Platform>,
         tags: &[Reference],
     ) -> Result<ImageRecord, StoreError> {
         let mut run_config = RunConfig::default();
@@ -153,7 +154,7 @@ impl Store {
             comment: Some(message.unwrap_or("Imported from tarball").to_string()),
             ..History::default()
         };
-        self.create_image(run_config, vec![layer], vec![history], None, tags)
+        self.create_image(run_config, vec![layer], vec![history], None, platform, tags)
     }
 
     /// Writes the config and manifest of a new image made of `layers` and records it.
@@ -163,15 +164,16 @@ impl Store {
         layers: Vec<LayerRecord>,
         history: Vec<History>,
         author: Option<String>,
+        platform: Option<&crate::Platform>,
         tags: &[Reference],
     ) -> Result<ImageRecord, StoreError> {
-        let (os, arch) = host_platform();
+        let platform = platform.cloned().unwrap_or_else(crate::Platform::host);
         let config = ImageConfig {
             created: Some(crate::now_rfc3339()),
             author,
-            architecture: arch.to_string(),
-            os: os.to_string(),
-            variant: None,
+            architecture: platform.architecture,
+            os: platform.os,
+            variant: platform.variant,
             config: run_config,
             rootfs: RootFs {
                 kind: "layers".into(),

@@ -1084,3 +1084,70 @@ fn copy_parents_keeps_source_paths() {
     );
     no_containers_left(&b);
 }
+
+#[test]
+fn builds_for_another_platform() {
+    let b = Berth::with_busybox();
+    // An arm64 base: busybox's files, recorded as linux/arm64 (only steps that run nothing use it).
+    b.ok(&[
+        "import",
+        "--platform",
+        "linux/arm64",
+        "-c",
+        "CMD [\"sh\"]",
+        common::busybox_tar().to_str().unwrap(),
+        "armbase:1",
+    ]);
+    assert_eq!(inspect(&b, "armbase:1", "{{.Architecture}}"), "arm64");
+    // The usual cross-compiling shape: a build stage on the build platform told the target, the
+    // result copied into the target's base.
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM --platform=$BUILDPLATFORM busybox AS build\nARG TARGETPLATFORM TARGETARCH BUILDARCH\nRUN echo \"$BUILDARCH -> $TARGETARCH ($TARGETPLATFORM)\" > /made\nFROM armbase:1\nARG TARGETARCH\nCOPY --from=build /made /made\nLABEL arch=$TARGETARCH\n",
+    )]);
+    build_ok(
+        &b,
+        &["--platform", "linux/arm64", "-t", "cross:1", p(ctx.path())],
+    );
+    assert_eq!(inspect(&b, "cross:1", "{{.Architecture}}"), "arm64");
+    assert_eq!(inspect(&b, "cross:1", "{{.Config.Labels.arch}}"), "arm64");
+    let out = b.ok(&["create", "--name", "crossed", "cross:1"]);
+    assert!(!out.trim().is_empty());
+    let made = b.dir.path().join("made");
+    b.ok(&["cp", "crossed:/made", made.to_str().unwrap()]);
+    let host = inspect(&b, "busybox", "{{.Architecture}}");
+    assert_eq!(
+        std::fs::read_to_string(&made).unwrap(),
+        format!("{host} -> arm64 (linux/arm64)\n")
+    );
+    b.ok(&["rm", "crossed"]);
+
+    // A RUN on the target platform needs an emulator.
+    if !Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() {
+        let run = context(&[("Dockerfile", "FROM armbase:1\nRUN true\n")]);
+        let out = build(&b, &["--platform", "linux/arm64", p(run.path())]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("RUN for linux/arm64") && stderr(&out).contains("emulator"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // Bad values are refused before anything runs.
+    let out = build(&b, &["--platform", "linux/arm64/v8/x", p(ctx.path())]);
+    assert!(
+        stderr(&out).contains("invalid platform"),
+        "{}",
+        stderr(&out)
+    );
+    let out = build(
+        &b,
+        &["--platform", "linux/amd64,linux/arm64", p(ctx.path())],
+    );
+    assert!(
+        stderr(&out).contains("several platforms"),
+        "{}",
+        stderr(&out)
+    );
+    no_containers_left(&b);
+}

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use berth_build::progress::{Mode, Progress};
 use berth_build::{BuildError, BuildOptions, Context};
 use berth_runtime::Engine;
-use berth_store::{ImageRecord, Reference};
+use berth_store::{ImageRecord, Platform, Reference};
 use clap::Args;
 
 use super::registry::{ensure_image, PullPolicy};
@@ -66,6 +66,9 @@ pub struct BuildArgs {
     /// SSH agent socket to expose to RUN --mount=type=ssh (format: 'default|<id>[=<socket>]')
     #[arg(long)]
     ssh: Vec<String>,
+    /// Set target platform for build (format: 'os/arch[/variant]')
+    #[arg(long)]
+    platform: Option<String>,
     /// Build context: a directory, or - for a tar (or a Dockerfile) on stdin
     path: String,
 }
@@ -308,6 +311,13 @@ pub fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<i32> {
     engine.store().snapshots().remove_abandoned_work()?;
     let secrets = Secrets::new(engine, &args.secret)?;
     let ssh = ssh_sockets(&args.ssh)?;
+    let platform = match args.platform.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) if p.contains(',') => {
+            bail!("building for several platforms at once (--platform {p}) is not supported")
+        }
+        Some(p) => Some(Platform::parse(p)?),
+        None => None,
+    };
     let inputs = inputs(engine, &args)?;
     let options = BuildOptions {
         dockerfile: inputs.dockerfile.clone(),
@@ -320,6 +330,7 @@ pub fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<i32> {
         add_hosts: args.add_host.clone(),
         secrets: secrets.files.clone(),
         ssh,
+        platform,
     };
     let quiet = args.quiet || args.progress == "quiet";
     let mode = match args.progress.as_str() {
@@ -411,17 +422,37 @@ struct CliHost<'a> {
 }
 
 impl berth_build::Host for CliHost<'_> {
-    fn base_image(&self, reference: &str) -> Result<ImageRecord, String> {
-        let policy = if self.pull {
+    fn base_image(
+        &self,
+        reference: &str,
+        platform: Option<&Platform>,
+    ) -> Result<ImageRecord, String> {
+        // A local image of another platform is as good as missing.
+        let local = self.engine.store().image(reference).ok();
+        let wrong_platform = match (&local, platform) {
+            (Some(image), Some(wanted)) => !wanted.accepts(&Platform::of_config(&image.config)),
+            _ => false,
+        };
+        let policy = if self.pull || wrong_platform {
             PullPolicy::Always
         } else {
             PullPolicy::Missing
         };
-        ensure_image(self.engine, reference, policy, None).map_err(|e| format!("{e:#}"))?;
-        self.engine
+        let text = platform.map(ToString::to_string);
+        ensure_image(self.engine, reference, policy, text.as_deref())
+            .map_err(|e| format!("{e:#}"))?;
+        let image = self
+            .engine
             .store()
             .image(reference)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        match platform {
+            Some(wanted) if !wanted.accepts(&Platform::of_config(&image.config)) => Err(format!(
+                "{reference} is for {}, not {wanted}",
+                Platform::of_config(&image.config)
+            )),
+            _ => Ok(image),
+        }
     }
 
     fn download(&self, url: &str, out: &mut dyn Write) -> Result<(), String> {

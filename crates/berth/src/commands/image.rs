@@ -369,10 +369,19 @@ pub fn import(engine: &Engine, args: ImportArgs) -> anyhow::Result<i32> {
     } else {
         Box::new(File::open(&args.file).with_context(|| format!("open {}", args.file))?)
     };
-    let image =
-        engine
-            .store()
-            .import_rootfs(reader, &args.change, args.message.as_deref(), &tags)?;
+    let platform = args
+        .platform
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(berth_store::Platform::parse)
+        .transpose()?;
+    let image = engine.store().import_rootfs(
+        reader,
+        &args.change,
+        args.message.as_deref(),
+        platform.as_ref(),
+        &tags,
+    )?;
     println!("{}", image.id);
     Ok(0)
 }

@@ -2,9 +2,8 @@
 
 use std::fmt;
 
-use berth_store::image::{host_platform, Descriptor};
-
-use crate::error::RegistryError;
+use crate::error::StoreError;
+use crate::image::{host_platform, Descriptor};
 
 /// An OCI platform: operating system, CPU architecture and optional variant, normalised as containerd does
 /// (`x86_64` → `amd64`, `aarch64` → `arm64`, `arm64` without variant is `v8`).
@@ -26,8 +25,8 @@ impl Platform {
     }
 
     /// Parses `os/arch[/variant]`, or a bare `arch` (with this host's OS), as `--platform` takes it.
-    pub fn parse(text: &str) -> Result<Self, RegistryError> {
-        let bad = || RegistryError::InvalidPlatform(text.to_string());
+    pub fn parse(text: &str) -> Result<Self, StoreError> {
+        let bad = || StoreError::InvalidPlatform(text.to_string());
         let parts: Vec<&str> = text.trim().split('/').collect();
         if parts.iter().any(|p| {
             p.is_empty()
@@ -93,7 +92,7 @@ impl Platform {
     }
 
     /// The platform of an image config (`os`, `architecture`, `variant`).
-    pub fn of_config(config: &berth_store::image::ImageConfig) -> Self {
+    pub fn of_config(config: &crate::image::ImageConfig) -> Self {
         Self::normalised(
             &config.os.to_ascii_lowercase(),
             &config.architecture.to_ascii_lowercase(),
@@ -164,8 +163,8 @@ mod tests {
 
     fn entry(platform: serde_json::Value, n: u8) -> Descriptor {
         Descriptor {
-            media_type: berth_store::image::MEDIA_TYPE_OCI_MANIFEST.into(),
-            digest: berth_store::Digest::of(&[n]),
+            media_type: crate::image::MEDIA_TYPE_OCI_MANIFEST.into(),
+            digest: crate::Digest::of(&[n]),
             size: 1,
             annotations: Default::default(),
             platform: Some(platform),
