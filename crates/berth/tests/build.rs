@@ -1151,3 +1151,43 @@ fn builds_for_another_platform() {
     );
     no_containers_left(&b);
 }
+
+#[test]
+fn an_unreadable_context_file_fails_the_step_clearly() {
+    let b = Berth::with_busybox();
+    let ctx = context(&[
+        ("Dockerfile", "FROM busybox\nCOPY . /x/\n"),
+        ("locked.txt", "secret"),
+    ]);
+    let locked = ctx.path().join("locked.txt");
+    std::os::unix::fs::chown(&locked, Some(12345), Some(12345)).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    // Root reads anything: the build runs without the capabilities that let it (as a user would).
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set", "-dac_override,-dac_read_search"])
+        .arg(env!("CARGO_BIN_EXE_berth"))
+        .arg("--root")
+        .arg(&b.root)
+        .arg("--runroot")
+        .arg(&b.runroot)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "unreadable:1",
+            p(ctx.path()),
+        ])
+        .env("BERTH_CONFIG", b.settings_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Dockerfile:2")
+            && stderr(&out).contains("locked.txt: Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(b.run(&["image", "inspect", "unreadable:1"]).status.code() != Some(0));
+    no_containers_left(&b);
+}
