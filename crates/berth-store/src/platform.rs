@@ -5,6 +5,11 @@ use std::fmt;
 use crate::error::StoreError;
 use crate::image::{host_platform, Descriptor};
 
+/// Operating systems a bare `--platform` word is taken as (else it is an architecture).
+const KNOWN_OSES: &[&str] = &[
+    "linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "illumos", "solaris",
+];
+
 /// An OCI platform: operating system, CPU architecture and optional variant, normalised as containerd does
 /// (`x86_64` → `amd64`, `aarch64` → `arm64`, `arm64` without variant is `v8`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +43,16 @@ impl Platform {
         }
         let lower: Vec<String> = parts.iter().map(|p| p.to_ascii_lowercase()).collect();
         match lower.as_slice() {
+            // A bare OS means this host's architecture on it, a bare architecture this host's OS
+            // (containerd's rule).
+            [os] if KNOWN_OSES.contains(&os.as_str()) => {
+                let host = Self::host();
+                Ok(Self::normalised(
+                    os,
+                    &host.architecture,
+                    host.variant.as_deref(),
+                ))
+            }
             [arch] => Ok(Self::normalised(host_platform().0, arch, None)),
             [os, arch] => Ok(Self::normalised(os, arch, None)),
             [os, arch, variant] => Ok(Self::normalised(os, arch, Some(variant))),
@@ -190,6 +205,7 @@ mod tests {
             "linux/arm/v7"
         );
         assert_eq!(Platform::parse("amd64").unwrap().to_string(), "linux/amd64");
+        assert_eq!(Platform::parse("linux").unwrap(), Platform::host());
         for bad in ["", "linux/", "/amd64", "a/b/c/d", "linux/am d64"] {
             assert!(Platform::parse(bad).is_err(), "{bad:?}");
         }
