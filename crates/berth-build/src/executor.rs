@@ -363,7 +363,7 @@ impl<'e> StepMounts<'e> {
                 rw,
             } => {
                 let snapshots = self.engine.store().snapshots();
-                let snapshot = berth_store::Snapshotter::work_id("build");
+                let snapshot = berth_store::work_name("build");
                 self.snapshots.push(snapshot.clone());
                 let layers = &image.config.rootfs.diff_ids;
                 // Writes to a rw bind from another stage are the step's own, and thrown away.
@@ -400,7 +400,7 @@ impl<'e> StepMounts<'e> {
                             .engine
                             .store()
                             .tmp_dir()
-                            .join(format!("secrets-{}", berth_store::random_hex(8)));
+                            .join(berth_store::work_name("secrets"));
                         std::fs::DirBuilder::new()
                             .mode(0o700)
                             .recursive(true)
@@ -1349,7 +1349,7 @@ impl Builder<'_> {
         };
         let image = self.copy_source_image(index, ins, from)?;
         let snapshots = self.engine.store().snapshots();
-        let from_snapshot = berth_store::Snapshotter::work_id("build");
+        let from_snapshot = berth_store::work_name("build");
         let from_root =
             snapshots.mount_layers_readonly(&from_snapshot, &image.config.rootfs.diff_ids)?;
         let result = self.copy_from(
@@ -1406,7 +1406,7 @@ impl Builder<'_> {
             .engine
             .store()
             .tmp_dir()
-            .join(format!("git-{}", berth_store::random_hex(8)));
+            .join(berth_store::work_name("git"));
         let result = (|| {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| BuildError::Io(format!("{}: {e}", dir.display())))?;
@@ -1622,7 +1622,7 @@ impl Builder<'_> {
             return Ok(());
         }
         let snapshots = self.engine.store().snapshots();
-        let snapshot = berth_store::Snapshotter::work_id("build");
+        let snapshot = berth_store::work_name("build");
         snapshots.create_container(&snapshot)?;
         let result = (|| {
             let root = snapshots.mount_container(&snapshot, &state.layers, true)?;

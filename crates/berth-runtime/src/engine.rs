@@ -411,7 +411,8 @@ impl Engine {
     /// Removes what a `create` killed half-way left behind: snapshot and file directories of containers
     /// that have no record. Only directories older than a minute go, so a `create` in progress (its
     /// directories come before its record) is never touched. Working snapshots of builders that died
-    /// go too (see `Snapshotter::remove_abandoned_work`). Returns how many were removed.
+    /// go too, with what killed processes left in `tmp/` (see `Store::remove_abandoned_work`). Returns how
+    /// many were removed.
     pub fn remove_orphans(&self) -> Result<usize, RuntimeError> {
         let known: std::collections::HashSet<String> =
             self.store.containers()?.into_iter().map(|r| r.id).collect();
@@ -445,7 +446,7 @@ impl Engine {
             let _ = snapshots.remove_container(id);
             let _ = fs::remove_dir_all(self.store.container_dir(id));
         }
-        Ok(ids.len() + snapshots.remove_abandoned_work()?)
+        Ok(ids.len() + self.store.remove_abandoned_work()?)
     }
 
     /// A container by name or ID, with its state reconciled.

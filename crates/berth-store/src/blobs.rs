@@ -81,7 +81,7 @@ impl BlobStore {
 
     /// A writer whose content becomes a blob on [`BlobWriter::commit`]; dropped uncommitted, it leaves nothing.
     pub fn writer(&self) -> Result<BlobWriter, StoreError> {
-        let tmp_path = self.tmp.join(format!("blob-{}", crate::random_hex(8)));
+        let tmp_path = self.tmp.join(crate::work_name("blob"));
         let file = File::create(&tmp_path).ctx("create", &tmp_path)?;
         Ok(BlobWriter {
             inner: Some(DigestWriter::new(io::BufWriter::with_capacity(

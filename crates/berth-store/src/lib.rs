@@ -123,6 +123,37 @@ impl Store {
         }
     }
 
+    /// Removes what killed processes left in the store: working snapshots (unmounted first), files and
+    /// directories under `tmp/` and the snapshotter's staging area, named by [`work_name`] for a process
+    /// that no longer exists. Returns how many there were.
+    pub fn remove_abandoned_work(&self) -> Result<usize, StoreError> {
+        let mut removed = self.snapshots.remove_abandoned_work()?;
+        for dir in [self.tmp_dir(), self.snapshots.staging_root().to_path_buf()] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !abandoned(&name) {
+                    continue;
+                }
+                let path = entry.path();
+                let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                match gone {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).ctx("remove", path)
+                    }
+                    _ => removed += 1,
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Takes the store-wide lock that garbage collection holds exclusively and layer creation holds shared,
     /// so a layer is never deleted while another process is making an image that uses it.
     pub fn lock(&self, exclusive: bool) -> Result<StoreLock, StoreError> {
@@ -155,6 +186,29 @@ pub struct StoreLock {
     _file: File,
 }
 
+/// A name for something short-lived a process makes in the store (a working snapshot, a file being
+/// written, a directory being filled): `<kind>-<pid>-<random>`. The maker is in the name, so
+/// [`Store::remove_abandoned_work`] can tell what a killed process left from what is still in use.
+pub fn work_name(kind: &str) -> String {
+    format!("{kind}-{}-{}", std::process::id(), random_hex(8))
+}
+
+/// The process in a [`work_name`]; `None` for other names (container IDs, digests).
+pub(crate) fn work_owner(name: &str) -> Option<u32> {
+    let mut parts = name.rsplitn(3, '-');
+    let (random, pid, kind) = (parts.next()?, parts.next()?, parts.next()?);
+    let well_formed = random.len() == 16
+        && random.bytes().all(|b| b.is_ascii_hexdigit())
+        && !kind.is_empty()
+        && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+    well_formed.then(|| pid.parse().ok()).flatten()
+}
+
+/// Whether the process that made a [`work_name`] is gone.
+pub(crate) fn abandoned(name: &str) -> bool {
+    work_owner(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// `n` random bytes as hex.
 pub fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];
@@ -165,4 +219,32 @@ pub fn random_hex(n: usize) -> String {
 /// The current time in RFC 3339 with nanoseconds, as Docker prints times.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_killed_processes_left_in_tmp_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let left = store.tmp_dir().join(format!("load-{dead}-0123456789abcdef"));
+        fs::create_dir_all(left.join("blobs")).unwrap();
+        let staging = store
+            .snapshots()
+            .staging_root()
+            .join(format!("layer-{dead}-0123456789abcdef"));
+        fs::create_dir_all(&staging).unwrap();
+        let mine = store.tmp_dir().join(work_name("blob"));
+        fs::write(&mine, b"in use").unwrap();
+        let foreign = store.tmp_dir().join("not-ours");
+        fs::write(&foreign, b"x").unwrap();
+        assert_eq!(store.remove_abandoned_work().unwrap(), 2);
+        assert!(!left.exists() && !staging.exists());
+        assert!(mine.exists() && foreign.exists());
+    }
 }

@@ -19,17 +19,6 @@ pub struct Snapshotter {
     empty: PathBuf,
 }
 
-/// The process in a [`Snapshotter::work_id`] name; `None` for other names (container IDs).
-fn work_owner(name: &str) -> Option<u32> {
-    let mut parts = name.rsplitn(3, '-');
-    let (random, pid, kind) = (parts.next()?, parts.next()?, parts.next()?);
-    let well_formed = random.len() == 16
-        && random.bytes().all(|b| b.is_ascii_hexdigit())
-        && !kind.is_empty()
-        && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
-    well_formed.then(|| pid.parse().ok()).flatten()
-}
-
 impl Snapshotter {
     /// Opens (and creates) the snapshot directories under `root`.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
@@ -46,24 +35,14 @@ impl Snapshotter {
         Ok(s)
     }
 
-    /// A name for a short-lived working snapshot (a build step's, an export's): `<kind>-<pid>-<random>`.
-    /// The process that makes it is in the name, so [`Snapshotter::remove_abandoned_work`] can tell one
-    /// whose maker died (SIGKILL, a Ctrl-C in the middle of a step) from one still in use.
-    pub fn work_id(kind: &str) -> String {
-        format!("{kind}-{}-{}", std::process::id(), crate::random_hex(8))
-    }
-
-    /// Unmounts and removes the working snapshots (see [`Snapshotter::work_id`]) whose process is gone;
+    /// Unmounts and removes the working snapshots (named by [`crate::work_name`]) whose process is gone;
     /// returns how many there were.
     pub fn remove_abandoned_work(&self) -> Result<usize, StoreError> {
         let mut removed = 0;
         let entries = fs::read_dir(&self.containers).ctx("list", &self.containers)?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = work_owner(&name) else {
-                continue;
-            };
-            if !Path::new(&format!("/proc/{pid}")).exists() {
+            if crate::abandoned(&name) {
                 self.remove_container(&name)?;
                 removed += 1;
             }
@@ -81,9 +60,14 @@ impl Snapshotter {
         self.layer_dir(diff_id).is_dir()
     }
 
+    /// Where [`Snapshotter::staging_dir`]s are.
+    pub fn staging_root(&self) -> &Path {
+        &self.tmp
+    }
+
     /// A fresh private directory to unpack a layer into; publish it with [`Snapshotter::commit_layer`].
     pub fn staging_dir(&self) -> Result<PathBuf, StoreError> {
-        let dir = self.tmp.join(crate::random_hex(8));
+        let dir = self.tmp.join(crate::work_name("layer"));
         fs::create_dir_all(dir.join("diff")).ctx("create", &dir)?;
         Ok(dir)
     }
@@ -342,8 +326,8 @@ mod tests {
     fn work_snapshots_of_dead_processes_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let snapshots = Snapshotter::open(dir.path()).unwrap();
-        let mine = Snapshotter::work_id("build-out");
-        assert_eq!(work_owner(&mine), Some(std::process::id()));
+        let mine = crate::work_name("build-out");
+        assert_eq!(crate::work_owner(&mine), Some(std::process::id()));
         // A process that has exited (its PID is free: reaped just now).
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
@@ -358,8 +342,8 @@ mod tests {
         assert!(!snapshots.container_dir(&theirs).exists());
         assert!(snapshots.container_dir(&mine).exists());
         assert!(snapshots.container_dir(&container).exists());
-        assert_eq!(work_owner("build-12-xyz"), None);
-        assert_eq!(work_owner(&"f".repeat(64)), None);
+        assert_eq!(crate::work_owner("build-12-xyz"), None);
+        assert_eq!(crate::work_owner(&"f".repeat(64)), None);
         snapshots.remove_container(&mine).unwrap();
     }
 }

@@ -574,7 +574,7 @@ impl Spool {
     fn read(store: &Store, input: impl Read) -> Result<Self, StoreError> {
         let tmp = store.tmp_dir();
         fs::create_dir_all(&tmp).ctx("create", &tmp)?;
-        let dir = tmp.join(format!("load-{}", crate::random_hex(8)));
+        let dir = tmp.join(crate::work_name("load"));
         fs::create_dir(&dir).ctx("create", &dir)?;
         let mut spool = Spool {
             dir,

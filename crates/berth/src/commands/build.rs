@@ -224,7 +224,7 @@ impl Secrets {
                 let dir = engine
                     .store()
                     .tmp_dir()
-                    .join(format!("build-secrets-{}", berth_store::random_hex(8)));
+                    .join(berth_store::work_name("build-secrets"));
                 std::fs::DirBuilder::new()
                     .mode(0o700)
                     .recursive(true)
@@ -308,7 +308,7 @@ pub fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<i32> {
         labels.insert(k.to_string(), v.to_string());
     }
     // What builders killed mid-step left mounted (a COPY's snapshot) goes first.
-    engine.store().snapshots().remove_abandoned_work()?;
+    engine.store().remove_abandoned_work()?;
     let secrets = Secrets::new(engine, &args.secret)?;
     let ssh = ssh_sockets(&args.ssh)?;
     let platform = match args.platform.as_deref().filter(|p| !p.is_empty()) {
@@ -551,7 +551,7 @@ impl Output {
 
     fn write(&self, engine: &Engine, image: &ImageRecord) -> anyhow::Result<()> {
         let snapshots = engine.store().snapshots();
-        let id = berth_store::Snapshotter::work_id("build-out");
+        let id = berth_store::work_name("build-out");
         let root = snapshots.mount_layers_readonly(&id, &image.config.rootfs.diff_ids)?;
         let result = (|| -> anyhow::Result<()> {
             match self {
