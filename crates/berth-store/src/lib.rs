@@ -232,7 +232,9 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
-        let left = store.tmp_dir().join(format!("load-{dead}-0123456789abcdef"));
+        let left = store
+            .tmp_dir()
+            .join(format!("load-{dead}-0123456789abcdef"));
         fs::create_dir_all(left.join("blobs")).unwrap();
         let staging = store
             .snapshots()
