@@ -326,6 +326,8 @@ enum DeferredMount {
         target: String,
         rw: bool,
     },
+    /// `type=bind,rw` of a context directory: an overlay of it whose writes are thrown away.
+    ContextCopy { path: PathBuf, target: String },
     /// `type=secret`: a copy of the secret, owned and moded as asked.
     Secret {
         source: PathBuf,
@@ -384,6 +386,17 @@ impl<'e> StepMounts<'e> {
                     root.join(found.path).display(),
                     if rw { "rw" } else { "ro" }
                 ))
+            }
+            DeferredMount::ContextCopy { path, target } => {
+                let snapshot = berth_store::work_name("build");
+                self.snapshots.push(snapshot.clone());
+                let merged = self
+                    .engine
+                    .store()
+                    .snapshots()
+                    .mount_dir_writable(&snapshot, &path)
+                    .map_err(|e| e.to_string())?;
+                Ok(format!("{}:{target}:rw", merged.display()))
             }
             DeferredMount::Secret {
                 source,
@@ -1097,11 +1110,13 @@ impl Builder<'_> {
                         &source
                     })?;
                     let path = self.context.root().join(&found[0].path);
-                    volumes.push(format!(
-                        "{}:{target}:{}",
-                        path.display(),
-                        if rw { "rw" } else { "ro" }
-                    ));
+                    if rw && found[0].is_dir {
+                        // Writes go to a throwaway overlay, never into the user's context.
+                        deferred.push(DeferredMount::ContextCopy { path, target });
+                    } else {
+                        // (A file bound rw is bound read-only: its writes would reach the context.)
+                        volumes.push(format!("{}:{target}:ro", path.display()));
+                    }
                 }
                 "secret" => {
                     // BuildKit: the id defaults to the target's file name, the target to

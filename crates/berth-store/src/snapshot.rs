@@ -132,14 +132,40 @@ impl Snapshotter {
         layers: &[Digest],
         volatile: bool,
     ) -> Result<PathBuf, StoreError> {
+        let mut lowers = self.lowerdir_option(layers);
+        if lowers.is_empty() {
+            lowers.push(self.empty.to_string_lossy().into_owned());
+        }
+        self.mount_writable(id, &lowers, volatile)
+    }
+
+    /// Mounts a writable, volatile overlay of the host directory `source` at snapshot `id` (created
+    /// here): what is written there lands in the snapshot, never in `source`. The builder's
+    /// `RUN --mount=type=bind,rw` of its context. Undone with [`Self::remove_container`].
+    pub fn mount_dir_writable(&self, id: &str, source: &Path) -> Result<PathBuf, StoreError> {
+        let source = source.to_string_lossy().into_owned();
+        if source.contains([':', ',']) {
+            return Err(StoreError::Mount {
+                op: "overlay a directory whose path has ':' or ','",
+                path: PathBuf::from(source),
+                source: nix::errno::Errno::EINVAL,
+            });
+        }
+        self.create_container(id)?;
+        self.mount_writable(id, &[source], true)
+    }
+
+    /// The overlay of `lowers` with snapshot `id`'s upper dir, at its mount point.
+    fn mount_writable(
+        &self,
+        id: &str,
+        lowers: &[String],
+        volatile: bool,
+    ) -> Result<PathBuf, StoreError> {
         let dir = self.container_dir(id);
         let merged = dir.join("merged");
         if is_mount_point(&merged) {
             return Ok(merged);
-        }
-        let mut lowers = self.lowerdir_option(layers);
-        if lowers.is_empty() {
-            lowers.push(self.empty.to_string_lossy().into_owned());
         }
         // index=off and redirect_dir=off keep the upper dir a plain, portable diff for `commit`.
         let plain = format!(

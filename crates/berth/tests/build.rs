@@ -1191,3 +1191,24 @@ fn an_unreadable_context_file_fails_the_step_clearly() {
     assert!(b.run(&["image", "inspect", "unreadable:1"]).status.code() != Some(0));
     no_containers_left(&b);
 }
+
+#[test]
+fn a_rw_bind_of_the_context_never_writes_into_it() {
+    let b = Berth::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=bind,source=src,target=/src,rw sh -c 'echo changed > /src/f && touch /src/new && test \"$(cat /src/f)\" = changed'\n",
+        ),
+        ("src/f", "original"),
+    ]);
+    build_ok(&b, &["-t", "rwbind:1", p(ctx.path())]);
+    assert_eq!(
+        std::fs::read_to_string(ctx.path().join("src/f")).unwrap(),
+        "original"
+    );
+    assert!(!ctx.path().join("src/new").exists());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(b.root.to_str().unwrap()), "{mounts}");
+    no_containers_left(&b);
+}
