@@ -2432,7 +2432,16 @@ impl<'a> RequestBuilderWrapper<'a> {
             match token {
                 RegistryTokenType::Bearer(token) => {
                     debug!("Using bearer token authentication.");
-                    headers.insert("Authorization", token.bearer_token().parse().unwrap());
+                    // A token server's answer is not ours to trust: a token that is no valid
+                    // header value is an error, not a panic.
+                    let value = token.bearer_token().parse().map_err(
+                        |e: reqwest::header::InvalidHeaderValue| {
+                            OciDistributionError::GenericError(Some(format!(
+                                "the bearer token is not a valid header value: {e}"
+                            )))
+                        },
+                    )?;
+                    headers.insert("Authorization", value);
                 }
                 RegistryTokenType::Basic(username, password) => {
                     debug!("Using HTTP basic authentication.");

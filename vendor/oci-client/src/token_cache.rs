@@ -156,10 +156,8 @@ impl TokenCache {
                 expiration,
             }) => {
                 let now = SystemTime::now();
-                let epoch = now
-                    .duration_since(UNIX_EPOCH)
-                    .expect("Time went backwards")
-                    .as_secs();
+                // A clock set before 1970 reads as 1970 rather than panicking.
+                let epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
                 if epoch > *expiration {
                     debug!(%key.registry, %key.repository, ?key.operation, %expiration, miss=false, expired=true, "Fetching token");
                     None
@@ -249,7 +247,7 @@ fn bearer_token_cache_expiration(token_str: &str, default_expiration_secs: usize
 fn default_expiration(default_expiration_secs: usize) -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .expect("Time went backwards")
+        .unwrap_or_default()
         .as_secs()
         + default_expiration_secs as u64
 }
