@@ -343,7 +343,7 @@ enum DeferredMount {
 struct StepMounts<'e> {
     engine: &'e Engine,
     snapshots: Vec<String>,
-    secrets: Option<PathBuf>,
+    secrets: Option<berth_store::PrivateDir>,
 }
 
 impl<'e> StepMounts<'e> {
@@ -405,35 +405,18 @@ impl<'e> StepMounts<'e> {
                 uid,
                 gid,
             } => {
-                use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-                let dir = match &self.secrets {
-                    Some(dir) => dir.clone(),
-                    None => {
-                        let dir = self
-                            .engine
-                            .store()
-                            .tmp_dir()
-                            .join(berth_store::work_name("secrets"));
-                        std::fs::DirBuilder::new()
-                            .mode(0o700)
-                            .recursive(true)
-                            .create(&dir)
-                            .map_err(|e| format!("{}: {e}", dir.display()))?;
-                        self.secrets = Some(dir.clone());
-                        dir
-                    }
+                use std::os::unix::fs::PermissionsExt;
+                let dir = match &mut self.secrets {
+                    Some(dir) => dir,
+                    none => none.insert(
+                        berth_store::PrivateDir::create(self.engine.store(), "secrets")
+                            .map_err(|e| e.to_string())?,
+                    ),
                 };
-                let copy = dir.join(berth_store::random_hex(8));
                 let bytes =
                     std::fs::read(&source).map_err(|e| format!("{}: {e}", source.display()))?;
+                let (file, copy) = dir.write_file(&bytes).map_err(|e| e.to_string())?;
                 let failed = |e: std::io::Error| format!("{}: {e}", copy.display());
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&copy)
-                    .map_err(failed)?;
-                file.write_all(&bytes).map_err(failed)?;
                 std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(failed)?;
                 file.set_permissions(std::fs::Permissions::from_mode(mode))
                     .map_err(failed)?;
@@ -449,9 +432,7 @@ impl Drop for StepMounts<'_> {
         for snapshot in &self.snapshots {
             let _ = snapshots.remove_container(snapshot);
         }
-        if let Some(dir) = &self.secrets {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        // (The secrets' directory goes with its own drop.)
     }
 }
 

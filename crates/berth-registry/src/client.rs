@@ -1,7 +1,6 @@
 //! One connection to a registry: the distribution client configured for the host (plain HTTP for loopback
 //! as Docker allows, HTTPS otherwise), the credentials to use, and the mapping of Berth's references.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use berth_store::Reference;
@@ -67,6 +66,8 @@ pub(crate) struct Registry {
     transport: Transport,
     /// How long it may stay silent mid-transfer.
     read_timeout: Duration,
+    /// The client for chunked uploads, made when first needed (see [`Registry::chunked_client`]).
+    chunked: tokio::sync::OnceCell<oci_client::Client>,
 }
 
 impl Registry {
@@ -101,17 +102,28 @@ impl Registry {
             host: host.to_string(),
             transport,
             read_timeout,
+            chunked: tokio::sync::OnceCell::new(),
         };
         registry.authenticate(&registry.client).await;
         Ok(registry)
     }
 
     /// A second client for this registry that uploads blobs as a series of PATCH requests, for registries
-    /// (or proxies in front of them) that refuse a whole blob in one request.
-    pub async fn chunked_client(&self) -> Result<oci_client::Client, RegistryError> {
-        let client = distribution_client(&self.host, &self.transport, self.read_timeout, false)?;
-        self.authenticate(&client).await;
-        Ok(client)
+    /// (or proxies in front of them) that refuse a whole blob in one request; made once.
+    pub async fn chunked_client(&self) -> Result<&oci_client::Client, RegistryError> {
+        self.chunked
+            .get_or_try_init(|| async {
+                let client =
+                    distribution_client(&self.host, &self.transport, self.read_timeout, false)?;
+                self.authenticate(&client).await;
+                Ok(client)
+            })
+            .await
+    }
+
+    /// Whether this registry refused a whole blob already, so the others go in chunks at once.
+    pub fn wants_chunks(&self) -> bool {
+        self.chunked.initialized()
     }
 
     async fn authenticate(&self, client: &oci_client::Client) {
@@ -146,47 +158,6 @@ impl Registry {
                 tag.unwrap_or(berth_store::reference::DEFAULT_TAG)
                     .to_string(),
             ),
-        }
-    }
-}
-
-/// Whether Docker talks plain HTTP to `host` without being told: `localhost` and the loopback
-/// addresses (`127.0.0.0/8`, `::1`), with or without a port.
-pub fn plain_http(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        // [::1]:5000
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        },
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_is_plain_http() {
-        for host in [
-            "localhost",
-            "localhost:5000",
-            "127.0.0.1:5000",
-            "127.1.2.3",
-            "[::1]:5000",
-        ] {
-            assert!(plain_http(host), "{host}");
-        }
-        for host in [
-            "docker.io",
-            "registry.example:5000",
-            "10.0.0.1:5000",
-            "128.0.0.1",
-        ] {
-            assert!(!plain_http(host), "{host}");
         }
     }
 }

@@ -21,7 +21,7 @@
 //! rather than silently ignored (Docker's daemon refuses to start on one too).
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -143,19 +143,19 @@ impl RegistryConfig {
     /// an IP address inside a listed network.
     pub(crate) fn is_insecure(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
-        if crate::client::plain_http(&host) || self.insecure_hosts.contains(&host) {
-            return true;
-        }
         let name = host_name(&host);
-        if self.insecure_hosts.iter().any(|h| h == name) {
+        // `localhost` and the loopback addresses always are, as in Docker.
+        if name == "localhost" || self.insecure_hosts.iter().any(|h| *h == host || h == name) {
             return true;
         }
         let Ok(ip) = name.parse::<IpAddr>() else {
             return false;
         };
-        self.insecure_networks
-            .iter()
-            .any(|(network, bits)| in_network(ip, *network, *bits))
+        ip.is_loopback()
+            || self
+                .insecure_networks
+                .iter()
+                .any(|(network, bits)| in_network(ip, *network, *bits))
     }
 
     /// The mirrors to try, in order, for a pull from `host` (only Docker Hub has them, as in Docker).
@@ -170,14 +170,6 @@ impl RegistryConfig {
     /// How long a registry may stay silent mid-transfer.
     pub(crate) fn read_timeout(&self) -> Duration {
         self.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT)
-    }
-}
-
-/// The settings file in force, for messages.
-pub fn config_path() -> PathBuf {
-    match std::env::var_os(CONFIG_ENV) {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => PathBuf::from(CONFIG_FILE),
     }
 }
 
@@ -251,6 +243,24 @@ mod tests {
         assert!(c.is_insecure("127.0.0.1:5000"));
         assert!(c.is_insecure("localhost"));
         assert!(!c.is_insecure("docker.io"));
+        let none = RegistryConfig::default();
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+        ] {
+            assert!(none.is_insecure(host), "{host}");
+        }
+        for host in [
+            "docker.io",
+            "registry.example:5000",
+            "10.0.0.1:5000",
+            "128.0.0.1",
+        ] {
+            assert!(!none.is_insecure(host), "{host}");
+        }
         assert_eq!(
             c.mirrors_for("docker.io"),
             &[

@@ -20,8 +20,7 @@ mod tls;
 
 use std::future::Future;
 
-pub use berth_store::platform::{self, Platform};
-pub use client::plain_http;
+pub use berth_store::Platform;
 pub use config::RegistryConfig;
 pub use credentials::{CredentialStore, Credentials};
 pub use error::RegistryError;

@@ -58,7 +58,8 @@ async fn verify(
     } else {
         host
     };
-    let transport = crate::tls::transport(api_host, config).await?;
+    // The host's settings (certs.d, insecure) are the registry's name's, as for pulls and pushes.
+    let transport = crate::tls::transport(host, config).await?;
     let client = transport.http_client(host, std::time::Duration::from_secs(60))?;
     let url = transport.url(api_host, "/v2/");
     let response = client

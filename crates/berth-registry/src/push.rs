@@ -347,32 +347,37 @@ async fn try_send_blob(
             return Ok(Sent::Mounted(from.clone()));
         }
     }
-    let whole = registry
-        .client
-        .push_blob_stream(
-            oref,
-            blob_body(upload, WHOLE_BLOB_READ)?,
-            digest,
-            Some(upload.size),
-        )
-        .await;
-    match whole {
-        // The registry, or a proxy in front of it, refuses a whole blob in one request (nginx's
-        // `client_max_body_size` answers 413): send it as a series of PATCH requests instead.
-        Err(OciDistributionError::ServerError {
-            code: 405 | 411 | 413 | 501,
-            ..
-        }) => {
-            let chunked = registry.chunked_client().await.map_err(Attempt::Final)?;
-            chunked
-                .push_blob_stream(oref, blob_body(upload, UPLOAD_CHUNK)?, digest, None)
-                .await
-                .map_err(classify)?;
-        }
-        other => {
-            other.map_err(classify)?;
+    // Once the registry refused a whole blob, the others go in chunks straight away.
+    if !registry.wants_chunks() {
+        let whole = registry
+            .client
+            .push_blob_stream(
+                oref,
+                blob_body(upload, WHOLE_BLOB_READ)?,
+                digest,
+                Some(upload.size),
+            )
+            .await;
+        match whole {
+            // The registry, or a proxy in front of it, refuses a whole blob in one request (nginx's
+            // `client_max_body_size` answers 413): send it as a series of PATCH requests instead.
+            Err(OciDistributionError::ServerError {
+                code: 405 | 411 | 413 | 501,
+                ..
+            }) => {}
+            other => {
+                other.map_err(classify)?;
+                return Ok(Sent::Pushed);
+            }
         }
     }
+    registry
+        .chunked_client()
+        .await
+        .map_err(Attempt::Final)?
+        .push_blob_stream(oref, blob_body(upload, UPLOAD_CHUNK)?, digest, None)
+        .await
+        .map_err(classify)?;
     Ok(Sent::Pushed)
 }
 
@@ -402,29 +407,14 @@ fn blob_body(
         Some(file),
         move |file| async move {
             let mut file = file?;
-            let mut buf = vec![0u8; piece];
-            match read_full(&mut file, &mut buf) {
+            // Up to `piece` bytes (fewer only at the end: a chunk must not come out short because
+            // one read did).
+            let mut buf = Vec::with_capacity(piece);
+            match (&mut file).take(piece as u64).read_to_end(&mut buf) {
                 Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(bytes::Bytes::from(buf)), Some(file)))
-                }
+                Ok(_) => Some((Ok(bytes::Bytes::from(buf)), Some(file))),
                 Err(e) => Some((Err(OciDistributionError::IoError(e)), None)),
             }
         },
     ))
-}
-
-/// Reads until `buf` is full or the file ends (a chunk must not come out short because a read did).
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }

@@ -47,17 +47,23 @@ pub const MONITOR_BINARY: &str = "berth-monitor";
 /// of its own, not a mode of `berth`, because its processes live as long as what they serve — one per
 /// container, and a network's DNS server: it carries only the runtime, not the registry client, the
 /// builder or the CLI, so it maps and dirties a fraction of their memory.
+/// (Whether it is there is only checked when starting it fails: no extra lookup on `run`'s path.)
 pub(crate) fn monitor_binary() -> Result<std::path::PathBuf, RuntimeError> {
     let exe = std::env::current_exe().map_err(|e| io_err("locate the berth binary", e))?;
-    let monitor = exe.with_file_name(MONITOR_BINARY);
-    if !monitor.is_file() {
-        return Err(RuntimeError::Monitor(format!(
-            "{} not found: it is installed beside {}",
+    Ok(exe.with_file_name(MONITOR_BINARY))
+}
+
+/// The error for a monitor binary that could not be started.
+fn monitor_spawn_error(monitor: &Path, e: std::io::Error) -> RuntimeError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        let beside = monitor.parent().unwrap_or(monitor);
+        return RuntimeError::Monitor(format!(
+            "{} not found: it is installed beside berth, in {}",
             monitor.display(),
-            exe.display()
-        )));
+            beside.display()
+        ));
     }
-    Ok(monitor)
+    RuntimeError::Monitor(format!("spawn {}: {e}", monitor.display()))
 }
 
 /// What the monitor tells the process that started it, one line each on the status pipe.
@@ -510,7 +516,8 @@ impl Engine {
         }
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
-        let mut cmd = Command::new(monitor_binary()?);
+        let monitor = monitor_binary()?;
+        let mut cmd = Command::new(&monitor);
         cmd.arg("--root")
             .arg(self.store.root())
             .arg("--runroot")
@@ -556,9 +563,7 @@ impl Engine {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| RuntimeError::Monitor(format!("spawn: {e}")))?;
+        let child = cmd.spawn().map_err(|e| monitor_spawn_error(&monitor, e))?;
         drop(write_end);
         let monitor_pid = child.id() as i32;
         // The monitor outlives us; we never wait for it (it is reaped by init after we exit).

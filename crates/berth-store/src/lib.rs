@@ -209,6 +209,46 @@ pub(crate) fn abandoned(name: &str) -> bool {
     work_owner(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
+/// A directory under the store's `tmp/` that only root can enter, removed with all it holds when dropped
+/// (and by [`Store::remove_abandoned_work`] if its process is killed): where a build keeps secrets.
+pub struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    /// Creates one, named by [`work_name`]`(kind)`.
+    pub fn create(store: &Store, kind: &str) -> Result<Self, StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = store.tmp_dir().join(work_name(kind));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&path)
+            .ctx("create", &path)?;
+        Ok(Self { path })
+    }
+
+    /// Writes `bytes` to a new file in it (mode 0600); returns the file, still open, and its path.
+    pub fn write_file(&self, bytes: &[u8]) -> Result<(File, PathBuf), StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path.join(random_hex(8));
+        let mut file = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .ctx("create", &path)?;
+        std::io::Write::write_all(&mut file, bytes).ctx("write", &path)?;
+        Ok((file, path))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
 /// `n` random bytes as hex.
 pub fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];

@@ -632,34 +632,56 @@ fn evil_tar(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// Python's `http.server` serving a directory on 127.0.0.1, stopped on drop.
+struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn serving(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn remote_add_and_its_failure() {
     let b = Berth::with_busybox();
     let files = tempfile::tempdir().unwrap();
     std::fs::write(files.path().join("remote.txt"), "served over http\n").unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    let mut server = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-        ])
-        .current_dir(files.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait for the server.
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let server = HttpServer::serving(files.path());
+    let port = server.port;
     let good = format!("FROM busybox\nADD http://127.0.0.1:{port}/remote.txt /downloads/\n");
     let ok = context(&[("Dockerfile", &good)]);
     let out = build(&b, &["-t", "remote:1", p(ok.path())]);
@@ -685,8 +707,7 @@ fn remote_add_and_its_failure() {
         "0".repeat(64)
     );
     let wrong_out = build(&b, &[p(context(&[("Dockerfile", &wrong)]).path())]);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(checked_out.status.success(), "{}", stderr(&checked_out));
     assert_eq!(
         b.ok(&["run", "--rm", "checked:1", "cat", "/c/remote.txt"]),
@@ -999,30 +1020,8 @@ fn add_clones_git_repositories() {
         &["clone", "-q", "--bare", "work", "repo.git"],
     );
     git(&served.path().join("repo.git"), &["update-server-info"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-        ])
-        .current_dir(served.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let server = HttpServer::serving(served.path());
+    let port = server.port;
     let repo = format!("http://127.0.0.1:{port}/repo.git");
     let dockerfile = format!(
         "FROM busybox\nADD {repo}#v1 /v1\nADD {repo} /latest\nADD {repo}#v1:docs /docs\nADD --keep-git-dir=true {repo} /withgit\n"
@@ -1034,8 +1033,7 @@ fn add_clones_git_repositories() {
         &format!("FROM busybox\nADD http://127.0.0.1:{port}/missing.git /x\n"),
     )]);
     let failed = build(&b, &[p(missing.path())]);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         b.ok(&[

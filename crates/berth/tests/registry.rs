@@ -79,12 +79,7 @@ impl Registry {
             ),
             None => String::new(),
         };
-        for _ in 0..5 {
-            let port = TcpListener::bind((ip, 0))
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+        let started = start_on_free_port(ip, |port| {
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,
@@ -95,36 +90,27 @@ impl Registry {
             )
             .unwrap();
             let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-            let mut child = Command::new("/usr/bin/docker-registry")
+            Command::new("/usr/bin/docker-registry")
                 .arg("serve")
                 .arg(&config)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
-                .expect("start /usr/bin/docker-registry (apt package docker-registry)");
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if TcpStream::connect((ip, port)).is_ok() {
-                    return Self {
-                        child,
-                        ip: ip.to_string(),
-                        port,
-                        dir,
-                    };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break; // the port was taken meanwhile: try another
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+                .expect("start /usr/bin/docker-registry (apt package docker-registry)")
+        });
+        let Some((child, port)) = started else {
+            panic!(
+                "docker-registry did not start: {}",
+                std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+            );
+        };
+        Self {
+            child,
+            ip: ip.to_string(),
+            port,
+            dir,
         }
-        panic!(
-            "docker-registry did not start: {}",
-            std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
-        );
     }
 
     fn host(&self) -> String {
@@ -341,6 +327,32 @@ fn url_decode(text: &str) -> String {
 }
 
 /// A port nothing listens on right now.
+/// Starts a server with `spawn(port)` on a free port of `ip` and waits until it listens; another port
+/// is tried when the server exits first (the port was taken meanwhile). `None` after five tries.
+fn start_on_free_port(ip: &str, mut spawn: impl FnMut(u16) -> Child) -> Option<(Child, u16)> {
+    for _ in 0..5 {
+        let port = TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = spawn(port);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if TcpStream::connect((ip, port)).is_ok() {
+                return Some((child, port));
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -1856,19 +1868,14 @@ impl Nginx {
             ),
         };
         let ssl = if tls.is_empty() { "" } else { " ssl" };
-        for _ in 0..5 {
-            let port = TcpListener::bind((ip, 0))
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+        let started = start_on_free_port(ip, |port| {
             let d = dir.path().display();
             let config = format!(
                 "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  server {{\n    listen {ip}:{port}{ssl};\n{tls}    client_max_body_size 1m;\n    location / {{\n      proxy_pass http://127.0.0.1:{upstream};\n      proxy_set_header Host $http_host;\n      proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_request_buffering off;\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
             );
             let file = dir.path().join("nginx.conf");
             std::fs::write(&file, config).unwrap();
-            let mut child = Command::new("nginx")
+            Command::new("nginx")
                 .arg("-c")
                 .arg(&file)
                 .arg("-p")
@@ -1877,24 +1884,15 @@ impl Nginx {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("start nginx (apt package nginx)");
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if TcpStream::connect((ip, port)).is_ok() {
-                    return Self { child, port, dir };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!(
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-        );
+                .expect("start nginx (apt package nginx)")
+        });
+        let Some((child, port)) = started else {
+            panic!(
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+        };
+        Self { child, port, dir }
     }
 
     /// The access log so far.

@@ -169,7 +169,7 @@ fn inputs(engine: &Engine, args: &BuildArgs) -> anyhow::Result<Inputs> {
 /// a bare `id=` naming a variable, as buildx) written to a private directory removed with this.
 struct Secrets {
     files: BTreeMap<String, PathBuf>,
-    dir: Option<PathBuf>,
+    dir: Option<berth_store::PrivateDir>,
 }
 
 impl Secrets {
@@ -217,40 +217,17 @@ impl Secrets {
 
     /// Writes a secret value to a file only root can read.
     fn write(&mut self, id: &str, value: &[u8], engine: &Engine) -> anyhow::Result<PathBuf> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        let dir = match &self.dir {
-            Some(dir) => dir.clone(),
-            None => {
-                let dir = engine
-                    .store()
-                    .tmp_dir()
-                    .join(berth_store::work_name("build-secrets"));
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .recursive(true)
-                    .create(&dir)
-                    .with_context(|| format!("create {}", dir.display()))?;
-                self.dir = Some(dir.clone());
-                dir
-            }
+        let dir = match &mut self.dir {
+            Some(dir) => dir,
+            none => none.insert(berth_store::PrivateDir::create(
+                engine.store(),
+                "build-secrets",
+            )?),
         };
-        let file = dir.join(berth_store::random_hex(8));
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&file)
-            .and_then(|mut f| f.write_all(value))
-            .with_context(|| format!("secret {id}: write {}", file.display()))?;
+        let (_, file) = dir
+            .write_file(value)
+            .with_context(|| format!("secret {id}"))?;
         Ok(file)
-    }
-}
-
-impl Drop for Secrets {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
 

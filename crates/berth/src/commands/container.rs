@@ -602,10 +602,15 @@ pub fn create(engine: &Engine, args: CreateArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The `--detach-keys` of a command: Docker's ctrl-p ctrl-q unless given.
+fn detach_keys(flag: &Option<String>) -> anyhow::Result<DetachKeys> {
+    Ok(DetachKeys::parse(flag.as_deref().unwrap_or_default())?)
+}
+
 pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
     let attach = !args.detach;
     let options = args.create.options(attach)?;
-    let keys = DetachKeys::parse(args.detach_keys.as_deref().unwrap_or_default())?;
+    let keys = detach_keys(&args.detach_keys)?;
     // Any pull is over (and its threads gone) before the container starts: the runtime forks.
     super::registry::ensure_image(
         engine,
@@ -641,7 +646,7 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
 
 pub fn attach(engine: &Engine, args: AttachArgs) -> anyhow::Result<i32> {
     let record = engine.container(&args.container)?;
-    let keys = DetachKeys::parse(args.detach_keys.as_deref().unwrap_or_default())?;
+    let keys = detach_keys(&args.detach_keys)?;
     let started = engine.attach(&record.id, !args.no_stdin, &keys)?;
     match wait_attached(started, record.config.tty, args.sig_proxy)? {
         SessionEnd::Exited(code) => Ok(code),
@@ -666,7 +671,7 @@ pub fn exec(engine: &Engine, args: ExecArgs) -> anyhow::Result<i32> {
         interactive: args.interactive,
         detach: args.detach,
         privileged: args.privileged,
-        detach_keys: DetachKeys::parse(args.detach_keys.as_deref().unwrap_or_default())?,
+        detach_keys: detach_keys(&args.detach_keys)?,
     };
     match engine.exec(&args.container, &options)? {
         ExecEnd::Exited(code) => Ok(code),
@@ -678,7 +683,7 @@ pub fn start(engine: &Engine, args: StartArgs) -> anyhow::Result<i32> {
     if args.attach && args.containers.len() > 1 {
         bail!("you cannot start and attach multiple containers at once");
     }
-    let keys = DetachKeys::parse(args.detach_keys.as_deref().unwrap_or_default())?;
+    let keys = detach_keys(&args.detach_keys)?;
     let mut failed = false;
     for name in &args.containers {
         if args.attach {
