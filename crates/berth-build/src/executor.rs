@@ -1,5 +1,7 @@
 //! The build executor: stages planned from the target backwards (stages it does not need are
-//! skipped), then each needed stage run step by step.
+//! skipped), then every needed stage run step by step on a thread of its own, as soon as the stages it
+//! reads are built, so independent stages build at the same time. The first failure stops the
+//! others (their running RUN containers are killed).
 //!
 //! A stage's state is its image config, history and layers plus a *cache key* that chains the base
 //! image's ID with every step and what the step reads (expanded arguments, the ARG values a RUN
@@ -12,11 +14,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use berth_runtime::{Engine, MonitorEvent, RunOptions, StdioMode};
 use berth_store::image::{HealthConfig, History, RunConfig};
 use berth_store::Platform;
 use berth_store::{Digest, ImageRecord, LayerRecord};
+use nix::sys::signal::Signal;
 use sha2::{Digest as _, Sha256};
 
 use crate::context::{Context, Rewrite, Sink, Source, Tree};
@@ -53,11 +58,14 @@ pub struct BuildOptions {
 }
 
 /// What the builder needs from outside the store: base images (pulled when missing, as the
-/// caller's policy says) and remote ADD sources.
+/// caller's policy says) and remote ADD sources. Stages built in parallel share it, each with its own
+/// engine.
 pub trait Host {
-    /// The image `reference` names for `platform` (any when `None`), pulling it if needed.
+    /// The image `reference` names for `platform` (any when `None`), pulling it into `engine`'s
+    /// store if needed.
     fn base_image(
         &self,
+        engine: &Engine,
         reference: &str,
         platform: Option<&Platform>,
     ) -> Result<ImageRecord, String>;
@@ -84,8 +92,8 @@ pub fn build(
     engine: &Engine,
     context: &Context,
     options: &BuildOptions,
-    host: &dyn Host,
-    progress: &mut Progress,
+    host: &(dyn Host + Sync),
+    progress: &Progress,
 ) -> Result<Built, BuildError> {
     let dockerfile = crate::parse(&options.dockerfile).map_err(|error| BuildError::Parse {
         file: options.dockerfile_name.clone(),
@@ -135,32 +143,193 @@ pub fn build(
         None => stages.len() - 1,
     };
     let globals = scope.from_vars();
-    let needed = needed_stages(&stages, target, &globals, escape)?;
-    let mut builder = Builder {
-        engine,
+    let plan = needed_stages(&stages, target, &globals, escape)?;
+    let shared = Shared {
         context,
         options,
         host,
         progress,
         escape,
         stages: &stages,
-        results: vec![None; stages.len()],
-        steps_run: 0,
-        steps_cached: 0,
+        scope,
+        results: Mutex::new(vec![Slot::Pending; stages.len()]),
+        settled: Condvar::new(),
+        error: Mutex::new(None),
+        running: Mutex::new(BTreeSet::new()),
+        steps_run: AtomicUsize::new(0),
+        steps_cached: AtomicUsize::new(0),
     };
-    for index in needed {
-        let mut stage_scope = scope.clone();
-        let image = builder.run_stage(index, index == target, &mut stage_scope)?;
-        builder.results[index] = Some(image);
+    // Every stage the target needs starts at once on a thread of its own (with its own handle on the
+    // store: a SQLite connection serves one thread) and waits for the stages it reads; the target
+    // runs on this thread, with the caller's engine. A build of one stage spawns nothing.
+    let (root, runroot) = (engine.store().root(), engine.runroot());
+    std::thread::scope(|threads| {
+        for (&index, deps) in plan.iter().filter(|(&i, _)| i != target) {
+            let shared = &shared;
+            threads.spawn(move || {
+                let outcome = if shared.wait_for(deps) {
+                    match Engine::open(root, runroot) {
+                        Ok(engine) => shared.build_stage(&engine, index, false),
+                        Err(e) => shared.fail(e.into(), None),
+                    }
+                } else {
+                    Slot::Failed
+                };
+                shared.settle(index, outcome);
+            });
+        }
+        let outcome = if shared.wait_for(&plan[&target]) {
+            shared.build_stage(engine, target, true)
+        } else {
+            Slot::Failed
+        };
+        shared.settle(target, outcome);
+    });
+    if let Some(error) = lock(&shared.error).take() {
+        return Err(error);
     }
-    let image = builder.results[target]
-        .clone()
-        .ok_or_else(|| BuildError::Invalid("the target stage was not built".into()))?;
+    let image = match &lock(&shared.results)[target] {
+        Slot::Built(image) => ImageRecord::clone(image),
+        _ => return Err(BuildError::Invalid("the target stage was not built".into())),
+    };
     Ok(Built {
         image,
-        steps_run: builder.steps_run,
-        steps_cached: builder.steps_cached,
+        steps_run: shared.steps_run.load(Ordering::Relaxed),
+        steps_cached: shared.steps_cached.load(Ordering::Relaxed),
     })
+}
+
+/// A stage's outcome, as the stages that read it wait for it.
+#[derive(Clone)]
+enum Slot {
+    /// Not finished.
+    Pending,
+    /// Built: its image.
+    Built(Box<ImageRecord>),
+    /// Failed, or given up because the build failed elsewhere.
+    Failed,
+}
+
+/// What the threads building stages share: the inputs, the stages' outcomes, the first error.
+struct Shared<'a> {
+    context: &'a Context,
+    options: &'a BuildOptions,
+    host: &'a (dyn Host + Sync),
+    progress: &'a Progress,
+    escape: char,
+    stages: &'a [Stage<'a>],
+    /// The global ARGs; each stage starts from a copy.
+    scope: Scope,
+    results: Mutex<Vec<Slot>>,
+    /// Signalled whenever a stage settles.
+    settled: Condvar,
+    /// The first error; once set, stages not started are skipped and running ones stop at their
+    /// next step.
+    error: Mutex<Option<BuildError>>,
+    /// The RUN containers running now, by ID.
+    running: Mutex<BTreeSet<String>>,
+    steps_run: AtomicUsize,
+    steps_cached: AtomicUsize,
+}
+
+/// A lock, even if a thread panicked while holding it: what it guards (outcomes, an error) is whole
+/// after every write.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared<'_> {
+    /// Waits until the stages `deps` are built: true, or false once the build has failed.
+    fn wait_for(&self, deps: &BTreeSet<usize>) -> bool {
+        let mut results = lock(&self.results);
+        loop {
+            if self.failed() || deps.iter().any(|&d| matches!(results[d], Slot::Failed)) {
+                return false;
+            }
+            if deps.iter().all(|&d| matches!(results[d], Slot::Built(_))) {
+                return true;
+            }
+            results = self
+                .settled
+                .wait(results)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Builds stage `index` with `engine`.
+    fn build_stage(&self, engine: &Engine, index: usize, is_target: bool) -> Slot {
+        let mut builder = Builder {
+            engine,
+            context: self.context,
+            options: self.options,
+            host: self.host,
+            progress: self.progress,
+            escape: self.escape,
+            stages: self.stages,
+            shared: self,
+        };
+        let mut scope = self.scope.clone();
+        match builder.run_stage(index, is_target, &mut scope) {
+            Ok(image) => Slot::Built(Box::new(image)),
+            Err(e) => self.fail(e, Some(engine)),
+        }
+    }
+
+    /// Records the outcome of stage `index` and wakes the stages waiting for it.
+    fn settle(&self, index: usize, outcome: Slot) {
+        lock(&self.results)[index] = outcome;
+        self.settled.notify_all();
+    }
+
+    /// Whether a stage has failed.
+    fn failed(&self) -> bool {
+        lock(&self.error).is_some()
+    }
+
+    /// Records `error` unless another came first (a stage stopped because of it), kills the RUN
+    /// containers of other stages (with `engine`, when there is one) and wakes the stages waiting,
+    /// so that they give up.
+    fn fail(&self, error: BuildError, engine: Option<&Engine>) -> Slot {
+        let mut first = lock(&self.error);
+        if first.is_none() {
+            *first = Some(error);
+        }
+        drop(first);
+        if let Some(engine) = engine {
+            for id in lock(&self.running).iter() {
+                // It may have exited meanwhile: nothing to stop then.
+                let _ = engine.kill(id, Signal::SIGKILL);
+            }
+        }
+        // Taken so that no waiter is between its check and its wait when woken.
+        drop(lock(&self.results));
+        self.settled.notify_all();
+        Slot::Failed
+    }
+
+    /// Notes a started RUN container, so that a failure elsewhere stops it; stops it at once when
+    /// the build has already failed.
+    fn track(&self, engine: &Engine, id: &str) {
+        lock(&self.running).insert(id.to_string());
+        if self.failed() {
+            let _ = engine.kill(id, Signal::SIGKILL);
+        }
+    }
+
+    /// Forgets a RUN container that has exited.
+    fn untrack(&self, id: &str) {
+        lock(&self.running).remove(id);
+    }
+
+    /// The image of stage `dep`, which the plan built before the stage asking for it.
+    fn result(&self, dep: usize) -> Option<ImageRecord> {
+        match lock(&self.results).get(dep) {
+            Some(Slot::Built(image)) => Some(ImageRecord::clone(image)),
+            _ => None,
+        }
+    }
 }
 
 struct Stage<'a> {
@@ -173,31 +342,33 @@ struct Stage<'a> {
 fn stage_ref(stages: &[Stage<'_>], reference: &str, before: usize) -> Option<usize> {
     let lower = reference.to_ascii_lowercase();
     if let Ok(i) = reference.parse::<usize>() {
-        return Some(i);
+        return (i < before.min(stages.len())).then_some(i);
     }
     stages[..before.min(stages.len())]
         .iter()
         .position(|s| s.name.as_deref() == Some(lower.as_str()))
 }
 
-/// The stages the target needs, in build order. `COPY --from` naming the stage itself or a later
-/// one is a cycle.
+/// The stages the target needs, each with the (earlier) stages it reads: its `FROM`, `COPY --from`
+/// and `RUN --mount=from=`. Naming the stage itself or a later one is a cycle.
 fn needed_stages(
     stages: &[Stage<'_>],
     target: usize,
     globals: &BTreeMap<String, String>,
     escape: char,
-) -> Result<Vec<usize>, BuildError> {
-    let mut needed = BTreeSet::new();
+) -> Result<BTreeMap<usize, BTreeSet<usize>>, BuildError> {
+    let mut needed: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
     let mut todo = vec![target];
     while let Some(i) = todo.pop() {
-        if !needed.insert(i) {
+        if needed.contains_key(&i) {
             continue;
         }
+        let deps = needed.entry(i).or_default();
         let stage = &stages[i];
         if let Command::From { image, .. } = &stage.from.command {
             let base = expand(globals, image, escape, stage.from)?;
             if let Some(dep) = stage_ref(stages, &base, i) {
+                deps.insert(dep);
                 todo.push(dep);
             }
         }
@@ -239,12 +410,13 @@ fn needed_stages(
                     _ => {}
                 }
                 if let Some(dep) = stage_ref(stages, &r, i) {
+                    deps.insert(dep);
                     todo.push(dep);
                 }
             }
         }
     }
-    Ok(needed.into_iter().collect())
+    Ok(needed)
 }
 
 fn step_error(ins: &Instruction, message: String) -> BuildError {
@@ -531,17 +703,16 @@ impl State {
     }
 }
 
+/// The builder of one stage, on its thread.
 struct Builder<'a> {
     engine: &'a Engine,
     context: &'a Context,
     options: &'a BuildOptions,
-    host: &'a dyn Host,
-    progress: &'a mut Progress,
+    host: &'a (dyn Host + Sync),
+    progress: &'a Progress,
     escape: char,
     stages: &'a [Stage<'a>],
-    results: Vec<Option<ImageRecord>>,
-    steps_run: usize,
-    steps_cached: usize,
+    shared: &'a Shared<'a>,
 }
 
 /// The flags of a COPY or ADD step, expanded.
@@ -636,26 +807,25 @@ impl Builder<'_> {
             "{} FROM {base}",
             self.label(index, is_target, 1, total)
         ));
-        let mut state =
-            if base.eq_ignore_ascii_case("scratch") {
-                let mut state = State::scratch();
-                state.platform = platform.clone().unwrap_or_else(Platform::host);
-                // Nothing else tells the platforms' scratch stages apart in the cache.
-                state.key = Digest::of(format!("scratch {}", state.platform).as_bytes());
-                state
-            } else if let Some(dep) = stage_ref(self.stages, &base, index) {
-                let image =
-                    self.results.get(dep).cloned().flatten().ok_or_else(|| {
-                        step_error(stage.from, format!("stage {base} was not built"))
-                    })?;
-                State::from_image(image)
-            } else {
-                let image = self
-                    .host
-                    .base_image(&base, platform.as_ref())
-                    .map_err(|e| step_error(stage.from, e))?;
-                State::from_image(image)
-            };
+        let mut state = if base.eq_ignore_ascii_case("scratch") {
+            let mut state = State::scratch();
+            state.platform = platform.clone().unwrap_or_else(Platform::host);
+            // Nothing else tells the platforms' scratch stages apart in the cache.
+            state.key = Digest::of(format!("scratch {}", state.platform).as_bytes());
+            state
+        } else if let Some(dep) = stage_ref(self.stages, &base, index) {
+            let image = self
+                .shared
+                .result(dep)
+                .ok_or_else(|| step_error(stage.from, format!("stage {base} was not built")))?;
+            State::from_image(image)
+        } else {
+            let image = self
+                .host
+                .base_image(self.engine, &base, platform.as_ref())
+                .map_err(|e| step_error(stage.from, e))?;
+            State::from_image(image)
+        };
         self.progress.done(vertex);
         // As BuildKit does, a stage whose base sets no PATH gets the default one.
         if state.env("PATH").is_none() {
@@ -741,7 +911,7 @@ impl Builder<'_> {
         match self.engine.store().build_cache_get(key)? {
             Some(image) => {
                 state.adopt(key.clone(), image);
-                self.steps_cached += 1;
+                self.shared.steps_cached.fetch_add(1, Ordering::Relaxed);
                 Ok(true)
             }
             None => Ok(false),
@@ -769,7 +939,7 @@ impl Builder<'_> {
         state.key = key;
         state.image = None;
         self.materialize(state)?;
-        self.steps_run += 1;
+        self.shared.steps_run.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -784,6 +954,10 @@ impl Builder<'_> {
         step: &mut usize,
         total: usize,
     ) -> Result<(), BuildError> {
+        if self.shared.failed() {
+            // Another stage failed: its error is the build's; this one only stops.
+            return Err(BuildError::Invalid("cancelled".into()));
+        }
         let ex =
             |b: &Self, state: &State, scope: &Scope, w: &str| b.expand_in(state, scope, w, ins);
         match &ins.command {
@@ -1230,6 +1404,11 @@ impl Builder<'_> {
                 return Err(e);
             }
         };
+        if code != 0 && self.shared.failed() {
+            // Killed because another stage failed.
+            self.progress.canceled(vertex);
+            return Err(BuildError::Invalid("cancelled".into()));
+        }
         if code != 0 {
             let err = BuildError::RunFailed {
                 command: args.join(" "),
@@ -1252,6 +1431,20 @@ impl Builder<'_> {
         let started = self
             .engine
             .start(id, StdioMode::Output(std::os::fd::OwnedFd::from(writer)))?;
+        self.shared.track(self.engine, id);
+        let code = self.show_output(id, reader, started, vertex);
+        self.shared.untrack(id);
+        code
+    }
+
+    /// Shows the output of started build container `id` from `reader`, then returns its exit code.
+    fn show_output(
+        &self,
+        id: &str,
+        reader: std::io::PipeReader,
+        started: berth_runtime::Started,
+        vertex: &Vertex,
+    ) -> Result<i32, BuildError> {
         let mut lines = BufReader::new(reader);
         let mut buf = Vec::new();
         loop {
@@ -1295,14 +1488,12 @@ impl Builder<'_> {
     ) -> Result<ImageRecord, BuildError> {
         match stage_ref(self.stages, from, index) {
             Some(dep) => self
-                .results
-                .get(dep)
-                .cloned()
-                .flatten()
+                .shared
+                .result(dep)
                 .ok_or_else(|| step_error(ins, format!("stage {from} was not built"))),
             None => self
                 .host
-                .base_image(from, self.options.platform.as_ref())
+                .base_image(self.engine, from, self.options.platform.as_ref())
                 .map_err(|e| step_error(ins, e)),
         }
     }

@@ -6,8 +6,9 @@
 //!   step with its time, and the last lines of the running step's output under it.
 //! - `quiet` (`-q`) prints nothing.
 
-use std::cell::RefCell;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How progress is shown.
@@ -26,12 +27,13 @@ const TAIL_LINES: usize = 6;
 /// The live view is redrawn at most this often for output lines (always for step changes).
 const REDRAW_EVERY: Duration = Duration::from_millis(100);
 
-/// The progress writer of one build.
+/// The progress writer of one build. Stages built in parallel share it: each call writes whole
+/// lines, and the live view is behind a lock.
 pub struct Progress {
     mode: Mode,
-    next: usize,
+    next: AtomicUsize,
     started: Instant,
-    view: RefCell<LiveView>,
+    view: Mutex<LiveView>,
 }
 
 /// One reported step.
@@ -68,9 +70,9 @@ impl Progress {
     pub fn new(mode: Mode) -> Self {
         Self {
             mode,
-            next: 1,
+            next: AtomicUsize::new(1),
             started: Instant::now(),
-            view: RefCell::new(LiveView::default()),
+            view: Mutex::new(LiveView::default()),
         }
     }
 
@@ -87,7 +89,7 @@ impl Progress {
         if self.mode != Mode::Tty {
             return;
         }
-        let mut view = self.view.borrow_mut();
+        let mut view = self.view();
         if let Some(step) = view.steps.get_mut(number - 1) {
             change(step);
         }
@@ -144,20 +146,32 @@ impl Progress {
         view.drawn_at = Some(Instant::now());
     }
 
+    /// The live view, even if a thread panicked while drawing it (it is only text).
+    fn view(&self) -> MutexGuard<'_, LiveView> {
+        self.view
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Starts a step named `name`.
-    pub fn start(&mut self, name: &str) -> Vertex {
-        let number = self.next;
-        self.next += 1;
-        self.line(format_args!("#{number} {name}"));
+    pub fn start(&self, name: &str) -> Vertex {
         let started = Instant::now();
-        if self.mode == Mode::Tty {
-            self.view.borrow_mut().steps.push(Step {
+        let number = if self.mode == Mode::Tty {
+            // Numbered under the lock, so that step `n` is the view's `n`th line.
+            let mut view = self.view();
+            let number = self.next.fetch_add(1, Ordering::Relaxed);
+            view.steps.push(Step {
                 name: name.to_string(),
                 state: StepState::Running(started),
                 tail: Vec::new(),
             });
+            drop(view);
             self.update(number, true, |_| {});
-        }
+            number
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        };
+        self.line(format_args!("#{number} {name}"));
         Vertex { number, started }
     }
 
@@ -188,6 +202,15 @@ impl Progress {
         self.update(vertex.number, true, |step| step.state = StepState::Done(t));
     }
 
+    /// The step was stopped because another one failed.
+    pub fn canceled(&self, vertex: Vertex) {
+        let t = vertex.started.elapsed().as_secs_f64();
+        self.line(format_args!("#{} CANCELED", vertex.number));
+        self.update(vertex.number, true, |step| {
+            step.state = StepState::Failed(t)
+        });
+    }
+
     /// The step failed.
     pub fn failed(&self, vertex: Vertex, message: &str) {
         let t = vertex.started.elapsed().as_secs_f64();
@@ -201,7 +224,7 @@ impl Progress {
     /// Draws the live view's last frame (`FINISHED`, no output tails); nothing in other modes.
     pub fn finish(&self) {
         if self.mode == Mode::Tty {
-            let mut view = self.view.borrow_mut();
+            let mut view = self.view();
             self.draw(&mut view, true);
         }
     }

@@ -1210,3 +1210,69 @@ fn a_rw_bind_of_the_context_never_writes_into_it() {
     assert!(!mounts.contains(b.root.to_str().unwrap()), "{mounts}");
     no_containers_left(&b);
 }
+
+/// A RUN that leaves `mine` in the cache mount both stages share, then waits up to 30 s for
+/// `theirs`: two such stages only both finish when they run at the same time.
+fn rendezvous(mine: &str, theirs: &str) -> String {
+    format!(
+        "RUN --mount=type=cache,id=meet,target=/meet touch /meet/{mine} && \
+         for i in $(seq 300); do [ -e /meet/{theirs} ] && exit 0; sleep 0.1; done; \
+         echo {theirs} never came; exit 7"
+    )
+}
+
+#[test]
+fn independent_stages_build_in_parallel() {
+    let b = Berth::with_busybox();
+    let dockerfile = format!(
+        "FROM busybox AS left\n{}\nRUN echo left > /left\n\n\
+         FROM busybox AS right\n{}\nRUN echo right > /right\n\n\
+         FROM busybox AS unused\nRUN exit 9\n\n\
+         FROM busybox\nCOPY --from=left /left /\nCOPY --from=right /right /\nCMD cat /left /right\n",
+        rendezvous("left", "right"),
+        rendezvous("right", "left"),
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    // Built one stage after the other, the first RUN would give up waiting (exit 7).
+    let log = build_ok(&b, &["-t", "both:1", p(ctx.path())]);
+    assert!(!log.contains("[unused"), "unneeded stage built: {log}");
+    assert_eq!(b.ok(&["run", "--rm", "both:1"]), "left\nright\n");
+    // Rebuilt, every step of both stages is a cache hit.
+    let (cached, ran) = cached_and_run(&build_ok(&b, &["-t", "both:1", p(ctx.path())]));
+    assert!(ran.is_empty(), "ran again: {ran:?}");
+    assert_eq!(cached.len(), 6, "{cached:?}");
+    no_containers_left(&b);
+}
+
+#[test]
+fn a_failing_stage_cancels_the_stages_running_beside_it() {
+    let b = Berth::with_busybox();
+    // `doomed` fails once `slow` is running; `slow` would take a minute.
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox AS slow\n\
+         RUN --mount=type=cache,id=meet,target=/meet touch /meet/slow && sleep 60\n\n\
+         FROM busybox AS doomed\n\
+         RUN --mount=type=cache,id=meet,target=/meet \
+         for i in $(seq 300); do [ -e /meet/slow ] && break; sleep 0.1; done; echo doomed; exit 5\n\n\
+         FROM busybox\nCOPY --from=slow /etc/passwd /a\nCOPY --from=doomed /etc/passwd /b\n",
+    )]);
+    let out = build(&b, &["-t", "never:1", p(ctx.path())]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("exit code: 5"), "{err}");
+    assert!(
+        err.contains("Dockerfile:5"),
+        "the failing step is named: {err}"
+    );
+    assert!(
+        err.contains("CANCELED"),
+        "the running stage is stopped: {err}"
+    );
+    assert!(!err.contains("cancelled"), "{err}");
+    assert_eq!(
+        b.run(&["image", "inspect", "never:1"]).status.code(),
+        Some(1)
+    );
+    no_containers_left(&b);
+}

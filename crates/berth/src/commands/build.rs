@@ -316,12 +316,9 @@ pub fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<i32> {
         "auto" if std::io::stderr().is_terminal() => Mode::Tty,
         _ => Mode::Plain,
     };
-    let mut progress = Progress::new(mode);
-    let host = CliHost {
-        engine,
-        pull: args.pull,
-    };
-    let built = berth_build::build(engine, &inputs.context, &options, &host, &mut progress);
+    let progress = Progress::new(mode);
+    let host = CliHost { pull: args.pull };
+    let built = berth_build::build(engine, &inputs.context, &options, &host, &progress);
     progress.finish();
     let built = match built {
         Ok(b) => b,
@@ -393,19 +390,19 @@ fn report_failure(inputs: &Inputs, e: &BuildError) {
 }
 
 /// Base images and downloads for the builder.
-struct CliHost<'a> {
-    engine: &'a Engine,
+struct CliHost {
     pull: bool,
 }
 
-impl berth_build::Host for CliHost<'_> {
+impl berth_build::Host for CliHost {
     fn base_image(
         &self,
+        engine: &Engine,
         reference: &str,
         platform: Option<&Platform>,
     ) -> Result<ImageRecord, String> {
         // A local image of another platform is as good as missing.
-        let local = self.engine.store().image(reference).ok();
+        let local = engine.store().image(reference).ok();
         let wrong_platform = match (&local, platform) {
             (Some(image), Some(wanted)) => !wanted.accepts(&Platform::of_config(&image.config)),
             _ => false,
@@ -416,13 +413,8 @@ impl berth_build::Host for CliHost<'_> {
             PullPolicy::Missing
         };
         let text = platform.map(ToString::to_string);
-        ensure_image(self.engine, reference, policy, text.as_deref())
-            .map_err(|e| format!("{e:#}"))?;
-        let image = self
-            .engine
-            .store()
-            .image(reference)
-            .map_err(|e| e.to_string())?;
+        ensure_image(engine, reference, policy, text.as_deref()).map_err(|e| format!("{e:#}"))?;
+        let image = engine.store().image(reference).map_err(|e| e.to_string())?;
         match platform {
             Some(wanted) if !wanted.accepts(&Platform::of_config(&image.config)) => Err(format!(
                 "{reference} is for {}, not {wanted}",
