@@ -262,61 +262,119 @@ fn set_monitor_signals(ignore: bool) {
 }
 
 /// The monitor lives as long as its container but needs little of the binary once the container runs:
-/// creating it touched megabytes of code (libcontainer, SQLite, serde) that stay mapped. Clean
-/// file-backed mappings are dropped from our page tables (they stay in the page cache, shared with
-/// every other berth process, and fault back in if used again), and freed heap goes back to the kernel.
-/// Only read-only, file-backed mappings without a single private (copied-on-write) page are touched,
-/// so nothing is lost: their contents are exactly the file's.
-fn release_startup_memory() {
-    let Ok(smaps) = fs::read_to_string("/proc/self/smaps") else {
-        return;
-    };
-    let mut current: Option<(usize, usize, bool)> = None; // start, end, eligible so far
-    let flush = |m: Option<(usize, usize, bool)>| {
-        if let Some((start, end, true)) = m {
-            // SAFETY: the range is one whole mapping of ours, read-only and file-backed with no
-            // private pages (checked from smaps): MADV_DONTNEED only drops page-table entries, and the
-            // next access refaults the identical page from the file.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-            }
-        }
-    };
-    for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let first = fields.next().unwrap_or("");
-        if let Some((start, end)) = first.split_once('-').and_then(|(a, b)| {
-            Some((
-                usize::from_str_radix(a, 16).ok()?,
-                usize::from_str_radix(b, 16).ok()?,
-            ))
-        }) {
-            flush(current.take());
-            let perms = fields.next().unwrap_or("");
-            let inode = fields.nth(2).unwrap_or("0");
-            let path = fields.next().unwrap_or("");
-            let eligible = perms.starts_with('r')
-                && !perms.contains('w')
-                && perms.ends_with('p')
-                && inode != "0"
-                && path.starts_with('/');
-            current = Some((start, end, eligible));
-            continue;
-        }
-        let private = matches!(
-            first,
-            "Anonymous:" | "Private_Dirty:" | "Shared_Dirty:" | "Swap:"
-        );
-        if private && fields.next().is_some_and(|kb| kb != "0") {
-            if let Some(m) = current.as_mut() {
-                m.2 = false;
-            }
-        }
-    }
-    flush(current.take());
+/// creating it touched megabytes of code (libcontainer, SQLite, serde) that stay mapped. So, once:
+/// - the store's connection lets go of its page cache and statements, and freed heap goes back to the
+///   kernel;
+/// - the stack pages below the current frame (creating the container used the stack deeply) go back;
+/// - clean pages of read-only file mappings are dropped from our page tables. They stay in the page
+///   cache, shared with every other berth process, and fault back in if used again. Which pages are
+///   clean file pages, not private copies (relocated data, say), `/proc/self/pagemap` tells page by
+///   page, so nothing is lost: what is dropped is exactly the file's content.
+///
+/// Everything is looked up first and the pages dropped last, in a loop that calls nothing but
+/// `madvise`: code that runs after the drop faults back in (64 KiB around each page touched), so the
+/// less of it, the less comes back.
+fn release_startup_memory(store: &berth_store::Store) {
+    /// At most this many runs of pages are dropped (the monitor has a few dozen).
+    const MAX_RUNS: usize = 256;
+    const PAGE: usize = 4096;
+    store.release_memory();
     // SAFETY: malloc_trim only returns free heap memory to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+    let (Ok(maps), Ok(mut pagemap)) = (
+        fs::read_to_string("/proc/self/maps"),
+        File::open("/proc/self/pagemap"),
+    ) else {
+        return;
+    };
+    let mut runs = [(0usize, 0usize); MAX_RUNS];
+    let mut count = 0;
+    let mut stack: Option<(usize, usize)> = None;
+    let mut entries: Vec<u8> = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some((start, end)) =
+            fields
+                .next()
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(a, b)| {
+                    Some((
+                        usize::from_str_radix(a, 16).ok()?,
+                        usize::from_str_radix(b, 16).ok()?,
+                    ))
+                })
+        else {
+            continue;
+        };
+        let perms = fields.next().unwrap_or("");
+        let path = fields.nth(3).unwrap_or("");
+        if path == "[stack]" {
+            stack = Some((start, end));
+        }
+        if !(perms.starts_with('r')
+            && !perms.contains('w')
+            && perms.ends_with('p')
+            && path.starts_with('/'))
+        {
+            continue;
+        }
+        // One 64-bit entry per page: bit 63 present, bit 61 a file page (not a private copy).
+        use std::io::{Read, Seek, SeekFrom};
+        let pages = (end - start) / PAGE;
+        entries.resize(pages * 8, 0);
+        if pagemap
+            .seek(SeekFrom::Start((start / PAGE * 8) as u64))
+            .is_err()
+            || pagemap.read_exact(&mut entries).is_err()
+        {
+            continue;
+        }
+        let mut run_start: Option<usize> = None;
+        for page in 0..=pages {
+            let clean_file_page = entries.get(page * 8..page * 8 + 8).is_some_and(|e| {
+                let e = u64::from_ne_bytes(e.try_into().unwrap_or_default());
+                e >> 63 & 1 == 1 && e >> 61 & 1 == 1
+            });
+            match (clean_file_page, run_start) {
+                (true, None) => run_start = Some(page),
+                (false, Some(first)) => {
+                    if count < MAX_RUNS {
+                        runs[count] = (start + first * PAGE, start + page * PAGE);
+                        count += 1;
+                    }
+                    run_start = None;
+                }
+                _ => {}
+            }
+        }
+    }
+    drop((maps, entries, pagemap));
+    // The stack grows down: below this frame (less two pages for the red zone and the calls that
+    // follow, whose pages come back zeroed, as fresh stack always is) nothing is live.
+    let here = &count as *const usize as usize;
+    if let Some((start, _)) = stack.filter(|(start, end)| (*start..*end).contains(&here)) {
+        let unused_end = (here - 2 * PAGE) & !(PAGE - 1);
+        if unused_end > start {
+            // SAFETY: [start, unused_end) is the part of our own stack mapping below the current
+            // frame, which holds no live data; dropped anonymous pages read back as zeros.
+            unsafe {
+                libc::madvise(
+                    start as *mut libc::c_void,
+                    unused_end - start,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+    for &(start, end) in &runs[..count] {
+        // SAFETY: the range is pages of one read-only file mapping of ours that pagemap shows to be
+        // the file's own pages, no private copies: MADV_DONTNEED only drops page-table entries, and
+        // the next access refaults the identical page from the file.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
     }
 }
 
@@ -751,7 +809,7 @@ fn pump_loop(
             }
         }
         if exit.is_none() && shed_at.is_some_and(|t| Instant::now() >= t) {
-            release_startup_memory();
+            release_startup_memory(health.engine.store());
             shed_at = None;
         }
         let wake_at = [health.prober.as_ref().map(|p| p.wake_at()), shed_at]

@@ -70,6 +70,13 @@ impl Store {
         &self.root
     }
 
+    /// Lets the database connection give back the memory it caches (pages, prepared statements):
+    /// for long-lived processes that have done most of their queries.
+    pub fn release_memory(&self) {
+        self.db.flush_prepared_statement_cache();
+        let _ = self.db.execute_batch("PRAGMA shrink_memory");
+    }
+
     /// The blob store.
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
