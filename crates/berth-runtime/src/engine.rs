@@ -500,9 +500,6 @@ impl Engine {
             }
             _ => {}
         }
-        // The monitor's first cgroup migration waits for an RCU grace period unless one is under way:
-        // start it now, while the monitor is spawned (see `MigrationWarmup`).
-        let _warmup = crate::cgroup::MigrationWarmup::start();
         // A new start is not stopped by the user; cleared here, before the monitor exists, so that a
         // `stop` racing the monitor's start-up is not undone by it.
         // (Only when set: a fresh `run` pays no extra write.)

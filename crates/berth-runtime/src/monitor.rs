@@ -466,7 +466,6 @@ fn run_once(
 ) -> Result<Outcome, RuntimeError> {
     let id = record.id.as_str();
     let store = engine.store();
-    let warmup = crate::cgroup::MigrationWarmup::start();
     // A container deleted once it exits needs no crash-safe writes (see `mount_container`).
     let disposable = record.host_config.auto_remove || is_build_container(record);
     let rootfs = store
@@ -609,7 +608,6 @@ fn run_once(
             crate::network::disconnect(engine, record, network.as_ref());
             return Err(classify_start_error(&e.to_string(), record));
         }
-        drop(warmup);
         let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
         if let Some(listener) = console {
             let master = receive_pty_master(&listener)?;

@@ -175,10 +175,6 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::Manifest(c) => return registry::manifest_command(c),
             other => other,
         };
-        // Commands that start a container begin the kernel's wait for the first cgroup migration
-        // right away, so that it overlaps opening the store and creating the container.
-        let _warmup = matches!(command, Command::Run(_) | Command::Start(_))
-            .then(berth_runtime::cgroup::MigrationWarmup::start);
         let engine = Engine::open(root, runroot)?;
         match command {
             Command::Run(a) => container::run(&engine, a),
