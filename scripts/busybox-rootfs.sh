@@ -9,7 +9,9 @@ file -L "$busybox" 2>/dev/null | grep -q 'statically linked' || [ -n "${BERTH_AL
   echo "need a static busybox (apt-get install busybox-static)" >&2; exit 1; }
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-mkdir -p "$dir/bin" "$dir/etc" "$dir/tmp" "$dir/root" "$dir/var/www" "$dir/home"
+# dev, proc and sys are in every distribution's image (mount points): without them each container
+# start would create them in its upper layer.
+mkdir -p "$dir/bin" "$dir/etc" "$dir/tmp" "$dir/root" "$dir/var/www" "$dir/home" "$dir/dev" "$dir/proc" "$dir/sys"
 chmod 1777 "$dir/tmp"
 cp "$busybox" "$dir/bin/busybox"
 for applet in $("$dir/bin/busybox" --list); do
