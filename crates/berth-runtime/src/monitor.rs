@@ -800,7 +800,6 @@ fn pump_loop(
                 break;
             }
         }
-        let _ = log.flush();
         if exit.is_none() {
             if let Some(prober) = health.prober.as_mut() {
                 prober.tick(health.engine, health.record, pid);
@@ -858,10 +857,21 @@ fn pump_loop(
             slots.push(Slot::Probe);
             fds.push(PollFd::new(probe_output, PollFlags::POLLIN));
         }
-        match poll(&mut fds, timeout) {
-            Ok(_) => {}
+        // The log is written out only when nothing is ready: a busy container's lines go to the file
+        // in 256 KiB writes, not one write per read, and a quiet one's are on disk (for `logs -f`)
+        // before the monitor sleeps.
+        let ready_now = match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(io_err("poll", e)),
+        };
+        if ready_now == 0 {
+            let _ = log.flush();
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(io_err("poll", e)),
+            }
         }
         let ready: Vec<Slot> = slots
             .iter()
