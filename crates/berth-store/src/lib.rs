@@ -75,6 +75,18 @@ impl Store {
     pub fn release_memory(&self) {
         self.db.flush_prepared_statement_cache();
         let _ = self.db.execute_batch("PRAGMA shrink_memory");
+        // SAFETY: the handle is this connection's, used from the thread that owns it. LOOKASIDE with
+        // a null buffer and zero sizes only frees SQLite's own pool of small allocations (~120 KiB,
+        // all of it touched when set up); SQLite refuses (SQLITE_BUSY) while any of it is in use.
+        unsafe {
+            rusqlite::ffi::sqlite3_db_config(
+                self.db.handle(),
+                rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+                std::ptr::null_mut::<std::ffi::c_void>(),
+                0 as std::ffi::c_int,
+                0 as std::ffi::c_int,
+            );
+        }
     }
 
     /// The blob store.
