@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use berth_runtime::{Engine, MonitorEvent, RunOptions, StdioMode};
-use berth_store::image::{HealthConfig, History, RunConfig};
+use berth_store::image::{History, RunConfig};
 use berth_store::Platform;
 use berth_store::{Digest, ImageRecord, LayerRecord};
 use nix::sys::signal::Signal;
@@ -27,7 +27,7 @@ use sha2::{Digest as _, Sha256};
 use crate::context::{Context, Rewrite, Sink, Source, Tree};
 use crate::error::BuildError;
 use crate::expand::{expand_word, Scope, PROXY_ARGS};
-use crate::parser::{Command, CommandLine, Health, Instruction, Transfer};
+use crate::parser::{Command, CommandLine, Instruction, Transfer};
 use crate::progress::{Progress, Vertex};
 
 /// What to build.
@@ -419,7 +419,18 @@ fn needed_stages(
     Ok(needed)
 }
 
-fn step_error(ins: &Instruction, message: String) -> BuildError {
+/// The variables a stage's instructions see: its ARGs and ENVs, the config's ENV last.
+fn stage_vars(scope: &Scope, config: &RunConfig) -> BTreeMap<String, String> {
+    let mut vars = scope.stage.clone();
+    for e in &config.env {
+        if let Some((k, v)) = e.split_once('=') {
+            vars.insert(k.to_string(), v.to_string());
+        }
+    }
+    vars
+}
+
+pub(crate) fn step_error(ins: &Instruction, message: String) -> BuildError {
     BuildError::Step {
         line: ins.line,
         instruction: ins.original.clone(),
@@ -677,16 +688,7 @@ impl State {
     }
 
     fn set_env(&mut self, name: &str, value: &str) {
-        let item = format!("{name}={value}");
-        match self
-            .config
-            .env
-            .iter_mut()
-            .find(|e| e.split('=').next() == Some(name))
-        {
-            Some(slot) => *slot = item,
-            None => self.config.env.push(item),
-        }
+        crate::config::set_env(&mut self.config, name, value);
     }
 
     /// A metadata-only step: the config changed, the layers did not.
@@ -739,13 +741,7 @@ enum Found {
 
 impl Builder<'_> {
     fn vars(&self, state: &State, scope: &Scope) -> BTreeMap<String, String> {
-        let mut vars = scope.stage.clone();
-        for e in &state.config.env {
-            if let Some((k, v)) = e.split_once('=') {
-                vars.insert(k.to_string(), v.to_string());
-            }
-        }
-        vars
+        stage_vars(scope, &state.config)
     }
 
     fn expand_in(
@@ -960,6 +956,22 @@ impl Builder<'_> {
         }
         let ex =
             |b: &Self, state: &State, scope: &Scope, w: &str| b.expand_in(state, scope, w, ins);
+        let escape = self.escape;
+        let mut expand_now =
+            |config: &RunConfig, word: &str| expand(&stage_vars(scope, config), word, escape, ins);
+        if let Some(applied) = crate::config::apply(&mut state.config, ins, &mut expand_now)? {
+            for (key, value) in applied.env {
+                scope.set_env(&key, value);
+            }
+            match ins.command {
+                Command::Cmd(_) => state.cmd_set = true,
+                // An ENTRYPOINT clears the CMD inherited from the base, not one this stage set.
+                Command::Entrypoint(_) if !state.cmd_set => state.config.cmd = None,
+                _ => {}
+            }
+            state.metadata(applied.created_by);
+            return Ok(());
+        }
         match &ins.command {
             Command::From { .. } => return Err(step_error(ins, "FROM inside a stage".into())),
             Command::Arg(decls) => {
@@ -972,114 +984,23 @@ impl Builder<'_> {
                     state.args.insert(d.name.clone());
                 }
             }
-            Command::Env(pairs) => {
-                let mut shown = Vec::new();
-                for kv in pairs {
-                    let key = ex(self, state, scope, &kv.key)?;
-                    let value = ex(self, state, scope, &kv.value)?;
-                    scope.set_env(&key, value.clone());
-                    state.set_env(&key, &value);
-                    shown.push(format!("{key}={value}"));
-                }
-                state.metadata(format!("ENV {}", shown.join(" ")));
-            }
-            Command::Label(pairs) => {
-                let mut shown = Vec::new();
-                for kv in pairs {
-                    let key = ex(self, state, scope, &kv.key)?;
-                    let value = ex(self, state, scope, &kv.value)?;
-                    state.config.labels.insert(key.clone(), value.clone());
-                    shown.push(format!("{key}={value}"));
-                }
-                state.metadata(format!("LABEL {}", shown.join(" ")));
-            }
             Command::Maintainer(name) => {
                 state.author = Some(name.clone());
                 state.metadata(format!("MAINTAINER {name}"));
             }
-            Command::Expose(ports) => {
-                let mut shown = Vec::new();
-                for p in ports {
-                    let p = ex(self, state, scope, p)?;
-                    let expanded = berth_runtime::options::parse_expose(&p)
-                        .map_err(|e| step_error(ins, e.to_string()))?;
-                    for port in expanded {
-                        state
-                            .config
-                            .exposed_ports
-                            .insert(port.clone(), serde_json::json!({}));
-                        shown.push(port);
-                    }
-                }
-                state.metadata(format!("EXPOSE {}", shown.join(" ")));
-            }
-            Command::User(user) => {
-                state.config.user = ex(self, state, scope, user)?;
-                let u = state.config.user.clone();
-                state.metadata(format!("USER {u}"));
-            }
-            Command::Workdir(dir) => {
-                let dir = ex(self, state, scope, dir)?;
-                let base = if state.config.working_dir.is_empty() {
-                    "/"
-                } else {
-                    &state.config.working_dir
-                };
-                state.config.working_dir = clean_absolute(&Path::new(base).join(&dir));
-                let w = state.config.working_dir.clone();
-                state.metadata(format!("WORKDIR {w}"));
-            }
-            Command::Volume(paths) => {
-                let mut shown = Vec::new();
-                for p in paths {
-                    let p = ex(self, state, scope, p)?;
-                    if p.is_empty() {
-                        return Err(step_error(
-                            ins,
-                            "VOLUME specified can not be an empty string".into(),
-                        ));
-                    }
-                    state
-                        .config
-                        .volumes
-                        .insert(p.clone(), serde_json::json!({}));
-                    shown.push(p);
-                }
-                state.metadata(format!("VOLUME [{}]", shown.join(" ")));
-            }
-            Command::Stopsignal(sig) => {
-                state.config.stop_signal = ex(self, state, scope, sig)?;
-                let s = state.config.stop_signal.clone();
-                state.metadata(format!("STOPSIGNAL {s}"));
-            }
-            Command::Shell(shell) => {
-                state.config.shell = shell.clone();
-                state.metadata(format!("SHELL {}", json(shell)));
-            }
-            Command::Cmd(line) => {
-                state.config.cmd = Some(self.command_line(state, line));
-                state.cmd_set = true;
-                let c = json(state.config.cmd.as_deref().unwrap_or_default());
-                state.metadata(format!("CMD {c}"));
-            }
-            Command::Entrypoint(line) => {
-                state.config.entrypoint = Some(self.command_line(state, line));
-                if !state.cmd_set {
-                    state.config.cmd = None;
-                }
-                let e = json(state.config.entrypoint.as_deref().unwrap_or_default());
-                state.metadata(format!("ENTRYPOINT {e}"));
-            }
-            Command::Healthcheck(health) => {
-                state.config.healthcheck = Some(healthcheck(ins, health)?);
-                let h = ins.original.trim_start();
-                state.metadata(h.to_string());
-            }
-            Command::Onbuild(inner) => {
-                let trigger = inner.original.trim().to_string();
-                state.config.on_build.push(trigger.clone());
-                state.metadata(format!("ONBUILD {trigger}"));
-            }
+            // Applied above.
+            Command::Env(_)
+            | Command::Label(_)
+            | Command::Expose(_)
+            | Command::User(_)
+            | Command::Workdir(_)
+            | Command::Volume(_)
+            | Command::Stopsignal(_)
+            | Command::Shell(_)
+            | Command::Cmd(_)
+            | Command::Entrypoint(_)
+            | Command::Healthcheck(_)
+            | Command::Onbuild(_) => {}
             Command::Run(line) => {
                 *step += 1;
                 let label = format!(
@@ -1103,21 +1024,6 @@ impl Builder<'_> {
             }
         }
         Ok(())
-    }
-
-    fn command_line(&self, state: &State, line: &CommandLine) -> Vec<String> {
-        match line {
-            CommandLine::Exec(args) => args.clone(),
-            CommandLine::Shell(text) => {
-                let mut shell = if state.config.shell.is_empty() {
-                    vec!["/bin/sh".to_string(), "-c".to_string()]
-                } else {
-                    state.config.shell.clone()
-                };
-                shell.push(text.clone());
-                shell
-            }
-        }
     }
 
     /// The shell script of a RUN with heredocs: `RUN <<EOF` alone runs the body; otherwise the
@@ -1144,9 +1050,9 @@ impl Builder<'_> {
                     }
                     s
                 };
-                self.command_line(state, &CommandLine::Shell(script))
+                crate::config::command_line(&state.config, &CommandLine::Shell(script))
             }
-            other => self.command_line(state, other),
+            other => crate::config::command_line(&state.config, other),
         }
     }
 
@@ -1959,49 +1865,6 @@ fn new_entry(kind: tar::EntryType, mode: u32, owner: Option<(u32, u32)>, size: u
     header
 }
 
-/// HEALTHCHECK's config from its command and flags.
-fn healthcheck(ins: &Instruction, health: &Health) -> Result<HealthConfig, BuildError> {
-    let line = match health {
-        Health::None => {
-            return Ok(HealthConfig {
-                test: vec!["NONE".into()],
-                ..HealthConfig::default()
-            })
-        }
-        Health::Cmd(line) => line,
-    };
-    let duration = |name: &str| -> Result<i64, BuildError> {
-        match ins.flag(name) {
-            Some(Some(v)) => berth_runtime::options::parse_duration(v)
-                .map_err(|e| step_error(ins, format!("--{name}: {e}"))),
-            Some(None) => Err(step_error(ins, format!("--{name} needs a value"))),
-            None => Ok(0),
-        }
-    };
-    let retries = match ins.flag("retries") {
-        Some(Some(v)) => v
-            .parse::<i64>()
-            .map_err(|_| step_error(ins, format!("--retries: invalid number {v:?}")))?,
-        _ => 0,
-    };
-    let test = match line {
-        CommandLine::Exec(args) => {
-            let mut t = vec!["CMD".to_string()];
-            t.extend(args.iter().cloned());
-            t
-        }
-        CommandLine::Shell(text) => vec!["CMD-SHELL".into(), text.clone()],
-    };
-    Ok(HealthConfig {
-        test,
-        interval: duration("interval")?,
-        timeout: duration("timeout")?,
-        start_period: duration("start-period")?,
-        start_interval: duration("start-interval")?,
-        retries,
-    })
-}
-
 /// Whether ADD extracts this local file: a tar, plain or gzip, zstd, bzip2 or xz compressed.
 fn is_archive(path: &Path) -> bool {
     let mut head = [0u8; 512];
@@ -2012,12 +1875,12 @@ fn is_archive(path: &Path) -> bool {
     berth_archive::looks_like_tar(&head[..n])
 }
 
-fn json(v: &[String]) -> String {
+pub(crate) fn json(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
 /// A container path cleaned as Docker does, as a string.
-fn clean_absolute(path: &Path) -> String {
+pub(crate) fn clean_absolute(path: &Path) -> String {
     berth_runtime::filesystem::clean_absolute(path)
         .to_string_lossy()
         .into_owned()

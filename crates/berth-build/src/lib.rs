@@ -3,6 +3,7 @@
 //! matching ([`dockerignore`]) — and the executor ([`executor`]) that runs the steps in real
 //! containers with a build cache kept in the store, reading COPY sources from a [`context`].
 
+mod config;
 pub mod context;
 pub mod dockerignore;
 mod error;
@@ -12,6 +13,7 @@ pub mod lint;
 pub mod parser;
 pub mod progress;
 
+pub use config::apply_changes;
 pub use context::Context;
 pub use error::BuildError;
 pub use executor::{build, BuildOptions, Built, Host};

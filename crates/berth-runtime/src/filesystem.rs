@@ -125,8 +125,6 @@ pub struct CommitOptions {
     pub author: Option<String>,
     /// `-m`: commit message.
     pub message: Option<String>,
-    /// `-c`: Dockerfile instructions applied to the config.
-    pub changes: Vec<String>,
     /// `-p` (default true): pause the container while its layer is written.
     pub pause: bool,
     /// Repository[:tag] for the new image.
@@ -452,18 +450,20 @@ impl Engine {
     }
 
     /// `commit`: the container's upper dir becomes a new layer on top of its image's, with the
-    /// container's config (plus `changes`) as the image config.
+    /// container's config, edited by `change_config` (the caller's `--change` instructions), as the
+    /// image config.
     pub fn commit(
         &self,
         name_or_id: &str,
         options: &CommitOptions,
+        change_config: &dyn Fn(&mut RunConfig) -> Result<(), String>,
     ) -> Result<ImageRecord, RuntimeError> {
         let record = self.container(name_or_id)?;
         let pause = options.pause && record.state.running && !record.state.paused;
         if pause {
             self.set_paused(&record, true)?;
         }
-        let result = self.commit_paused(&record, options);
+        let result = self.commit_paused(&record, options, change_config);
         if pause {
             let _ = self.set_paused(&record, false);
         }
@@ -561,6 +561,7 @@ impl Engine {
         &self,
         record: &ContainerRecord,
         options: &CommitOptions,
+        change_config: &dyn Fn(&mut RunConfig) -> Result<(), String>,
     ) -> Result<ImageRecord, RuntimeError> {
         let store = self.store();
         let layer = self.write_changes_as_layer(&record.id)?;
@@ -609,9 +610,7 @@ impl Engine {
                 .map(|i| i.config.config.clone())
                 .unwrap_or_default()
         };
-        for change in &options.changes {
-            berth_store::import::apply_change(&mut run_config, change)?;
-        }
+        change_config(&mut run_config).map_err(RuntimeError::InvalidOption)?;
         let tags: Vec<Reference> = options.reference.iter().cloned().collect();
         // A commit is for the platform of the image the container runs.
         let platform = base

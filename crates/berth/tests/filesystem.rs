@@ -282,6 +282,25 @@ fn diff_commit_and_export() {
     ]);
     assert!(id.starts_with("sha256:"), "{id}");
     assert_eq!(b.ok(&["run", "--rm", "committed:v1"]), "made\nyes\nnovi\n");
+    // A change that is no metadata instruction, or no instruction at all, is refused before
+    // anything is written, for commit and import alike.
+    let images = b.ok(&["images", "-aq"]);
+    for bad in ["RUN echo hi", "EXPOSE 99999", "NOPE x"] {
+        let out = b.run(&["commit", "-c", bad, "cm1", "never:1"]);
+        assert_ne!(out.status.code(), Some(0), "{bad}");
+        assert!(
+            stderr(&out).contains("invalid --change"),
+            "{bad}: {}",
+            stderr(&out)
+        );
+        let out = b.run(&["import", "-c", bad, "/nonexistent.tar", "never:2"]);
+        assert!(
+            stderr(&out).contains("invalid --change"),
+            "{bad}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(b.ok(&["images", "-aq"]), images, "nothing was created");
     // The runtime's mount points for /etc/hosts and friends are not part of the committed layer.
     b.ok(&["create", "--name", "fromcommit", "committed:v1"]);
     let out = b.run(&["export", "fromcommit"]);

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use berth_archive::ChangeKind;
 use berth_runtime::filesystem::{CommitOptions, CopyTarget};
 use berth_runtime::Engine;
+use berth_store::image::RunConfig;
 use berth_store::Reference;
 use clap::Args;
 
@@ -171,14 +172,19 @@ pub fn commit(engine: &Engine, args: CommitArgs) -> anyhow::Result<i32> {
         .as_deref()
         .map(Reference::parse)
         .transpose()?;
+    // Checked before anything is written; applied to the container's config by the engine.
+    berth_build::apply_changes(&mut RunConfig::default(), &args.change)?;
+    let changes = args.change;
     let image = engine.commit(
         &args.container,
         &CommitOptions {
             author: args.author,
             message: args.message,
-            changes: args.change,
             pause: args.pause,
             reference,
+        },
+        &|config: &mut RunConfig| {
+            berth_build::apply_changes(config, &changes).map_err(|e| e.to_string())
         },
     )?;
     println!("{}", image.id);

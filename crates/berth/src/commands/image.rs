@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use berth_runtime::Engine;
+use berth_store::image::RunConfig;
 use berth_store::reference::familiar_name;
 use berth_store::{ImageRecord, Reference, RemovedImage};
 use clap::{Args, Subcommand};
@@ -364,6 +365,8 @@ pub fn import(engine: &Engine, args: ImportArgs) -> anyhow::Result<i32> {
         .transpose()?
         .into_iter()
         .collect::<Vec<_>>();
+    let mut run_config = RunConfig::default();
+    berth_build::apply_changes(&mut run_config, &args.change)?;
     let reader: Box<dyn Read> = if args.file == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -377,7 +380,7 @@ pub fn import(engine: &Engine, args: ImportArgs) -> anyhow::Result<i32> {
         .transpose()?;
     let image = engine.store().import_rootfs(
         reader,
-        &args.change,
+        run_config,
         args.message.as_deref(),
         platform.as_ref(),
         &tags,
