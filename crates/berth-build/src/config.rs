@@ -60,10 +60,13 @@ pub(crate) fn apply(
     let mut env = Vec::new();
     let created_by = match &ins.command {
         Command::Env(pairs) => {
+            // Every pair sees the variables as they were before the instruction, as in Docker:
+            // `ENV abc=bye def=$abc` gives `def` the old `abc`.
+            let before = config.clone();
             let mut shown = Vec::new();
             for kv in pairs {
-                let key = expand(config, &kv.key)?;
-                let value = expand(config, &kv.value)?;
+                let key = expand(&before, &kv.key)?;
+                let value = expand(&before, &kv.value)?;
                 set_env(config, &key, &value);
                 shown.push(format!("{key}={value}"));
                 env.push((key, value));
@@ -292,6 +295,9 @@ mod tests {
         assert!(c.volumes.contains_key("/data"));
         assert_eq!(c.stop_signal, "SIGINT");
         assert_eq!(c.healthcheck.unwrap().interval, 5_000_000_000);
+        // Substitution in one ENV sees the values from before it, as Docker documents.
+        let c = changed(&["ENV abc=hello", "ENV abc=bye def=$abc", "ENV ghi=$abc"]).unwrap();
+        assert_eq!(c.env, vec!["abc=bye", "def=hello", "ghi=bye"]);
         // An ENTRYPOINT alone clears the inherited CMD, as in `docker commit`.
         let mut config = RunConfig {
             cmd: Some(vec!["old".into()]),
