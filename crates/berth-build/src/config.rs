@@ -3,6 +3,7 @@
 //! `import`/`commit --change` both go through [`apply`], so a change means what the same line in a
 //! Dockerfile means.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use berth_store::image::{HealthConfig, RunConfig};
@@ -32,6 +33,27 @@ pub(crate) fn set_env(config: &mut RunConfig, name: &str, value: &str) {
     }
 }
 
+/// The config's ENV as variables.
+pub(crate) fn env_vars(config: &RunConfig) -> BTreeMap<String, String> {
+    config
+        .env
+        .iter()
+        .filter_map(|e| e.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `path` resolved against the config's working directory (`/` when it sets none), cleaned: where
+/// WORKDIR, COPY destinations and RUN mount targets land.
+pub(crate) fn in_workdir(config: &RunConfig, path: &str) -> String {
+    let base = if config.working_dir.is_empty() {
+        "/"
+    } else {
+        &config.working_dir
+    };
+    clean_absolute(&Path::new(base).join(path))
+}
+
 /// A CMD/ENTRYPOINT/RUN command line as the config runs it: exec form as is, shell form through
 /// the config's SHELL (`/bin/sh -c` by default).
 pub(crate) fn command_line(config: &RunConfig, line: &CommandLine) -> Vec<String> {
@@ -51,9 +73,11 @@ pub(crate) fn command_line(config: &RunConfig, line: &CommandLine) -> Vec<String
 
 /// Applies `ins` to `config` when it is a metadata instruction, substituting variables with
 /// `expand(config as it is now, word)` where Docker does; `None` for other instructions.
-/// ENTRYPOINT does not clear CMD here: that depends on the stage (see the executor).
+/// `cmd_set` says whether a CMD was set since the config was inherited: an ENTRYPOINT clears the
+/// inherited CMD, not one set here (Docker's rule, for stages and `--change` alike).
 pub(crate) fn apply(
     config: &mut RunConfig,
+    cmd_set: &mut bool,
     ins: &Instruction,
     expand: &mut dyn FnMut(&RunConfig, &str) -> Result<String, BuildError>,
 ) -> Result<Option<Applied>, BuildError> {
@@ -104,12 +128,7 @@ pub(crate) fn apply(
         }
         Command::Workdir(dir) => {
             let dir = expand(config, dir)?;
-            let base = if config.working_dir.is_empty() {
-                "/"
-            } else {
-                &config.working_dir
-            };
-            config.working_dir = clean_absolute(&Path::new(base).join(&dir));
+            config.working_dir = in_workdir(config, &dir);
             format!("WORKDIR {}", config.working_dir)
         }
         Command::Volume(paths) => {
@@ -139,12 +158,16 @@ pub(crate) fn apply(
             let cmd = command_line(config, line);
             let shown = format!("CMD {}", json(&cmd));
             config.cmd = Some(cmd);
+            *cmd_set = true;
             shown
         }
         Command::Entrypoint(line) => {
             let entrypoint = command_line(config, line);
             let shown = format!("ENTRYPOINT {}", json(&entrypoint));
             config.entrypoint = Some(entrypoint);
+            if !*cmd_set {
+                config.cmd = None;
+            }
             shown
         }
         Command::Healthcheck(health) => {
@@ -224,17 +247,11 @@ pub fn apply_changes(config: &mut RunConfig, changes: &[String]) -> Result<(), B
         };
         let escape = parsed.directives.escape;
         let mut expand = |config: &RunConfig, word: &str| {
-            let vars = config
-                .env
-                .iter()
-                .filter_map(|e| e.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            crate::expand::expand_word(word, &vars, escape)
+            crate::expand::expand_word(word, &env_vars(config), escape)
                 .map(|e| e.value)
                 .map_err(|e| step_error(ins, e.to_string()))
         };
-        match apply(config, ins, &mut expand) {
+        match apply(config, &mut cmd_set, ins, &mut expand) {
             Ok(Some(_)) => {}
             Ok(None) => {
                 return Err(bad(format!(
@@ -243,11 +260,6 @@ pub fn apply_changes(config: &mut RunConfig, changes: &[String]) -> Result<(), B
                 )))
             }
             Err(e) => return Err(bad(e.to_string())),
-        }
-        match ins.command {
-            Command::Cmd(_) => cmd_set = true,
-            Command::Entrypoint(_) if !cmd_set => config.cmd = None,
-            _ => {}
         }
     }
     Ok(())

@@ -44,6 +44,9 @@ pub enum BuildError {
     /// The runtime.
     #[error(transparent)]
     Runtime(#[from] berth_runtime::RuntimeError),
+    /// The stage stopped because another stage failed (whose error is the build's).
+    #[error("cancelled: another stage failed")]
+    Cancelled,
     /// Other I/O.
     #[error("{0}")]
     Io(String),

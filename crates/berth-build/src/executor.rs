@@ -262,12 +262,6 @@ impl Shared<'_> {
     fn build_stage(&self, engine: &Engine, index: usize, is_target: bool) -> Slot {
         let mut builder = Builder {
             engine,
-            context: self.context,
-            options: self.options,
-            host: self.host,
-            progress: self.progress,
-            escape: self.escape,
-            stages: self.stages,
             shared: self,
         };
         let mut scope = self.scope.clone();
@@ -422,11 +416,7 @@ fn needed_stages(
 /// The variables a stage's instructions see: its ARGs and ENVs, the config's ENV last.
 fn stage_vars(scope: &Scope, config: &RunConfig) -> BTreeMap<String, String> {
     let mut vars = scope.stage.clone();
-    for e in &config.env {
-        if let Some((k, v)) = e.split_once('=') {
-            vars.insert(k.to_string(), v.to_string());
-        }
-    }
+    vars.extend(crate::config::env_vars(config));
     vars
 }
 
@@ -470,8 +460,7 @@ fn parse_mount(spec: &str) -> BTreeMap<String, String> {
 
 /// Whether this host runs binaries of `platform`: its own, or through a binfmt_misc handler (QEMU).
 fn can_run(platform: &Platform) -> bool {
-    let host = Platform::host();
-    if platform.os == host.os && platform.architecture == host.architecture {
+    if Platform::host().accepts(platform) {
         return true;
     }
     let qemu = match platform.architecture.as_str() {
@@ -705,15 +694,9 @@ impl State {
     }
 }
 
-/// The builder of one stage, on its thread.
+/// The builder of one stage, on its thread: its own engine, and what all stages share.
 struct Builder<'a> {
     engine: &'a Engine,
-    context: &'a Context,
-    options: &'a BuildOptions,
-    host: &'a (dyn Host + Sync),
-    progress: &'a Progress,
-    escape: char,
-    stages: &'a [Stage<'a>],
     shared: &'a Shared<'a>,
 }
 
@@ -751,11 +734,11 @@ impl Builder<'_> {
         word: &str,
         ins: &Instruction,
     ) -> Result<String, BuildError> {
-        expand(&self.vars(state, scope), word, self.escape, ins)
+        expand(&self.vars(state, scope), word, self.shared.escape, ins)
     }
 
     fn label(&self, index: usize, is_target: bool, step: usize, total: usize) -> String {
-        match &self.stages[index].name {
+        match &self.shared.stages[index].name {
             Some(n) => format!("[{n} {step}/{total}]"),
             None if is_target => format!("[{step}/{total}]"),
             None => format!("[stage-{index} {step}/{total}]"),
@@ -768,19 +751,19 @@ impl Builder<'_> {
         is_target: bool,
         scope: &mut Scope,
     ) -> Result<ImageRecord, BuildError> {
-        let stage = &self.stages[index];
+        let stage = &self.shared.stages[index];
         scope.enter_stage();
         let Command::From { image, .. } = &stage.from.command else {
             return Err(BuildError::Invalid("stage without FROM".into()));
         };
-        let base = expand(&scope.from_vars(), image, self.escape, stage.from)?;
+        let base = expand(&scope.from_vars(), image, self.shared.escape, stage.from)?;
         // FROM --platform, else the build's --platform.
         let platform = match stage.from.flag("platform") {
             Some(Some(p)) => {
-                let text = expand(&scope.from_vars(), p, self.escape, stage.from)?;
+                let text = expand(&scope.from_vars(), p, self.shared.escape, stage.from)?;
                 Some(Platform::parse(&text).map_err(|e| step_error(stage.from, e.to_string()))?)
             }
-            _ => self.options.platform.clone(),
+            _ => self.shared.options.platform.clone(),
         };
         if base.is_empty() {
             return Err(step_error(
@@ -799,7 +782,7 @@ impl Builder<'_> {
             })
             .count();
         let total = fs_steps + 1;
-        let vertex = self.progress.start(&format!(
+        let vertex = self.shared.progress.start(&format!(
             "{} FROM {base}",
             self.label(index, is_target, 1, total)
         ));
@@ -809,7 +792,7 @@ impl Builder<'_> {
             // Nothing else tells the platforms' scratch stages apart in the cache.
             state.key = Digest::of(format!("scratch {}", state.platform).as_bytes());
             state
-        } else if let Some(dep) = stage_ref(self.stages, &base, index) {
+        } else if let Some(dep) = stage_ref(self.shared.stages, &base, index) {
             let image = self
                 .shared
                 .result(dep)
@@ -817,12 +800,13 @@ impl Builder<'_> {
             State::from_image(image)
         } else {
             let image = self
+                .shared
                 .host
                 .base_image(self.engine, &base, platform.as_ref())
                 .map_err(|e| step_error(stage.from, e))?;
             State::from_image(image)
         };
-        self.progress.done(vertex);
+        self.shared.progress.done(vertex);
         // As BuildKit does, a stage whose base sets no PATH gets the default one.
         if state.env("PATH").is_none() {
             state.set_env("PATH", berth_runtime::options::DEFAULT_PATH);
@@ -853,11 +837,12 @@ impl Builder<'_> {
         for ins in &stage.body {
             self.step(index, is_target, &mut state, scope, ins, &mut step, total)?;
         }
-        if is_target && !self.options.labels.is_empty() {
-            for (k, v) in &self.options.labels {
+        if is_target && !self.shared.options.labels.is_empty() {
+            for (k, v) in &self.shared.options.labels {
                 state.config.labels.insert(k.clone(), v.clone());
             }
             let labels: Vec<String> = self
+                .shared
                 .options
                 .labels
                 .iter()
@@ -901,7 +886,7 @@ impl Builder<'_> {
 
     /// A cache lookup for a filesystem step; adopts the hit.
     fn cached(&mut self, state: &mut State, key: &Digest) -> Result<bool, BuildError> {
-        if self.options.no_cache {
+        if self.shared.options.no_cache {
             return Ok(false);
         }
         match self.engine.store().build_cache_get(key)? {
@@ -952,32 +937,14 @@ impl Builder<'_> {
     ) -> Result<(), BuildError> {
         if self.shared.failed() {
             // Another stage failed: its error is the build's; this one only stops.
-            return Err(BuildError::Invalid("cancelled".into()));
-        }
-        let ex =
-            |b: &Self, state: &State, scope: &Scope, w: &str| b.expand_in(state, scope, w, ins);
-        let escape = self.escape;
-        let mut expand_now =
-            |config: &RunConfig, word: &str| expand(&stage_vars(scope, config), word, escape, ins);
-        if let Some(applied) = crate::config::apply(&mut state.config, ins, &mut expand_now)? {
-            for (key, value) in applied.env {
-                scope.set_env(&key, value);
-            }
-            match ins.command {
-                Command::Cmd(_) => state.cmd_set = true,
-                // An ENTRYPOINT clears the CMD inherited from the base, not one this stage set.
-                Command::Entrypoint(_) if !state.cmd_set => state.config.cmd = None,
-                _ => {}
-            }
-            state.metadata(applied.created_by);
-            return Ok(());
+            return Err(BuildError::Cancelled);
         }
         match &ins.command {
             Command::From { .. } => return Err(step_error(ins, "FROM inside a stage".into())),
             Command::Arg(decls) => {
                 for d in decls {
                     let default = match &d.default {
-                        Some(v) => Some(ex(self, state, scope, v)?),
+                        Some(v) => Some(self.expand_in(state, scope, v, ins)?),
                         None => None,
                     };
                     scope.declare_arg(&d.name, default);
@@ -988,19 +955,6 @@ impl Builder<'_> {
                 state.author = Some(name.clone());
                 state.metadata(format!("MAINTAINER {name}"));
             }
-            // Applied above.
-            Command::Env(_)
-            | Command::Label(_)
-            | Command::Expose(_)
-            | Command::User(_)
-            | Command::Workdir(_)
-            | Command::Volume(_)
-            | Command::Stopsignal(_)
-            | Command::Shell(_)
-            | Command::Cmd(_)
-            | Command::Entrypoint(_)
-            | Command::Healthcheck(_)
-            | Command::Onbuild(_) => {}
             Command::Run(line) => {
                 *step += 1;
                 let label = format!(
@@ -1021,6 +975,24 @@ impl Builder<'_> {
                 let is_add = matches!(ins.command, Command::Add(_));
                 self.copy(index, state, scope, ins, t, is_add, &label)
                     .map_err(at(ins))?;
+            }
+            // The rest only changes the config.
+            _ => {
+                let escape = self.shared.escape;
+                let mut expand_now = |config: &RunConfig, word: &str| {
+                    expand(&stage_vars(scope, config), word, escape, ins)
+                };
+                let applied = crate::config::apply(
+                    &mut state.config,
+                    &mut state.cmd_set,
+                    ins,
+                    &mut expand_now,
+                )?
+                .ok_or_else(|| step_error(ins, "not a metadata instruction".into()))?;
+                for (key, value) in applied.env {
+                    scope.set_env(&key, value);
+                }
+                state.metadata(applied.created_by);
             }
         }
         Ok(())
@@ -1085,14 +1057,14 @@ impl Builder<'_> {
             }
         }
         for name in PROXY_ARGS {
-            if let Some(v) = self.options.build_args.get(*name) {
+            if let Some(v) = self.shared.options.build_args.get(*name) {
                 if !state.args.contains(*name) {
                     env.push(format!("{name}={v}"));
                 }
             }
         }
         let network = match ins.flag("network") {
-            Some(Some("default")) | None => self.options.network.clone(),
+            Some(Some("default")) | None => self.shared.options.network.clone(),
             Some(Some(n @ ("none" | "host"))) => Some(n.to_string()),
             Some(other) => {
                 return Err(step_error(
@@ -1118,14 +1090,7 @@ impl Builder<'_> {
                 .or_else(|| spec.get("dst"))
                 .or_else(|| spec.get("destination"));
             let target = match (target, kind) {
-                (Some(t), _) => Some(clean_absolute(
-                    &Path::new(if state.config.working_dir.is_empty() {
-                        "/"
-                    } else {
-                        &state.config.working_dir
-                    })
-                    .join(t),
-                )),
+                (Some(t), _) => Some(crate::config::in_workdir(&state.config, t)),
                 (None, "secret" | "ssh") => None,
                 (None, _) => return Err(step_error(ins, "--mount needs a target".into())),
             };
@@ -1165,12 +1130,12 @@ impl Builder<'_> {
                         });
                         continue;
                     }
-                    let found = self.context.tree().sources(if source.is_empty() {
+                    let found = self.shared.context.tree().sources(if source.is_empty() {
                         "."
                     } else {
                         &source
                     })?;
-                    let path = self.context.root().join(&found[0].path);
+                    let path = self.shared.context.root().join(&found[0].path);
                     if rw && found[0].is_dir {
                         // Writes go to a throwaway overlay, never into the user's context.
                         deferred.push(DeferredMount::ContextCopy { path, target });
@@ -1193,7 +1158,7 @@ impl Builder<'_> {
                             })
                         })
                         .ok_or_else(|| step_error(ins, "a secret mount needs an id".into()))?;
-                    let Some(source) = self.options.secrets.get(&id) else {
+                    let Some(source) = self.shared.options.secrets.get(&id) else {
                         if required {
                             return Err(step_error(ins, format!("secret {id} not found: give it with --secret id={id},src=<file>")));
                         }
@@ -1219,7 +1184,7 @@ impl Builder<'_> {
                 }
                 "ssh" => {
                     let id = spec.get("id").map_or("default", String::as_str);
-                    let Some(socket) = self.options.ssh.get(id) else {
+                    let Some(socket) = self.shared.options.ssh.get(id) else {
                         if required {
                             return Err(step_error(ins, format!("no SSH agent socket {id:?} forwarded: give it with --ssh {id}[=<socket>]")));
                         }
@@ -1254,9 +1219,9 @@ impl Builder<'_> {
                 &mount_keys.join("\n"),
             ],
         );
-        let vertex = self.progress.start(label);
+        let vertex = self.shared.progress.start(label);
         if self.cached(state, &key)? {
-            self.progress.cached(vertex);
+            self.shared.progress.cached(vertex);
             return Ok(());
         }
         let parent = self.materialize(state)?;
@@ -1278,7 +1243,7 @@ impl Builder<'_> {
             entrypoint: Some(String::new()),
             env,
             network,
-            add_hosts: self.options.add_hosts.clone(),
+            add_hosts: self.shared.options.add_hosts.clone(),
             volumes,
             tmpfs,
             attach: true,
@@ -1306,27 +1271,27 @@ impl Builder<'_> {
         let code = match outcome {
             Ok(code) => code,
             Err(e) => {
-                self.progress.failed(vertex, &e.to_string());
+                self.shared.progress.failed(vertex, &e.to_string());
                 return Err(e);
             }
         };
         if code != 0 && self.shared.failed() {
             // Killed because another stage failed.
-            self.progress.canceled(vertex);
-            return Err(BuildError::Invalid("cancelled".into()));
+            self.shared.progress.canceled(vertex);
+            return Err(BuildError::Cancelled);
         }
         if code != 0 {
             let err = BuildError::RunFailed {
                 command: args.join(" "),
                 code,
             };
-            self.progress.failed(vertex, &err.to_string());
+            self.shared.progress.failed(vertex, &err.to_string());
             return Err(err);
         }
         let layer = layer?;
         removed?;
         self.commit_step(state, key, layer, created_by)?;
-        self.progress.done(vertex);
+        self.shared.progress.done(vertex);
         Ok(())
     }
 
@@ -1359,7 +1324,8 @@ impl Builder<'_> {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     let text = String::from_utf8_lossy(&buf);
-                    self.progress
+                    self.shared
+                        .progress
                         .output(vertex, text.trim_end_matches(['\n', '\r']));
                 }
             }
@@ -1392,14 +1358,15 @@ impl Builder<'_> {
         ins: &Instruction,
         from: &str,
     ) -> Result<ImageRecord, BuildError> {
-        match stage_ref(self.stages, from, index) {
+        match stage_ref(self.shared.stages, from, index) {
             Some(dep) => self
                 .shared
                 .result(dep)
                 .ok_or_else(|| step_error(ins, format!("stage {from} was not built"))),
             None => self
+                .shared
                 .host
-                .base_image(self.engine, from, self.options.platform.as_ref())
+                .base_image(self.engine, from, self.shared.options.platform.as_ref())
                 .map_err(|e| step_error(ins, e)),
         }
     }
@@ -1420,12 +1387,7 @@ impl Builder<'_> {
         if t.sources.len() > 1 && !dest.ends_with('/') {
             return Err(step_error(ins, format!("When using {what} with more than one source file, the destination must be a directory and end with a /")));
         }
-        let workdir = if state.config.working_dir.is_empty() {
-            "/".to_string()
-        } else {
-            state.config.working_dir.clone()
-        };
-        let dest_abs = clean_absolute(&Path::new(&workdir).join(&dest));
+        let dest_abs = crate::config::in_workdir(&state.config, &dest);
         let flags = self.copy_flags(state, scope, ins, t)?;
         if is_add {
             if let Some(result) =
@@ -1495,19 +1457,22 @@ impl Builder<'_> {
         let (url, fragment) = git.split_once('#').unwrap_or((&git, ""));
         let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
         let keep_git_dir = matches!(ins.flag("keep-git-dir"), Some(None) | Some(Some("true")));
-        let dir = self
-            .engine
-            .store()
-            .tmp_dir()
-            .join(berth_store::work_name("git"));
+        // Removed, with the clone, when the step is over.
+        let dir = match berth_store::PrivateDir::create(self.engine.store(), "git") {
+            Ok(dir) => dir,
+            Err(e) => return Some(Err(e.into())),
+        };
         let result = (|| {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| BuildError::Io(format!("{}: {e}", dir.display())))?;
-            self.host
-                .clone_git(url, (!reference.is_empty()).then_some(reference), &dir)
+            self.shared
+                .host
+                .clone_git(
+                    url,
+                    (!reference.is_empty()).then_some(reference),
+                    dir.path(),
+                )
                 .map_err(|e| step_error(ins, format!("failed to clone {url}: {e}")))?;
             if !keep_git_dir {
-                let _ = std::fs::remove_dir_all(dir.join(".git"));
+                let _ = std::fs::remove_dir_all(dir.path().join(".git"));
             }
             let source = if subdir.is_empty() {
                 ".".to_string()
@@ -1529,10 +1494,9 @@ impl Builder<'_> {
                 dest,
                 dest_abs,
                 flags,
-                Some(&dir),
+                Some(dir.path()),
             )
         })();
-        let _ = std::fs::remove_dir_all(&dir);
         Some(result)
     }
 
@@ -1603,7 +1567,7 @@ impl Builder<'_> {
                 ignore: None,
                 exclude: None,
             },
-            None => self.context.tree(),
+            None => self.shared.context.tree(),
         };
         let tree = Tree {
             exclude: flags.exclude.as_ref(),
@@ -1633,7 +1597,8 @@ impl Builder<'_> {
             let src = self.expand_in(state, scope, src, ins)?;
             if is_add && is_url(&src) {
                 let mut data = Vec::new();
-                self.host
+                self.shared
+                    .host
                     .download(&src, &mut data)
                     .map_err(|e| step_error(ins, format!("failed to download {src}: {e}")))?;
                 if let Some(expected) = &flags.checksum {
@@ -1709,9 +1674,9 @@ impl Builder<'_> {
             ],
         );
         let created_by = format!("{what} {} {dest} # buildkit", t.sources.join(" "));
-        let vertex = self.progress.start(label);
+        let vertex = self.shared.progress.start(label);
         if self.cached(state, &key)? {
-            self.progress.cached(vertex);
+            self.shared.progress.cached(vertex);
             return Ok(());
         }
         let snapshots = self.engine.store().snapshots();
@@ -1747,12 +1712,12 @@ impl Builder<'_> {
         let layer = match result {
             Ok(layer) => layer,
             Err(e) => {
-                self.progress.failed(vertex, &e.to_string());
+                self.shared.progress.failed(vertex, &e.to_string());
                 return Err(e);
             }
         };
         self.commit_step(state, key, Some(layer), created_by)?;
-        self.progress.done(vertex);
+        self.shared.progress.done(vertex);
         Ok(())
     }
 

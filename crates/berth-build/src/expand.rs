@@ -425,10 +425,11 @@ impl Scope {
             .clone()
             .filter(|v| !(platform.architecture == "arm64" && v == "v8"));
         match part {
-            "PLATFORM" => match &variant {
-                Some(v) => format!("{}/{}/{v}", platform.os, platform.architecture),
-                None => format!("{}/{}", platform.os, platform.architecture),
-            },
+            "PLATFORM" => Platform {
+                variant: variant.clone(),
+                ..platform.clone()
+            }
+            .to_string(),
             "OS" => platform.os.clone(),
             "ARCH" => platform.architecture.clone(),
             "VARIANT" => variant.unwrap_or_default(),

@@ -277,7 +277,10 @@ fn set_monitor_signals(ignore: bool) {
 fn release_startup_memory(store: &berth_store::Store) {
     /// At most this many runs of pages are dropped (the monitor has a few dozen).
     const MAX_RUNS: usize = 256;
-    const PAGE: usize = 4096;
+    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |size| size as usize);
     store.release_memory();
     // SAFETY: malloc_trim only returns free heap memory to the kernel.
     unsafe {
@@ -322,10 +325,10 @@ fn release_startup_memory(store: &berth_store::Store) {
         }
         // One 64-bit entry per page: bit 63 present, bit 61 a file page (not a private copy).
         use std::io::{Read, Seek, SeekFrom};
-        let pages = (end - start) / PAGE;
+        let pages = (end - start) / page_size;
         entries.resize(pages * 8, 0);
         if pagemap
-            .seek(SeekFrom::Start((start / PAGE * 8) as u64))
+            .seek(SeekFrom::Start((start / page_size * 8) as u64))
             .is_err()
             || pagemap.read_exact(&mut entries).is_err()
         {
@@ -341,7 +344,7 @@ fn release_startup_memory(store: &berth_store::Store) {
                 (true, None) => run_start = Some(page),
                 (false, Some(first)) => {
                     if count < MAX_RUNS {
-                        runs[count] = (start + first * PAGE, start + page * PAGE);
+                        runs[count] = (start + first * page_size, start + page * page_size);
                         count += 1;
                     }
                     run_start = None;
@@ -355,7 +358,7 @@ fn release_startup_memory(store: &berth_store::Store) {
     // follow, whose pages come back zeroed, as fresh stack always is) nothing is live.
     let here = &count as *const usize as usize;
     if let Some((start, _)) = stack.filter(|(start, end)| (*start..*end).contains(&here)) {
-        let unused_end = (here - 2 * PAGE) & !(PAGE - 1);
+        let unused_end = (here - 2 * page_size) & !(page_size - 1);
         if unused_end > start {
             // SAFETY: [start, unused_end) is the part of our own stack mapping below the current
             // frame, which holds no live data; dropped anonymous pages read back as zeros.

@@ -178,19 +178,27 @@ pub(crate) fn shared_namespace(
 /// Adds `--link name:alias` entries to the container's /etc/hosts: the linked container's address
 /// under the alias and its name (legacy links on the default bridge).
 fn add_links(engine: &Engine, record: &ContainerRecord, hosts: &mut String) {
-    for link in &record.host_config.links {
-        let (name, alias) = link.split_once(':').unwrap_or((link, link));
-        if let Ok(target) = engine.container(name) {
-            let ip = &target.network_settings.ip_address;
-            if !ip.is_empty() {
-                hosts.push_str(&format!(
-                    "{ip}\t{alias} {} {}\n",
-                    target.name,
-                    &target.id[..12]
-                ));
-            }
-        }
+    for (alias, target) in linked(engine, record) {
+        hosts.push_str(&format!(
+            "{}\t{alias} {} {}\n",
+            target.network_settings.ip_address,
+            target.name,
+            &target.id[..12]
+        ));
     }
+}
+
+/// The containers `--link name:alias` names (an alias defaults to the name), with their aliases: those
+/// that exist and have an address.
+fn linked<'r>(
+    engine: &'r Engine,
+    record: &'r ContainerRecord,
+) -> impl Iterator<Item = (&'r str, ContainerRecord)> + 'r {
+    record.host_config.links.iter().filter_map(|link| {
+        let (name, alias) = link.split_once(':').unwrap_or((link, link));
+        let target = engine.container(name).ok()?;
+        (!target.network_settings.ip_address.is_empty()).then_some((alias, target))
+    })
 }
 
 /// Docker's legacy link environment for each `--link name:alias` (default bridge): with `ALIAS` the alias
@@ -200,15 +208,8 @@ fn add_links(engine: &Engine, record: &ContainerRecord, hosts: &mut String) {
 /// containers that do not run have no address and give nothing.
 pub(crate) fn link_env(engine: &Engine, record: &ContainerRecord) -> Vec<String> {
     let mut env = Vec::new();
-    for link in &record.host_config.links {
-        let (name, alias) = link.split_once(':').unwrap_or((link, link));
-        let Ok(target) = engine.container(name) else {
-            continue;
-        };
+    for (alias, target) in linked(engine, record).filter(|(_, t)| t.state.running) {
         let ip = &target.network_settings.ip_address;
-        if ip.is_empty() || !target.state.running {
-            continue;
-        }
         let prefix = alias.to_ascii_uppercase().replace('-', "_");
         let mut ports: Vec<(u16, String)> = target
             .config

@@ -97,20 +97,25 @@ mod tests {
     use super::*;
     use crate::image::RunConfig;
 
-    #[test]
-    fn entries_follow_their_images_and_prune_frees_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let image = store
+    /// An image with no layers, tagged `tags`.
+    fn empty_image(store: &Store, tags: &[crate::Reference]) -> crate::ImageRecord {
+        store
             .create_image(
                 RunConfig::default(),
                 Vec::new(),
                 Vec::new(),
                 None,
                 None,
-                &[],
+                tags,
             )
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn entries_follow_their_images_and_prune_frees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let image = empty_image(&store, &[]);
         let key = Digest::of(b"step");
         assert!(store.build_cache_get(&key).unwrap().is_none());
         store.build_cache_put(&key, &image.id).unwrap();
@@ -129,16 +134,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let tag = crate::Reference::parse("app:1").unwrap();
-        let image = store
-            .create_image(
-                RunConfig::default(),
-                Vec::new(),
-                Vec::new(),
-                None,
-                None,
-                &[tag],
-            )
-            .unwrap();
+        let image = empty_image(&store, &[tag]);
         store.build_cache_put(&Digest::of(b"k"), &image.id).unwrap();
         let pruned = store.prune_build_cache().unwrap();
         assert_eq!(pruned.entries, 1);

@@ -14,7 +14,7 @@ use crate::reference::Reference;
 use crate::Store;
 
 impl Store {
-    /// Imports a rootfs tarball (plain, gzip or zstd) as a one-layer image with `run_config` (the
+    /// Imports a rootfs tarball (plain, gzip, zstd, bzip2 or xz) as a one-layer image with `run_config` (the
     /// caller's `--change` instructions applied), tagged `tags`.
     pub fn import_rootfs(
         &self,

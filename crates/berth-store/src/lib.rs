@@ -229,7 +229,8 @@ pub(crate) fn abandoned(name: &str) -> bool {
 }
 
 /// A directory under the store's `tmp/` that only root can enter, removed with all it holds when dropped
-/// (and by [`Store::remove_abandoned_work`] if its process is killed): where a build keeps secrets.
+/// (and by [`Store::remove_abandoned_work`] if its process is killed): where a build keeps secrets
+/// and the repositories ADD clones.
 pub struct PrivateDir {
     path: PathBuf,
 }
@@ -245,6 +246,11 @@ impl PrivateDir {
             .create(&path)
             .ctx("create", &path)?;
         Ok(Self { path })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Writes `bytes` to a new file in it (mode 0600); returns the file, still open, and its path.

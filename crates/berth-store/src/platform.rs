@@ -93,30 +93,28 @@ impl Platform {
         }
     }
 
+    /// A platform as an image describes it, in any case.
+    fn described(os: &str, arch: &str, variant: Option<&str>) -> Self {
+        Self::normalised(
+            &os.to_ascii_lowercase(),
+            &arch.to_ascii_lowercase(),
+            variant.map(str::to_ascii_lowercase).as_deref(),
+        )
+    }
+
     /// The platform of an index entry, if it has one.
     fn of_descriptor(descriptor: &Descriptor) -> Option<Self> {
         let p = descriptor.platform.as_ref()?;
-        let os = p.get("os")?.as_str()?;
-        let arch = p.get("architecture")?.as_str()?;
-        let variant = p.get("variant").and_then(|v| v.as_str());
-        Some(Self::normalised(
-            &os.to_ascii_lowercase(),
-            &arch.to_ascii_lowercase(),
-            variant.map(|v| v.to_ascii_lowercase()).as_deref(),
+        Some(Self::described(
+            p.get("os")?.as_str()?,
+            p.get("architecture")?.as_str()?,
+            p.get("variant").and_then(|v| v.as_str()),
         ))
     }
 
     /// The platform of an image config (`os`, `architecture`, `variant`).
     pub fn of_config(config: &crate::image::ImageConfig) -> Self {
-        Self::normalised(
-            &config.os.to_ascii_lowercase(),
-            &config.architecture.to_ascii_lowercase(),
-            config
-                .variant
-                .as_deref()
-                .map(|v| v.to_ascii_lowercase())
-                .as_deref(),
-        )
+        Self::described(&config.os, &config.architecture, config.variant.as_deref())
     }
 
     /// Whether an image of platform `other` runs here when `self` is wanted: same OS and architecture, and

@@ -49,6 +49,12 @@ fn cached_and_run(log: &str) -> (Vec<String>, Vec<String>) {
     (cached, ran)
 }
 
+/// Asserts that a command's stderr holds `needle`, showing it otherwise.
+fn assert_stderr_has(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(err.contains(needle), "{err}");
+}
+
 fn inspect(b: &Berth, image: &str, format: &str) -> String {
     b.ok(&["image", "inspect", "--format", format, image])
         .trim()
@@ -714,11 +720,7 @@ fn remote_add_and_its_failure() {
         "served over http\n"
     );
     assert_eq!(wrong_out.status.code(), Some(1));
-    assert!(
-        stderr(&wrong_out).contains("checksum mismatch"),
-        "{}",
-        stderr(&wrong_out)
-    );
+    assert_stderr_has(&wrong_out, "checksum mismatch");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         b.ok(&["run", "--rm", "remote:1", "cat", "/downloads/remote.txt"]),
@@ -863,22 +865,14 @@ RUN --mount=type=bind,from=tools,target=/mnt/rw,rw touch /mnt/rw/scratch && ls /
     )]);
     let out = build(&b, &[p(required.path())]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("secret needed not found"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "secret needed not found");
     let out = build(&b, &["--secret", "src=/nonexistent", p(required.path())]);
     assert!(stderr(&out).contains("id= is required"), "{}", stderr(&out));
     let out = build(
         &b,
         &["--secret", "id=x,src=/nonexistent", p(required.path())],
     );
-    assert!(
-        stderr(&out).contains("is not a readable file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "is not a readable file");
     let out = build(
         &b,
         &[
@@ -887,11 +881,7 @@ RUN --mount=type=bind,from=tools,target=/mnt/rw,rw touch /mnt/rw/scratch && ls /
             p(required.path()),
         ],
     );
-    assert!(
-        stderr(&out).contains("is not an SSH agent socket"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "is not an SSH agent socket");
     no_containers_left(&b);
 }
 
@@ -1047,11 +1037,7 @@ fn add_clones_git_repositories() {
         "onetwoguide\n. .. README docs kept\n"
     );
     assert_eq!(failed.status.code(), Some(1));
-    assert!(
-        stderr(&failed).contains("failed to clone"),
-        "{}",
-        stderr(&failed)
-    );
+    assert_stderr_has(&failed, "failed to clone");
     no_containers_left(&b);
 }
 
@@ -1133,20 +1119,12 @@ fn builds_for_another_platform() {
     }
     // Bad values are refused before anything runs.
     let out = build(&b, &["--platform", "linux/arm64/v8/x", p(ctx.path())]);
-    assert!(
-        stderr(&out).contains("invalid platform"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "invalid platform");
     let out = build(
         &b,
         &["--platform", "linux/amd64,linux/arm64", p(ctx.path())],
     );
-    assert!(
-        stderr(&out).contains("several platforms"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "several platforms");
     no_containers_left(&b);
 }
 

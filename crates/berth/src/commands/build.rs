@@ -288,13 +288,10 @@ pub fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<i32> {
     engine.store().remove_abandoned_work()?;
     let secrets = Secrets::new(engine, &args.secret)?;
     let ssh = ssh_sockets(&args.ssh)?;
-    let platform = match args.platform.as_deref().filter(|p| !p.is_empty()) {
-        Some(p) if p.contains(',') => {
-            bail!("building for several platforms at once (--platform {p}) is not supported")
-        }
-        Some(p) => Some(Platform::parse(p)?),
-        None => None,
-    };
+    if let Some(p) = args.platform.as_deref().filter(|p| p.contains(',')) {
+        bail!("building for several platforms at once (--platform {p}) is not supported")
+    }
+    let platform = super::registry::platform(args.platform.as_deref())?;
     let inputs = inputs(engine, &args)?;
     let options = BuildOptions {
         dockerfile: inputs.dockerfile.clone(),
@@ -412,8 +409,7 @@ impl berth_build::Host for CliHost {
         } else {
             PullPolicy::Missing
         };
-        let text = platform.map(ToString::to_string);
-        ensure_image(engine, reference, policy, text.as_deref()).map_err(|e| format!("{e:#}"))?;
+        ensure_image(engine, reference, policy, platform).map_err(|e| format!("{e:#}"))?;
         let image = engine.store().image(reference).map_err(|e| e.to_string())?;
         match platform {
             Some(wanted) if !wanted.accepts(&Platform::of_config(&image.config)) => Err(format!(

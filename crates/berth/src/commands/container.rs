@@ -596,7 +596,8 @@ pub fn container_command(engine: &Engine, command: ContainerCommand) -> anyhow::
 
 pub fn create(engine: &Engine, args: CreateArgs) -> anyhow::Result<i32> {
     let options = args.options(false)?;
-    super::registry::ensure_image(engine, args.image(), args.pull, args.platform.as_deref())?;
+    let platform = super::registry::platform(args.platform.as_deref())?;
+    super::registry::ensure_image(engine, args.image(), args.pull, platform.as_ref())?;
     let record = engine.create(&options)?;
     println!("{}", record.id);
     Ok(0)
@@ -612,11 +613,12 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
     let options = args.create.options(attach)?;
     let keys = detach_keys(&args.detach_keys)?;
     // Any pull is over (and its threads gone) before the container starts: the runtime forks.
+    let platform = super::registry::platform(args.create.platform.as_deref())?;
     super::registry::ensure_image(
         engine,
         args.create.image(),
         args.create.pull,
-        args.create.platform.as_deref(),
+        platform.as_ref(),
     )?;
     let record = engine.create(&options)?;
     let stdio = if attach {

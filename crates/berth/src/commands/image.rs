@@ -372,12 +372,7 @@ pub fn import(engine: &Engine, args: ImportArgs) -> anyhow::Result<i32> {
     } else {
         Box::new(File::open(&args.file).with_context(|| format!("open {}", args.file))?)
     };
-    let platform = args
-        .platform
-        .as_deref()
-        .filter(|p| !p.is_empty())
-        .map(berth_store::Platform::parse)
-        .transpose()?;
+    let platform = super::registry::platform(args.platform.as_deref())?;
     let image = engine.store().import_rootfs(
         reader,
         run_config,

@@ -107,8 +107,12 @@ pub struct LogoutArgs {
     server: Option<String>,
 }
 
-fn platform(text: Option<&str>) -> anyhow::Result<Option<Platform>> {
-    Ok(text.map(Platform::parse).transpose()?)
+/// A `--platform` value; none when not given or empty.
+pub fn platform(text: Option<&str>) -> anyhow::Result<Option<Platform>> {
+    Ok(text
+        .filter(|t| !t.is_empty())
+        .map(Platform::parse)
+        .transpose()?)
 }
 
 /// Where pull progress goes: stdout for `pull`, stderr for the pull inside `run`/`create`.
@@ -336,7 +340,7 @@ pub fn ensure_image(
     engine: &Engine,
     image: &str,
     policy: PullPolicy,
-    platform_text: Option<&str>,
+    platform: Option<&Platform>,
 ) -> anyhow::Result<()> {
     let present = match engine.store().image(image) {
         Ok(_) => true,
@@ -355,13 +359,7 @@ pub fn ensure_image(
     if !present {
         eprintln!("Unable to find image '{}' locally", reference.familiar());
     }
-    pull_reference(
-        engine,
-        &reference,
-        platform(platform_text)?,
-        false,
-        Output::Stderr,
-    )
+    pull_reference(engine, &reference, platform.cloned(), false, Output::Stderr)
 }
 
 pub fn push(engine: &Engine, args: PushArgs) -> anyhow::Result<i32> {
