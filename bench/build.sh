@@ -5,11 +5,12 @@
 # Usage: bench/build.sh [runs]    (needs root; run `make release` first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RUNS=${1:-5}
 BERTH=${BERTH:-target/release/berth}
 work=$(mktemp -d /tmp/berth-bench-build.XXXXXX)
 B="$BERTH --root $work/root --runroot $work/run"
-cleanup() { $B ps -aq --no-trunc 2>/dev/null | xargs -r $B rm -f >/dev/null 2>&1 || true; $B network reset >/dev/null 2>&1 || true; umount -R "$work" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { $B ps -aq --no-trunc 2>/dev/null | xargs -r $B rm -f >/dev/null 2>&1 || true; $B network reset >/dev/null 2>&1 || true; unmount_under "$work"; rm -rf "$work"; }
 trap cleanup EXIT
 
 scripts/busybox-rootfs.sh "$work/busybox.tar"
@@ -33,7 +34,6 @@ DF
 printf 'flask\nrequests\nnumpy\n' > "$ctx/requirements.txt"
 for i in $(seq 50); do head -c 20000 /dev/urandom | base64 > "$ctx/src/file$i.c"; done
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
 
 # measure NAME PRUNE CMD... : cold / cached / one-file-edit medians for one builder; the context is

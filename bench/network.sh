@@ -5,6 +5,7 @@
 # Usage: bench/network.sh [runs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RUNS=${1:-20}
 BERTH=${BERTH:-target/release/berth}
 work=$(mktemp -d /tmp/berth-netbench.XXXXXX)
@@ -12,13 +13,12 @@ B="$BERTH --root $work/root --runroot $work/run"
 cleanup() {
   $B ps -aq --no-trunc 2>/dev/null | xargs -r -n 50 $B rm -f >/dev/null 2>&1 || true
   $B network prune -f >/dev/null 2>&1 || true; $B network reset >/dev/null 2>&1 || true
-  umount -R "$work" 2>/dev/null || true; rm -rf "$work"
+  unmount_under "$work"; rm -rf "$work"
 }
 trap cleanup EXIT
 scripts/busybox-rootfs.sh "$work/busybox.tar"
 $B import -c 'CMD ["sh"]' "$work/busybox.tar" busybox:latest >/dev/null
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo "scale=1; ($e - $s) / 1000000" | bc; }
 
 echo "== start latency: run --rm busybox true (median of $RUNS, ms), alternating"

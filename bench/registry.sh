@@ -6,6 +6,7 @@
 # Usage: bench/registry.sh [runs]    (needs root; run `make release` first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RUNS=${1:-3}
 BERTH=${BERTH:-target/release/berth}
 work=$(mktemp -d /tmp/berth-bench-registry.XXXXXX)
@@ -17,7 +18,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
 docker_up() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 

@@ -3,17 +3,17 @@
 # Usage: bench/run.sh [runs]    (needs root; builds nothing: run `make release` first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RUNS=${1:-20}
 BERTH=${BERTH:-target/release/berth}
 work=$(mktemp -d /tmp/berth-bench.XXXXXX)
 B="$BERTH --root $work/root --runroot $work/run"
-cleanup() { $B ps -aq --no-trunc 2>/dev/null | xargs -r $B rm -f >/dev/null 2>&1 || true; $B network reset >/dev/null 2>&1 || true; umount -R "$work" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { $B ps -aq --no-trunc 2>/dev/null | xargs -r $B rm -f >/dev/null 2>&1 || true; $B network reset >/dev/null 2>&1 || true; unmount_under "$work"; rm -rf "$work"; }
 trap cleanup EXIT
 
 scripts/busybox-rootfs.sh "$work/busybox.tar"
 $B import -c 'CMD ["sh"]' "$work/busybox.tar" busybox:latest >/dev/null
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
 time_median() { for _ in $(seq "$RUNS"); do ms "$@"; done | median; }
 

@@ -511,6 +511,7 @@ impl Engine {
                 })?
                 .map_err(|_| RuntimeError::Io("update".into()))?;
         }
+        crate::runroot::prepare(&self.runroot).map_err(|e| io_err(self.runroot.display(), e))?;
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
         let monitor = monitor_binary()?;

@@ -14,6 +14,7 @@ mod names;
 pub mod network;
 pub mod options;
 pub mod rootfs;
+mod runroot;
 mod seccomp;
 pub mod session;
 pub mod signal;

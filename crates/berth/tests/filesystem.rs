@@ -136,7 +136,7 @@ fn cp_both_directions_with_dockers_destination_rules() {
         "up\n"
     );
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    assert!(!mounts.contains(b.dir.path().to_str().unwrap()), "{mounts}");
+    assert!(!mounts.contains(b.root.to_str().unwrap()), "{mounts}");
 }
 
 fn out_dir(host: &std::path::Path) -> String {
