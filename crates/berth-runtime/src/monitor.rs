@@ -59,6 +59,12 @@ impl StatusPipe {
         }
     }
 
+    /// Sends the last event and closes the pipe: the starter stops waiting then.
+    fn finish(&mut self, event: &MonitorEvent) {
+        self.send(event);
+        self.0 = None;
+    }
+
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.0.as_ref().map(|f| f.as_fd())
     }
@@ -93,7 +99,7 @@ pub fn run(root: &Path, runroot: &Path, id: &str, attached: Option<DetachKeys>) 
     };
     let code = match supervise(&engine, id, attached, &mut status) {
         Ok(code) => {
-            status.send(&MonitorEvent::Exited(code));
+            status.finish(&MonitorEvent::Exited(code));
             0
         }
         Err(e) => {
@@ -153,7 +159,24 @@ fn supervise(
         let result = run_once(engine, &record, &log_path, &mut attachments, status, first);
         first = false;
         let outcome = match result {
-            Ok(outcome) => outcome,
+            Ok(outcome) if record.host_config.auto_remove => {
+                // A `--rm` container is gone for everyone once its record is. The starter hears the
+                // exit code then; the rest of the cleanup no longer holds it up. (What a crash here
+                // leaves is swept as orphans: directories without a record.)
+                engine.store().delete_container(&id)?;
+                record_exit_code(&mut lock, outcome.exit_code);
+                attachments.end_run(outcome.exit_code);
+                drop(attachments);
+                status.finish(&MonitorEvent::Exited(outcome.exit_code));
+                release_runtime(engine, &id);
+                engine.discard_stopped(&record, true)?;
+                drop(lock);
+                return Ok(outcome.exit_code);
+            }
+            Ok(outcome) => {
+                release_runtime(engine, &id);
+                outcome
+            }
             Err(e) => {
                 let code = e.exit_code();
                 let message = e.to_string();
@@ -231,9 +254,8 @@ fn supervise(
     let abandoned_build = attachments.starter_left && is_build_container(&record);
     drop(attachments);
     let _ = fs::remove_file(run_dir.join(crate::attach::SOCKET_NAME));
-    let record = engine.store().container(&id)?;
-    if record.host_config.auto_remove || abandoned_build {
-        engine.discard_stopped(&record, true)?;
+    if abandoned_build {
+        engine.discard_stopped(&engine.store().container(&id)?, true)?;
     }
     drop(lock);
     Ok(final_code)
@@ -670,18 +692,26 @@ fn run_once(
         let _ = log.finish();
         let oom_killed = crate::cgroup::oom_kills(id) > 0;
         crate::network::disconnect(engine, record, network.as_ref());
-        // The init has exited, so the kernel has killed the rest of its PID namespace; what is left
-        // is the cgroups and libcontainer's state dir.
-        crate::cgroup::remove(id);
-        let _ = fs::remove_dir_all(lc_root.join(id));
         Ok(Outcome {
             exit_code,
             oom_killed,
             ran_for: started_at.elapsed(),
         })
     })();
-    let _ = store.snapshots().unmount_container(id);
+    // After an exit, the caller releases the rest (`release_runtime`) when it suits it.
+    if result.is_err() {
+        let _ = store.snapshots().unmount_container(id);
+    }
     result
+}
+
+/// What a container that exited still holds once its monitor has its exit status: the init has
+/// exited, so the kernel has killed the rest of its PID namespace; left are the cgroups,
+/// libcontainer's state dir and the rootfs mount.
+fn release_runtime(engine: &Engine, id: &str) {
+    crate::cgroup::remove(id);
+    let _ = fs::remove_dir_all(engine.libcontainer_root().join(id));
+    let _ = engine.store().snapshots().unmount_container(id);
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {

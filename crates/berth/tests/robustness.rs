@@ -203,10 +203,16 @@ fn processes_of(b: &Berth, ids: &[String]) -> Vec<String> {
 /// Asserts that nothing of the given containers is left: no record, mount, cgroup or process.
 fn assert_nothing_left(b: &Berth, ids: &[String]) {
     assert_eq!(b.ok(&["ps", "-aq"]), "", "containers left in the store");
-    assert_eq!(
-        mounts_under(b.dir.path(), &b.runroot),
-        Vec::<String>::new(),
-        "mounts left"
+    // A `--rm` container's monitor unmounts its rootfs just after reporting the exit.
+    let mounts = poll_until(Duration::from_secs(10), || {
+        mounts_under(b.dir.path(), &b.runroot)
+            .is_empty()
+            .then_some(())
+    });
+    assert!(
+        mounts.is_some(),
+        "mounts left: {:?}",
+        mounts_under(b.dir.path(), &b.runroot)
     );
     // Cgroups go away with the last process in them, which the kernel may report a moment late.
     let cgroups = poll_until(Duration::from_secs(10), || {
