@@ -2,12 +2,11 @@
 //! Running containers are owned by their monitor processes; the engine starts them and talks to them
 //! through the store, signals and the monitor's lock.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_store::container::{ContainerRecord, MountPoint, Status};
@@ -17,6 +16,7 @@ use nix::unistd::Pid;
 
 use crate::error::{io_err, RuntimeError};
 use crate::options::{self, RunOptions};
+use crate::spawn::ChildFd;
 
 /// The file descriptor the monitor reports on (see [`MonitorEvent`]).
 pub const STATUS_FD: RawFd = 3;
@@ -515,57 +515,39 @@ impl Engine {
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
         let monitor = monitor_binary()?;
-        let mut cmd = Command::new(&monitor);
-        cmd.arg("--root")
-            .arg(self.store.root())
-            .arg("--runroot")
-            .arg(&self.runroot)
-            .arg(&record.id)
-            // The monitor outlives the caller's working directory, which may go away.
-            .current_dir("/");
-        match stdio {
-            StdioMode::Detached => {
-                cmd.stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null());
-            }
+        let keys_hex;
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("--root"),
+            self.store.root().as_os_str(),
+            OsStr::new("--runroot"),
+            self.runroot.as_os_str(),
+            OsStr::new(&record.id),
+        ];
+        let output;
+        let stdio = match &stdio {
+            StdioMode::Detached => [ChildFd::Null, ChildFd::Null, ChildFd::Null],
             StdioMode::Inherit(keys) => {
-                cmd.arg("--attached").arg(keys.to_hex());
-                if !record.config.open_stdin {
-                    cmd.stdin(Stdio::null());
-                }
+                keys_hex = keys.to_hex();
+                args.extend([OsStr::new("--attached"), OsStr::new(&keys_hex)]);
+                let input = if record.config.open_stdin {
+                    ChildFd::Inherit
+                } else {
+                    ChildFd::Null
+                };
+                [input, ChildFd::Inherit, ChildFd::Inherit]
             }
             StdioMode::Output(fd) => {
-                let copy = fd.try_clone().map_err(|e| io_err("dup output", e))?;
-                cmd.arg("--attached")
-                    .arg(crate::session::DetachKeys::default().to_hex())
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::from(fd))
-                    .stderr(Stdio::from(copy));
+                keys_hex = crate::session::DetachKeys::default().to_hex();
+                args.extend([OsStr::new("--attached"), OsStr::new(&keys_hex)]);
+                output = fd.as_fd();
+                [ChildFd::Null, ChildFd::Fd(output), ChildFd::Fd(output)]
             }
-        }
-        let status_fd = write_end.as_raw_fd();
-        // SAFETY: between fork and exec only async-signal-safe calls are made (setsid, dup2), and no
-        // memory is allocated; the closure captures a plain integer.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                if status_fd != STATUS_FD {
-                    nix::unistd::dup2(status_fd, STATUS_FD).map_err(std::io::Error::from)?;
-                } else {
-                    // dup2 onto itself keeps O_CLOEXEC; clear it so the monitor inherits the pipe.
-                    let flags = nix::fcntl::FdFlag::empty();
-                    nix::fcntl::fcntl(STATUS_FD, nix::fcntl::FcntlArg::F_SETFD(flags))
-                        .map_err(std::io::Error::from)?;
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|e| monitor_spawn_error(&monitor, e))?;
-        drop(write_end);
-        let monitor_pid = child.id() as i32;
+        };
         // The monitor outlives us; we never wait for it (it is reaped by init after we exit).
-        std::mem::forget(child);
+        let monitor_pid =
+            crate::spawn::spawn_session(&monitor, &args, stdio, write_end.as_fd(), STATUS_FD)
+                .map_err(|e| monitor_spawn_error(&monitor, e))?;
+        drop(write_end);
         let mut events = BufReader::new(File::from(read_end));
         let mut line = String::new();
         loop {

@@ -18,6 +18,7 @@ mod runroot;
 mod seccomp;
 pub mod session;
 pub mod signal;
+mod spawn;
 pub mod spec;
 pub mod user;
 

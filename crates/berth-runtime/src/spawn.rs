@@ -1,0 +1,198 @@
+//! Starting a monitor: `posix_spawn` into a session of its own.
+//!
+//! `posix_spawn` starts the child vfork-style: nothing of the caller is copied. A `fork` (what
+//! `std::process::Command` does once it needs code run in the child) copies the page tables of the
+//! whole CLI only for `exec` to throw them away, on the path of every `run`.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// What one of the child's fds 0-2 is.
+pub(crate) enum ChildFd<'a> {
+    /// The caller's own.
+    Inherit,
+    /// `/dev/null`.
+    Null,
+    /// This descriptor of the caller's.
+    Fd(BorrowedFd<'a>),
+}
+
+/// Starts `program` with `args` and the caller's environment: in a new session (terminal signals
+/// do not reach it, and it may read a terminal it does not control), in `/`, with `stdio` as fds
+/// 0-2 and `extra` as fd `extra_at`. Returns its PID; the caller never waits for it.
+pub(crate) fn spawn_session(
+    program: &Path,
+    args: &[&OsStr],
+    stdio: [ChildFd<'_>; 3],
+    extra: BorrowedFd<'_>,
+    extra_at: RawFd,
+) -> io::Result<i32> {
+    let program = c_string(program.as_os_str())?;
+    let args: Vec<CString> = args.iter().map(|a| c_string(a)).collect::<Result<_, _>>()?;
+    let env: Vec<CString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut pair = OsString::from(k);
+            pair.push("=");
+            pair.push(v);
+            c_string(&pair)
+        })
+        .collect::<Result<_, _>>()?;
+    let mut argv: Vec<*mut libc::c_char> = std::iter::once(&program)
+        .chain(&args)
+        .map(|a| a.as_ptr().cast_mut())
+        .collect();
+    argv.push(std::ptr::null_mut());
+    let mut envp: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
+    envp.push(std::ptr::null_mut());
+    // dup2 onto itself would leave close-on-exec set: move the extra descriptor out of the way.
+    let moved: Option<OwnedFd> = if extra.as_raw_fd() == extra_at {
+        Some(extra.try_clone_to_owned()?)
+    } else {
+        None
+    };
+    let extra = moved
+        .as_ref()
+        .map_or(extra.as_raw_fd(), |fd| fd.as_raw_fd());
+    let null = c"/dev/null";
+
+    let mut actions = FileActions::new()?;
+    for (target, fd) in stdio.iter().enumerate() {
+        match fd {
+            ChildFd::Inherit => {}
+            // SAFETY: `actions` is initialised; the path is a NUL-terminated string that outlives it.
+            ChildFd::Null => check(unsafe {
+                libc::posix_spawn_file_actions_addopen(
+                    actions.as_mut_ptr(),
+                    target as libc::c_int,
+                    null.as_ptr(),
+                    libc::O_RDWR,
+                    0,
+                )
+            })?,
+            // SAFETY: `actions` is initialised; the descriptor is open (borrowed for this call).
+            ChildFd::Fd(fd) => check(unsafe {
+                libc::posix_spawn_file_actions_adddup2(
+                    actions.as_mut_ptr(),
+                    fd.as_raw_fd(),
+                    target as libc::c_int,
+                )
+            })?,
+        }
+    }
+    // SAFETY: `actions` is initialised; `extra` is open until posix_spawn returns.
+    check(unsafe {
+        libc::posix_spawn_file_actions_adddup2(actions.as_mut_ptr(), extra, extra_at)
+    })?;
+    // SAFETY: `actions` is initialised; "/" is a NUL-terminated static string.
+    check(unsafe {
+        libc::posix_spawn_file_actions_addchdir_np(actions.as_mut_ptr(), c"/".as_ptr())
+    })?;
+
+    let mut attr = SpawnAttr::new()?;
+    // The child starts with no signal blocked and SIGPIPE at its default (ignored here), as
+    // `std::process::Command` starts children.
+    let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
+    let mut pipe_only = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset/sigaddset initialise the sets they are given; `attr` is initialised.
+    unsafe {
+        libc::sigemptyset(empty.as_mut_ptr());
+        libc::sigemptyset(pipe_only.as_mut_ptr());
+        libc::sigaddset(pipe_only.as_mut_ptr(), libc::SIGPIPE);
+        check(libc::posix_spawnattr_setsigmask(
+            attr.as_mut_ptr(),
+            empty.as_ptr(),
+        ))?;
+        check(libc::posix_spawnattr_setsigdefault(
+            attr.as_mut_ptr(),
+            pipe_only.as_ptr(),
+        ))?;
+        let flags = libc::POSIX_SPAWN_SETSID
+            | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short
+            | libc::POSIX_SPAWN_SETSIGDEF as libc::c_short;
+        check(libc::posix_spawnattr_setflags(attr.as_mut_ptr(), flags))?;
+    }
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: every pointer is valid for the call: the program path, argv and envp are
+    // NUL-terminated strings in NULL-terminated arrays that outlive it; `actions` and `attr` are
+    // initialised. The child only runs the file actions and exec.
+    check(unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            program.as_ptr(),
+            actions.as_mut_ptr(),
+            attr.as_mut_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+        )
+    })?;
+    drop(moved);
+    Ok(pid)
+}
+
+fn c_string(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in argument"))
+}
+
+/// posix_spawn's functions return the error number instead of setting errno.
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// An initialised `posix_spawn_file_actions_t`, destroyed on drop.
+struct FileActions(Box<MaybeUninit<libc::posix_spawn_file_actions_t>>);
+
+impl FileActions {
+    fn new() -> io::Result<Self> {
+        let mut actions = Box::new(MaybeUninit::uninit());
+        // SAFETY: init writes a fresh object into the (heap, so never moved) storage.
+        check(unsafe { libc::posix_spawn_file_actions_init(actions.as_mut_ptr()) })?;
+        Ok(Self(actions))
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut libc::posix_spawn_file_actions_t {
+        self.0.as_mut_ptr()
+    }
+}
+
+impl Drop for FileActions {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`, destroyed once.
+        unsafe {
+            libc::posix_spawn_file_actions_destroy(self.0.as_mut_ptr());
+        }
+    }
+}
+
+/// An initialised `posix_spawnattr_t`, destroyed on drop.
+struct SpawnAttr(Box<MaybeUninit<libc::posix_spawnattr_t>>);
+
+impl SpawnAttr {
+    fn new() -> io::Result<Self> {
+        let mut attr = Box::new(MaybeUninit::uninit());
+        // SAFETY: init writes a fresh object into the (heap, so never moved) storage.
+        check(unsafe { libc::posix_spawnattr_init(attr.as_mut_ptr()) })?;
+        Ok(Self(attr))
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut libc::posix_spawnattr_t {
+        self.0.as_mut_ptr()
+    }
+}
+
+impl Drop for SpawnAttr {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`, destroyed once.
+        unsafe {
+            libc::posix_spawnattr_destroy(self.0.as_mut_ptr());
+        }
+    }
+}
