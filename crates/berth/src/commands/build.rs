@@ -15,7 +15,7 @@ use clap::Args;
 
 use super::registry::{ensure_image, PullPolicy};
 
-/// `build` flags.
+// `build` flags.
 #[derive(Args)]
 pub struct BuildArgs {
     /// Name of the Dockerfile (default: 'PATH/Dockerfile'); - reads it from stdin
@@ -596,7 +596,7 @@ pub fn builder_command(engine: &Engine, command: BuilderCommand) -> anyhow::Resu
     }
 }
 
-/// `builder prune` flags.
+// `builder prune` flags.
 #[derive(Args)]
 pub struct BuilderPruneArgs {
     /// Remove all unused build cache, not just dangling ones

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::Failed;
 use crate::format::{human_duration, human_size, print_rows, seconds_since};
 
-/// Flags shared by `create` and `run`.
+// Flags shared by `create` and `run`.
 #[derive(Args, Clone)]
 pub struct CreateArgs {
     /// Print help (-h is --hostname, as in Docker)
@@ -256,7 +256,7 @@ impl CreateArgs {
     }
 }
 
-/// `run` flags: create's plus detach and signal proxying.
+// `run` flags: create's plus detach and signal proxying.
 #[derive(Args)]
 pub struct RunArgs {
     /// Run container in background and print container ID
@@ -272,7 +272,7 @@ pub struct RunArgs {
     create: CreateArgs,
 }
 
-/// `start` flags.
+// `start` flags.
 #[derive(Args)]
 pub struct StartArgs {
     /// Attach STDOUT/STDERR and forward signals
@@ -289,7 +289,7 @@ pub struct StartArgs {
     containers: Vec<String>,
 }
 
-/// `stop` and `restart` flags.
+// `stop` and `restart` flags.
 #[derive(Args)]
 pub struct StopArgs {
     /// Seconds to wait before killing the container
@@ -303,7 +303,7 @@ pub struct StopArgs {
     containers: Vec<String>,
 }
 
-/// `kill` flags.
+// `kill` flags.
 #[derive(Args)]
 pub struct KillArgs {
     /// Signal to send to the container
@@ -314,7 +314,7 @@ pub struct KillArgs {
     containers: Vec<String>,
 }
 
-/// `rm` flags.
+// `rm` flags.
 #[derive(Args)]
 pub struct RmArgs {
     /// Force the removal of a running container (uses SIGKILL)
@@ -328,7 +328,7 @@ pub struct RmArgs {
     containers: Vec<String>,
 }
 
-/// Commands that take only container names.
+// Commands that take only container names.
 #[derive(Args)]
 pub struct NamesArgs {
     /// Containers
@@ -336,7 +336,7 @@ pub struct NamesArgs {
     containers: Vec<String>,
 }
 
-/// `ps` flags.
+// `ps` flags.
 #[derive(Args)]
 pub struct PsArgs {
     /// Show all containers (default shows just running)
@@ -365,7 +365,7 @@ pub struct PsArgs {
     no_trunc: bool,
 }
 
-/// `logs` flags.
+// `logs` flags.
 #[derive(Args)]
 pub struct LogsArgs {
     /// Follow log output
@@ -387,7 +387,7 @@ pub struct LogsArgs {
     container: String,
 }
 
-/// `inspect` flags.
+// `inspect` flags.
 #[derive(Args)]
 pub struct InspectArgs {
     /// Format output using a Go template
@@ -404,7 +404,7 @@ pub struct InspectArgs {
     names: Vec<String>,
 }
 
-/// `rename` arguments.
+// `rename` arguments.
 #[derive(Args)]
 pub struct RenameArgs {
     /// Container
@@ -413,7 +413,7 @@ pub struct RenameArgs {
     new_name: String,
 }
 
-/// `stats` flags.
+// `stats` flags.
 #[derive(Args)]
 pub struct StatsArgs {
     /// Show all containers (default shows just running)
@@ -432,7 +432,7 @@ pub struct StatsArgs {
     containers: Vec<String>,
 }
 
-/// `top` arguments.
+// `top` arguments.
 #[derive(Args)]
 pub struct TopArgs {
     /// Container
@@ -442,7 +442,7 @@ pub struct TopArgs {
     ps_args: Vec<String>,
 }
 
-/// `port` arguments.
+// `port` arguments.
 #[derive(Args)]
 pub struct PortArgs {
     /// Container
@@ -451,7 +451,7 @@ pub struct PortArgs {
     port: Option<String>,
 }
 
-/// `attach` flags.
+// `attach` flags.
 #[derive(Args)]
 pub struct AttachArgs {
     /// Do not attach STDIN
@@ -467,7 +467,7 @@ pub struct AttachArgs {
     container: String,
 }
 
-/// `exec` flags.
+// `exec` flags.
 #[derive(Args)]
 pub struct ExecArgs {
     /// Detached mode: run command in the background
@@ -506,6 +506,7 @@ pub struct ExecArgs {
 
 /// `container` subcommands.
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum ContainerCommand {
     /// List containers
     #[command(alias = "ps", name = "ls")]
@@ -552,7 +553,7 @@ pub enum ContainerCommand {
     Port(PortArgs),
 }
 
-/// `container prune` flags.
+// `container prune` flags.
 #[derive(Args)]
 pub struct PruneArgs {
     /// Do not prompt for confirmation

@@ -13,7 +13,7 @@ use clap::Args;
 
 use super::{archive_stdout, write_atomically};
 
-/// `cp` flags.
+// `cp` flags.
 #[derive(Args)]
 pub struct CpArgs {
     /// Archive mode (copy all uid/gid information)
@@ -31,7 +31,7 @@ pub struct CpArgs {
     destination: String,
 }
 
-/// `export` flags.
+// `export` flags.
 #[derive(Args)]
 pub struct ExportArgs {
     /// Write to a file, instead of STDOUT
@@ -41,14 +41,14 @@ pub struct ExportArgs {
     container: String,
 }
 
-/// `diff` arguments.
+// `diff` arguments.
 #[derive(Args)]
 pub struct DiffArgs {
     /// Container
     container: String,
 }
 
-/// `commit` flags.
+// `commit` flags.
 #[derive(Args)]
 pub struct CommitArgs {
     /// Author (e.g., "John Hannibal Smith <hannibal@a-team.com>")

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::{archive_stdout, write_atomically};
 use crate::format::{human_duration, human_size, print_rows};
 
-/// `images` flags.
+// `images` flags.
 #[derive(Args)]
 pub struct ImagesArgs {
     /// Show all images (default hides intermediate images)
@@ -40,7 +40,7 @@ pub struct ImagesArgs {
     repository: Option<String>,
 }
 
-/// `import` flags.
+// `import` flags.
 #[derive(Args)]
 pub struct ImportArgs {
     /// Apply Dockerfile instruction to the created image
@@ -58,7 +58,7 @@ pub struct ImportArgs {
     reference: Option<String>,
 }
 
-/// `save` flags.
+// `save` flags.
 #[derive(Args)]
 pub struct SaveArgs {
     /// Write to a file, instead of STDOUT
@@ -69,7 +69,7 @@ pub struct SaveArgs {
     images: Vec<String>,
 }
 
-/// `load` flags.
+// `load` flags.
 #[derive(Args)]
 pub struct LoadArgs {
     /// Read from tar archive file, instead of STDIN
@@ -80,7 +80,7 @@ pub struct LoadArgs {
     quiet: bool,
 }
 
-/// `tag` arguments.
+// `tag` arguments.
 #[derive(Args)]
 pub struct TagArgs {
     /// Source image
@@ -89,7 +89,7 @@ pub struct TagArgs {
     target: String,
 }
 
-/// `rmi` flags.
+// `rmi` flags.
 #[derive(Args)]
 pub struct RmiArgs {
     /// Force removal of the image
@@ -103,7 +103,7 @@ pub struct RmiArgs {
     images: Vec<String>,
 }
 
-/// `history` flags.
+// `history` flags.
 #[derive(Args)]
 pub struct HistoryArgs {
     /// Print sizes and dates in human readable format
@@ -122,7 +122,7 @@ pub struct HistoryArgs {
     image: String,
 }
 
-/// `image inspect` flags.
+// `image inspect` flags.
 #[derive(Args)]
 pub struct ImageInspectArgs {
     /// Format output using a Go template
@@ -133,7 +133,7 @@ pub struct ImageInspectArgs {
     images: Vec<String>,
 }
 
-/// `image prune` flags.
+// `image prune` flags.
 #[derive(Args)]
 pub struct ImagePruneArgs {
     /// Remove all unused images, not just dangling ones
@@ -149,6 +149,7 @@ pub struct ImagePruneArgs {
 
 /// `image` subcommands.
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum ImageCommand {
     /// List images
     #[command(name = "ls", alias = "list")]

@@ -10,6 +10,7 @@ use crate::format::{print_documents, print_rows};
 
 /// `network` subcommands.
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum NetworkCommand {
     /// Create a network
     Create(CreateArgs),
@@ -32,7 +33,7 @@ pub enum NetworkCommand {
     Reset,
 }
 
-/// `network create` flags.
+// `network create` flags.
 #[derive(Args)]
 pub struct CreateArgs {
     /// Driver to manage the Network
@@ -57,7 +58,7 @@ pub struct CreateArgs {
     name: String,
 }
 
-/// `network connect` flags.
+// `network connect` flags.
 #[derive(Args)]
 pub struct ConnectArgs {
     /// Add network-scoped alias for the container
@@ -72,7 +73,7 @@ pub struct ConnectArgs {
     container: String,
 }
 
-/// `network disconnect` flags.
+// `network disconnect` flags.
 #[derive(Args)]
 pub struct DisconnectArgs {
     /// Force the container to disconnect from a network
@@ -84,7 +85,7 @@ pub struct DisconnectArgs {
     container: String,
 }
 
-/// `network rm` arguments.
+// `network rm` arguments.
 #[derive(Args)]
 pub struct RmArgs {
     /// Networks
@@ -92,7 +93,7 @@ pub struct RmArgs {
     networks: Vec<String>,
 }
 
-/// `network prune` flags.
+// `network prune` flags.
 #[derive(Args)]
 pub struct PruneArgs {
     /// Do not prompt for confirmation
@@ -100,7 +101,7 @@ pub struct PruneArgs {
     force: bool,
 }
 
-/// `network ls` flags.
+// `network ls` flags.
 #[derive(Args)]
 pub struct LsArgs {
     /// Only display network IDs
@@ -114,7 +115,7 @@ pub struct LsArgs {
     no_trunc: bool,
 }
 
-/// `network inspect` flags.
+// `network inspect` flags.
 #[derive(Args)]
 pub struct InspectArgs {
     /// Format output using a Go template

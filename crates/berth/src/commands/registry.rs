@@ -13,7 +13,7 @@ use clap::Args;
 
 use crate::format::human_size;
 
-/// `pull` flags.
+// `pull` flags.
 #[derive(Args)]
 pub struct PullArgs {
     /// Download all tagged images in the repository
@@ -32,7 +32,7 @@ pub struct PullArgs {
     image: String,
 }
 
-/// `push` flags.
+// `push` flags.
 #[derive(Args)]
 pub struct PushArgs {
     /// Push all tags of an image to the repository
@@ -48,7 +48,7 @@ pub struct PushArgs {
     image: String,
 }
 
-/// `login` flags.
+// `login` flags.
 #[derive(Args)]
 pub struct LoginArgs {
     /// Username
@@ -71,7 +71,7 @@ pub enum ManifestCommand {
     Inspect(ManifestInspectArgs),
 }
 
-/// `manifest inspect` flags.
+// `manifest inspect` flags.
 #[derive(Args)]
 pub struct ManifestInspectArgs {
     /// Allow communication with an insecure registry (plain HTTP is used for loopback registries anyway)
@@ -84,7 +84,7 @@ pub struct ManifestInspectArgs {
     image: String,
 }
 
-/// `search` flags.
+// `search` flags.
 #[derive(Args)]
 pub struct SearchArgs {
     /// Max number of search results
@@ -100,7 +100,7 @@ pub struct SearchArgs {
     term: String,
 }
 
-/// `logout` arguments.
+// `logout` arguments.
 #[derive(Args)]
 pub struct LogoutArgs {
     /// Registry server (default: Docker Hub)

@@ -8,6 +8,7 @@ use crate::format::{human_size, print_table};
 
 /// `system` subcommands.
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum SystemCommand {
     /// Show disk usage
     Df,
@@ -17,7 +18,7 @@ pub enum SystemCommand {
     Prune(PruneArgs),
 }
 
-/// `system prune` flags.
+// `system prune` flags.
 #[derive(Args)]
 pub struct PruneArgs {
     /// Remove all unused images not just dangling ones

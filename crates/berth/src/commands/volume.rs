@@ -11,6 +11,7 @@ use crate::format::{human_size, print_rows};
 
 /// `volume` subcommands.
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum VolumeCommand {
     /// Create a volume
     Create(CreateArgs),
@@ -25,7 +26,7 @@ pub enum VolumeCommand {
     Prune(PruneArgs),
 }
 
-/// `volume create` flags.
+// `volume create` flags.
 #[derive(Args)]
 pub struct CreateArgs {
     /// Specify volume driver name (local)
@@ -38,7 +39,7 @@ pub struct CreateArgs {
     name: Option<String>,
 }
 
-/// `volume ls` flags.
+// `volume ls` flags.
 #[derive(Args)]
 pub struct LsArgs {
     /// Only display volume names
@@ -52,7 +53,7 @@ pub struct LsArgs {
     filter: Vec<String>,
 }
 
-/// `volume inspect` flags.
+// `volume inspect` flags.
 #[derive(Args)]
 pub struct InspectArgs {
     /// Format output using a Go template
@@ -63,7 +64,7 @@ pub struct InspectArgs {
     names: Vec<String>,
 }
 
-/// `volume rm` flags.
+// `volume rm` flags.
 #[derive(Args)]
 pub struct RmArgs {
     /// Force the removal of one or more volumes
@@ -74,7 +75,7 @@ pub struct RmArgs {
     names: Vec<String>,
 }
 
-/// `volume prune` flags.
+// `volume prune` flags.
 #[derive(Args)]
 pub struct PruneArgs {
     /// Remove all unused volumes, not just anonymous ones
