@@ -4,7 +4,7 @@
 //! `std::process::Command` does once it needs code run in the child) copies the page tables of the
 //! whole CLI only for `exec` to throw them away, on the path of every `run`.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -35,7 +35,7 @@ pub(crate) fn spawn_session(
     let args: Vec<CString> = args.iter().map(|a| c_string(a)).collect::<Result<_, _>>()?;
     let env: Vec<CString> = std::env::vars_os()
         .map(|(k, v)| {
-            let mut pair = OsString::from(k);
+            let mut pair = k;
             pair.push("=");
             pair.push(v);
             c_string(&pair)

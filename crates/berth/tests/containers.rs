@@ -180,7 +180,7 @@ fn run_rm_frees_the_name_at_once_and_deletes_the_files_after() {
     };
     let left = || {
         ["trash", "containers", "snapshots/containers"]
-            .map(|dir| leftovers(dir))
+            .map(&leftovers)
             .iter()
             .sum::<usize>()
             > 0
