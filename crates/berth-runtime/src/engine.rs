@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,6 +20,10 @@ use crate::spawn::ChildFd;
 
 /// The file descriptor the monitor reports on (see [`MonitorEvent`]).
 pub const STATUS_FD: RawFd = 3;
+
+/// The file descriptor on which a monitor started before its container's record is written (`run`)
+/// waits to hear that it is: one byte, or the end of the pipe when the container was not created.
+pub const RECORD_FD: RawFd = 4;
 
 /// An open engine: the store plus the run directory.
 pub struct Engine {
@@ -122,6 +126,21 @@ pub struct Started {
     pub control: Option<File>,
 }
 
+/// A monitor just spawned: its PID and the pipe it reports on.
+struct SpawnedMonitor {
+    pid: i32,
+    events: BufReader<File>,
+}
+
+/// A fresh container ID: 64 random hex digits.
+fn new_container_id() -> String {
+    format!(
+        "{}{}",
+        berth_store::random_hex(16),
+        berth_store::random_hex(16)
+    )
+}
+
 impl Engine {
     /// Opens the store at `root` and the run directory at `runroot`.
     pub fn open(root: &Path, runroot: &Path) -> Result<Self, RuntimeError> {
@@ -158,12 +177,15 @@ impl Engine {
 
     /// Creates a container (record, snapshot, volumes, hosts files) without starting it.
     pub fn create(&self, options: &RunOptions) -> Result<ContainerRecord, RuntimeError> {
+        self.create_with_id(options, new_container_id())
+    }
+
+    fn create_with_id(
+        &self,
+        options: &RunOptions,
+        id: String,
+    ) -> Result<ContainerRecord, RuntimeError> {
         let image = self.store.image(&options.image)?;
-        let id = format!(
-            "{}{}",
-            berth_store::random_hex(16),
-            berth_store::random_hex(16)
-        );
         let explicit_name = options.name.is_some();
         let mut name = options
             .name
@@ -511,6 +533,50 @@ impl Engine {
                 })?
                 .map_err(|_| RuntimeError::Io("update".into()))?;
         }
+        let monitor = self.spawn_monitor(&record.id, &stdio, record.config.open_stdin, None)?;
+        Self::await_started(monitor)
+    }
+
+    /// Creates a container and starts it, as `run` does. The monitor is spawned before the container
+    /// is created and opens the store while the container's record is written (it waits on
+    /// [`RECORD_FD`] until then): its start-up is off the caller's path. A container whose monitor
+    /// never came up is removed again when it was to be removed on exit.
+    pub fn run(
+        &self,
+        options: &RunOptions,
+        stdio: StdioMode,
+    ) -> Result<(ContainerRecord, Started), RuntimeError> {
+        let id = new_container_id();
+        let (record_read, record_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
+        let monitor =
+            self.spawn_monitor(&id, &stdio, options.interactive, Some(record_read.as_fd()))?;
+        drop(record_read);
+        // An error drops the pipe unwritten: the monitor leaves without a word.
+        let record = self.create_with_id(options, id)?;
+        File::from(record_write)
+            .write_all(b"1")
+            .map_err(|e| io_err("tell the monitor", e))?;
+        match Self::await_started(monitor) {
+            Ok(started) => Ok((record, started)),
+            Err(e) => {
+                if record.host_config.auto_remove {
+                    let _ = self.remove(&record.id, true, true);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Spawns the monitor of container `id` with the caller's stdio as `stdio` says; `record` is the
+    /// pipe it waits on before it reads the container's record (see [`Engine::run`]).
+    fn spawn_monitor(
+        &self,
+        id: &str,
+        stdio: &StdioMode,
+        open_stdin: bool,
+        record: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<SpawnedMonitor, RuntimeError> {
         crate::runroot::prepare(&self.runroot).map_err(|e| io_err(self.runroot.display(), e))?;
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
@@ -521,15 +587,18 @@ impl Engine {
             self.store.root().as_os_str(),
             OsStr::new("--runroot"),
             self.runroot.as_os_str(),
-            OsStr::new(&record.id),
         ];
+        if record.is_some() {
+            args.push(OsStr::new("--await-record"));
+        }
+        args.push(OsStr::new(id));
         let output;
-        let stdio = match &stdio {
+        let stdio = match stdio {
             StdioMode::Detached => [ChildFd::Null, ChildFd::Null, ChildFd::Null],
             StdioMode::Inherit(keys) => {
                 keys_hex = keys.to_hex();
                 args.extend([OsStr::new("--attached"), OsStr::new(&keys_hex)]);
-                let input = if record.config.open_stdin {
+                let input = if open_stdin {
                     ChildFd::Inherit
                 } else {
                     ChildFd::Null
@@ -543,12 +612,27 @@ impl Engine {
                 [ChildFd::Null, ChildFd::Fd(output), ChildFd::Fd(output)]
             }
         };
+        let mut passed = vec![(write_end.as_fd(), STATUS_FD)];
+        if let Some(fd) = record {
+            passed.push((fd, RECORD_FD));
+        }
         // The monitor outlives us; we never wait for it (it is reaped by init after we exit).
-        let monitor_pid =
-            crate::spawn::spawn_session(&monitor, &args, stdio, write_end.as_fd(), STATUS_FD)
-                .map_err(|e| monitor_spawn_error(&monitor, e))?;
+        let pid = crate::spawn::spawn_session(&monitor, &args, stdio, &passed)
+            .map_err(|e| monitor_spawn_error(&monitor, e))?;
+        drop(passed);
         drop(write_end);
-        let mut events = BufReader::new(File::from(read_end));
+        Ok(SpawnedMonitor {
+            pid,
+            events: BufReader::new(File::from(read_end)),
+        })
+    }
+
+    /// Waits until a spawned monitor has started its container (or failed to).
+    fn await_started(monitor: SpawnedMonitor) -> Result<Started, RuntimeError> {
+        let SpawnedMonitor {
+            pid: monitor_pid,
+            mut events,
+        } = monitor;
         let mut line = String::new();
         loop {
             line.clear();

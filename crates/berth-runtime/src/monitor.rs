@@ -4,7 +4,7 @@
 //! restart policy and `--rm`. Single-threaded and without an async runtime, because libcontainer forks.
 
 use std::fs::{self, File};
-use std::io::{self, IoSliceMut, Write};
+use std::io::{self, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::attach::Attachment;
-use crate::engine::{Engine, MonitorEvent, STATUS_FD};
+use crate::engine::{Engine, MonitorEvent, RECORD_FD, STATUS_FD};
 use crate::error::{io_err, RuntimeError};
 use crate::logs::{JsonLogWriter, Stream};
 use crate::session::{copy_window_size, DetachKeys};
@@ -79,7 +79,15 @@ struct Outcome {
 
 /// Runs the monitor for container `id` until the container is finally stopped; returns the process exit code.
 /// `attached`: the starter's stdio (fds 0-2) is the container's until it detaches with these keys.
-pub fn run(root: &Path, runroot: &Path, id: &str, attached: Option<DetachKeys>) -> i32 {
+/// `await_record`: started by `run` before the container's record was written; it waits on
+/// [`RECORD_FD`] to hear that it is, and leaves without a word if it never is.
+pub fn run(
+    root: &Path,
+    runroot: &Path,
+    id: &str,
+    attached: Option<DetachKeys>,
+    await_record: bool,
+) -> i32 {
     // Blocks of 64 KiB and more (the stdio and log buffers) get mappings of their own, whose pages are
     // only resident once written and go back to the kernel when freed. glibc's default threshold rises
     // to the largest block freed, which creating the container pushes up: those buffers would then sit
@@ -97,6 +105,9 @@ pub fn run(root: &Path, runroot: &Path, id: &str, attached: Option<DetachKeys>) 
             return 125;
         }
     };
+    if await_record && !record_written() {
+        return 0;
+    }
     let code = match supervise(&engine, id, attached, &mut status) {
         Ok(code) => {
             status.finish(&MonitorEvent::Exited(code));
@@ -119,6 +130,25 @@ pub fn run(root: &Path, runroot: &Path, id: &str, attached: Option<DetachKeys>) 
     drop(status);
     engine.store().empty_trash();
     code
+}
+
+/// Waits on [`RECORD_FD`] until the starter says the container's record is written (one byte) or
+/// goes away without a word (the container was not created).
+fn record_written() -> bool {
+    if nix::fcntl::fcntl(RECORD_FD, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        return false;
+    }
+    // SAFETY: the descriptor is open (checked above) and was passed to this process to own; it is
+    // read once and closed here.
+    let pipe = unsafe { File::from_raw_fd(RECORD_FD) };
+    let mut byte = [0u8; 1];
+    loop {
+        match (&pipe).read(&mut byte) {
+            Ok(n) => return n == 1,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
 }
 
 fn supervise(

@@ -7,9 +7,12 @@
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+/// Descriptors below this may be targets of the child's set-up (stdio, the status and record pipes).
+const LOW_FDS: RawFd = 10;
 
 /// What one of the child's fds 0-2 is.
 pub(crate) enum ChildFd<'a> {
@@ -23,13 +26,12 @@ pub(crate) enum ChildFd<'a> {
 
 /// Starts `program` with `args` and the caller's environment: in a new session (terminal signals
 /// do not reach it, and it may read a terminal it does not control), in `/`, with `stdio` as fds
-/// 0-2 and `extra` as fd `extra_at`. Returns its PID; the caller never waits for it.
+/// 0-2 and each of `passed` at its number. Returns its PID; the caller never waits for it.
 pub(crate) fn spawn_session(
     program: &Path,
     args: &[&OsStr],
     stdio: [ChildFd<'_>; 3],
-    extra: BorrowedFd<'_>,
-    extra_at: RawFd,
+    passed: &[(BorrowedFd<'_>, RawFd)],
 ) -> io::Result<i32> {
     let program = c_string(program.as_os_str())?;
     let args: Vec<CString> = args.iter().map(|a| c_string(a)).collect::<Result<_, _>>()?;
@@ -48,23 +50,42 @@ pub(crate) fn spawn_session(
     argv.push(std::ptr::null_mut());
     let mut envp: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
     envp.push(std::ptr::null_mut());
-    // dup2 onto itself would leave close-on-exec set: move the extra descriptor out of the way.
-    let moved: Option<OwnedFd> = if extra.as_raw_fd() == extra_at {
-        Some(extra.try_clone_to_owned()?)
-    } else {
-        None
-    };
-    let extra = moved
-        .as_ref()
-        .map_or(extra.as_raw_fd(), |fd| fd.as_raw_fd());
+    // The child's descriptors are set up by dup2 one after the other: a source among the low numbers
+    // could be overwritten by an earlier dup2 (or be dup2'd onto itself, which keeps close-on-exec),
+    // so those are copied out of the way first.
+    let mut moved: Vec<OwnedFd> = Vec::new();
+    let mut dups: Vec<(RawFd, RawFd)> = Vec::new();
+    let sources = stdio
+        .iter()
+        .enumerate()
+        .filter_map(|(target, fd)| match fd {
+            ChildFd::Fd(fd) => Some((*fd, target as RawFd)),
+            _ => None,
+        })
+        .chain(passed.iter().copied());
+    for (fd, target) in sources {
+        let raw = if fd.as_raw_fd() < LOW_FDS {
+            let copy = fd.try_clone_to_owned()?;
+            let high = nix::fcntl::fcntl(
+                copy.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(LOW_FDS),
+            )?;
+            drop(copy);
+            // SAFETY: F_DUPFD_CLOEXEC just returned this fresh descriptor; we are its only owner.
+            moved.push(unsafe { OwnedFd::from_raw_fd(high) });
+            high
+        } else {
+            fd.as_raw_fd()
+        };
+        dups.push((raw, target));
+    }
     let null = c"/dev/null";
 
     let mut actions = FileActions::new()?;
     for (target, fd) in stdio.iter().enumerate() {
-        match fd {
-            ChildFd::Inherit => {}
+        if let ChildFd::Null = fd {
             // SAFETY: `actions` is initialised; the path is a NUL-terminated string that outlives it.
-            ChildFd::Null => check(unsafe {
+            check(unsafe {
                 libc::posix_spawn_file_actions_addopen(
                     actions.as_mut_ptr(),
                     target as libc::c_int,
@@ -72,21 +93,15 @@ pub(crate) fn spawn_session(
                     libc::O_RDWR,
                     0,
                 )
-            })?,
-            // SAFETY: `actions` is initialised; the descriptor is open (borrowed for this call).
-            ChildFd::Fd(fd) => check(unsafe {
-                libc::posix_spawn_file_actions_adddup2(
-                    actions.as_mut_ptr(),
-                    fd.as_raw_fd(),
-                    target as libc::c_int,
-                )
-            })?,
+            })?;
         }
     }
-    // SAFETY: `actions` is initialised; `extra` is open until posix_spawn returns.
-    check(unsafe {
-        libc::posix_spawn_file_actions_adddup2(actions.as_mut_ptr(), extra, extra_at)
-    })?;
+    for (source, target) in dups {
+        // SAFETY: `actions` is initialised; the source is open until posix_spawn returns.
+        check(unsafe {
+            libc::posix_spawn_file_actions_adddup2(actions.as_mut_ptr(), source, target)
+        })?;
+    }
     // SAFETY: `actions` is initialised; "/" is a NUL-terminated static string.
     check(unsafe {
         libc::posix_spawn_file_actions_addchdir_np(actions.as_mut_ptr(), c"/".as_ptr())

@@ -92,6 +92,28 @@ fn name_conflicts_are_refused() {
     );
     let out = b.run(&["create", "--name", "bad/name", "busybox", "true"]);
     assert_eq!(out.status.code(), Some(125));
+    // `run` spawns the monitor before it creates the container: a create that fails sends that
+    // monitor away without a container.
+    let out = b.run(&["run", "--name", "twin", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("is already in use"));
+    let monitors = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                cmdline.contains("berth-monitor") && cmdline.contains(b.root.to_str().unwrap())
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while monitors() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(monitors(), 0, "a monitor outlived the failed run");
+    assert_eq!(b.ok(&["ps", "-aq"]).lines().count(), 1);
 }
 
 #[test]

@@ -33,6 +33,8 @@ enum Job {
     Monitor {
         id: String,
         attached: Option<DetachKeys>,
+        /// Started before the container's record was written: wait to hear that it is.
+        await_record: bool,
     },
     /// A network's DNS.
     DnsServer { network: String },
@@ -40,6 +42,7 @@ enum Job {
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut root, mut runroot, mut id, mut attached, mut network) = (None, None, None, None, None);
+    let mut await_record = false;
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
         match arg.as_str() {
@@ -47,14 +50,19 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--runroot" => runroot = Some(PathBuf::from(value("--runroot")?)),
             "--attached" => attached = Some(DetachKeys::from_hex(&value("--attached")?)),
             "--dns-server" => network = Some(value("--dns-server")?),
+            "--await-record" => await_record = true,
             flag if flag.starts_with('-') => return Err(format!("unknown flag {flag}")),
             _ if id.is_some() => return Err(format!("unexpected argument {arg}")),
             _ => id = Some(arg),
         }
     }
     let job = match (network, id) {
-        (Some(network), None) if attached.is_none() => Job::DnsServer { network },
-        (None, Some(id)) => Job::Monitor { id, attached },
+        (Some(network), None) if attached.is_none() && !await_record => Job::DnsServer { network },
+        (None, Some(id)) => Job::Monitor {
+            id,
+            attached,
+            await_record,
+        },
         (None, None) => return Err("a container ID is required".into()),
         _ => return Err("--dns-server takes no container".into()),
     };
@@ -90,9 +98,13 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    let (id, attached) = match args.job {
+    let (id, attached, await_record) = match args.job {
         Job::DnsServer { network } => return ExitCode::from(dns_server(&args.root, &network)),
-        Job::Monitor { id, attached } => (id, attached),
+        Job::Monitor {
+            id,
+            attached,
+            await_record,
+        } => (id, attached, await_record),
     };
     // BERTH_DEBUG=1 makes the monitor log libcontainer's steps to <runroot>/containers/<id>/monitor.log.
     if std::env::var_os("BERTH_DEBUG").is_some() {
@@ -106,7 +118,7 @@ fn main() -> ExitCode {
                 .try_init();
         }
     }
-    let code = berth_runtime::monitor::run(&args.root, &args.runroot, &id, attached);
+    let code = berth_runtime::monitor::run(&args.root, &args.runroot, &id, attached, await_record);
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
@@ -126,14 +138,18 @@ mod tests {
             a.job,
             Job::Monitor {
                 id: "abc".into(),
-                attached: Some(DetachKeys::from_hex("0102"))
+                attached: Some(DetachKeys::from_hex("0102")),
+                await_record: false,
             }
         );
         assert_eq!(
-            args("--root /r --runroot /rr abc").unwrap().job,
+            args("--root /r --runroot /rr abc --await-record")
+                .unwrap()
+                .job,
             Job::Monitor {
                 id: "abc".into(),
-                attached: None
+                attached: None,
+                await_record: true,
             }
         );
         assert_eq!(

@@ -621,22 +621,12 @@ pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
         args.create.pull,
         platform.as_ref(),
     )?;
-    let record = engine.create(&options)?;
     let stdio = if attach {
         StdioMode::Inherit(keys)
     } else {
         StdioMode::Detached
     };
-    let started = match engine.start(&record.id, stdio) {
-        Ok(started) => started,
-        Err(e) => {
-            // No monitor came up to honour --rm: the container it would have removed goes now.
-            if record.host_config.auto_remove {
-                let _ = engine.remove(&record.id, true, true);
-            }
-            return Err(e.into());
-        }
-    };
+    let (record, started) = engine.run(&options, stdio)?;
     if args.detach {
         println!("{}", record.id);
         return Ok(0);
