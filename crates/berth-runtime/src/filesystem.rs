@@ -82,9 +82,10 @@ impl Drop for ContainerRoot<'_> {
     }
 }
 
-/// Mount points the runtime creates in a container's upper dir for its own mounts (/dev, /proc, /sys
-/// and the bind-mounted /etc files): not the container's changes, so `diff` hides them and `commit`
-/// leaves the /etc files out of the layer (Docker keeps them in a hidden init layer).
+/// Mount points of the runtime's own mounts (/dev, /proc, /sys and the bind-mounted /etc files): not
+/// the container's changes, so `diff` hides them and `commit` leaves the /etc files out of the layer.
+/// The store's init layer provides them under every container now; containers started before it
+/// existed have them in their upper dir.
 const RUNTIME_MOUNT_POINTS: [&str; 6] = [
     "dev",
     "proc",

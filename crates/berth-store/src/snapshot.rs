@@ -1,5 +1,6 @@
 //! Overlay snapshots: each layer unpacked once into `snapshots/layers/<diff-id>/diff`, shared by every image
-//! and container using it; each container gets `snapshots/containers/<id>/{diff,work,merged}`.
+//! and container using it; each container gets `snapshots/containers/<id>/{diff,work,merged}`, over
+//! the store's init layer `snapshots/init` (see [`INIT_DIRS`]).
 
 use std::fs;
 use std::io;
@@ -17,7 +18,15 @@ pub struct Snapshotter {
     containers: PathBuf,
     tmp: PathBuf,
     empty: PathBuf,
+    init: PathBuf,
 }
+
+/// What every container's runtime mounts onto: `/dev`, `/proc`, `/sys` and the `/etc` files Berth
+/// bind-mounts. They sit in one read-only layer under every container's upper dir (Docker makes the
+/// same "init layer" per container), so a start creates none of them in its upper dir: no copy-up
+/// of `/etc`, no inodes to create and delete, and nothing of them in `diff` or `commit`.
+const INIT_DIRS: [&str; 4] = ["dev", "proc", "sys", "etc"];
+const INIT_FILES: [&str; 3] = ["etc/hosts", "etc/hostname", "etc/resolv.conf"];
 
 impl Snapshotter {
     /// Opens (and creates) the snapshot directories under `root`.
@@ -28,11 +37,32 @@ impl Snapshotter {
             containers: base.join("containers"),
             tmp: base.join("tmp"),
             empty: base.join("empty"),
+            init: base.join("init"),
         };
         for dir in [&s.layers, &s.containers, &s.tmp, &s.empty] {
             fs::create_dir_all(dir).ctx("create", dir)?;
         }
+        if !s.init.is_dir() {
+            s.create_init_layer()?;
+        }
         Ok(s)
+    }
+
+    /// Creates the init layer (see [`INIT_DIRS`]) in a staging dir and publishes it with a rename:
+    /// concurrent openers of a new store agree on one.
+    fn create_init_layer(&self) -> Result<(), StoreError> {
+        let staging = self.tmp.join(crate::work_name("init"));
+        for dir in INIT_DIRS {
+            fs::create_dir_all(staging.join(dir)).ctx("create", staging.join(dir))?;
+        }
+        for file in INIT_FILES {
+            fs::write(staging.join(file), "").ctx("create", staging.join(file))?;
+        }
+        match fs::rename(&staging, &self.init) {
+            Ok(()) => Ok(()),
+            Err(_) if self.init.is_dir() => remove_tree(&staging),
+            Err(e) => Err(e).ctx("publish", &self.init),
+        }
     }
 
     /// Unmounts and removes the working snapshots (named by [`crate::work_name`]) whose process is gone;
@@ -132,10 +162,8 @@ impl Snapshotter {
         layers: &[Digest],
         volatile: bool,
     ) -> Result<PathBuf, StoreError> {
-        let mut lowers = self.lowerdir_option(layers);
-        if lowers.is_empty() {
-            lowers.push(self.empty.to_string_lossy().into_owned());
-        }
+        let mut lowers = vec![self.init.to_string_lossy().into_owned()];
+        lowers.extend(self.lowerdir_option(layers));
         self.mount_writable(id, &lowers, volatile)
     }
 
