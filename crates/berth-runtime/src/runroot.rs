@@ -11,12 +11,11 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::{statfs, TMPFS_MAGIC};
 
-/// Creates `runroot` and, when it is a directory on disk with nothing in use inside, mounts a tmpfs
-/// on it. A run directory that already holds files (monitors of running containers may use them)
-/// stays where it is, and so does one that cannot be mounted over (no privilege): both work, only
-/// slower.
+/// When `runroot` (created by `Engine::open`) is a directory on disk with nothing in use inside,
+/// mounts a tmpfs on it. A run directory that already holds files (monitors of running containers
+/// may use them) stays where it is, and so does one that cannot be mounted over (no privilege): both
+/// work, only slower.
 pub fn prepare(runroot: &Path) -> io::Result<()> {
-    fs::create_dir_all(runroot)?;
     if on_tmpfs(runroot) {
         return Ok(());
     }

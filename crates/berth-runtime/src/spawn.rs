@@ -65,12 +65,10 @@ pub(crate) fn spawn_session(
         .chain(passed.iter().copied());
     for (fd, target) in sources {
         let raw = if fd.as_raw_fd() < LOW_FDS {
-            let copy = fd.try_clone_to_owned()?;
             let high = nix::fcntl::fcntl(
-                copy.as_raw_fd(),
+                fd.as_raw_fd(),
                 nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(LOW_FDS),
             )?;
-            drop(copy);
             // SAFETY: F_DUPFD_CLOEXEC just returned this fresh descriptor; we are its only owner.
             moved.push(unsafe { OwnedFd::from_raw_fd(high) });
             high
@@ -81,7 +79,10 @@ pub(crate) fn spawn_session(
     }
     let null = c"/dev/null";
 
-    let mut actions = FileActions::new()?;
+    let mut actions = SpawnObject::new(
+        libc::posix_spawn_file_actions_init,
+        libc::posix_spawn_file_actions_destroy,
+    )?;
     for (target, fd) in stdio.iter().enumerate() {
         if let ChildFd::Null = fd {
             // SAFETY: `actions` is initialised; the path is a NUL-terminated string that outlives it.
@@ -107,7 +108,7 @@ pub(crate) fn spawn_session(
         libc::posix_spawn_file_actions_addchdir_np(actions.as_mut_ptr(), c"/".as_ptr())
     })?;
 
-    let mut attr = SpawnAttr::new()?;
+    let mut attr = SpawnObject::new(libc::posix_spawnattr_init, libc::posix_spawnattr_destroy)?;
     // The child starts with no signal blocked and SIGPIPE at its default (ignored here), as
     // `std::process::Command` starts children.
     let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
@@ -162,52 +163,35 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// An initialised `posix_spawn_file_actions_t`, destroyed on drop.
-struct FileActions(Box<MaybeUninit<libc::posix_spawn_file_actions_t>>);
+/// An initialised posix_spawn object (`posix_spawn_file_actions_t`, `posix_spawnattr_t`), on the
+/// heap so that it never moves, destroyed on drop.
+struct SpawnObject<T> {
+    inner: Box<MaybeUninit<T>>,
+    destroy: unsafe extern "C" fn(*mut T) -> libc::c_int,
+}
 
-impl FileActions {
-    fn new() -> io::Result<Self> {
-        let mut actions = Box::new(MaybeUninit::uninit());
-        // SAFETY: init writes a fresh object into the (heap, so never moved) storage.
-        check(unsafe { libc::posix_spawn_file_actions_init(actions.as_mut_ptr()) })?;
-        Ok(Self(actions))
+impl<T> SpawnObject<T> {
+    fn new(
+        init: unsafe extern "C" fn(*mut T) -> libc::c_int,
+        destroy: unsafe extern "C" fn(*mut T) -> libc::c_int,
+    ) -> io::Result<Self> {
+        let mut inner = Box::new(MaybeUninit::uninit());
+        // SAFETY: `init` is the object's own initialiser; it writes a fresh object into the storage.
+        check(unsafe { init(inner.as_mut_ptr()) })?;
+        Ok(Self { inner, destroy })
     }
 
-    fn as_mut_ptr(&mut self) -> *mut libc::posix_spawn_file_actions_t {
-        self.0.as_mut_ptr()
+    fn as_mut_ptr(&mut self) -> *mut T {
+        self.inner.as_mut_ptr()
     }
 }
 
-impl Drop for FileActions {
+impl<T> Drop for SpawnObject<T> {
     fn drop(&mut self) {
-        // SAFETY: initialised in `new`, destroyed once.
+        // SAFETY: initialised in `new` (only a successful init makes a SpawnObject), destroyed once,
+        // by the destructor that goes with its initialiser.
         unsafe {
-            libc::posix_spawn_file_actions_destroy(self.0.as_mut_ptr());
-        }
-    }
-}
-
-/// An initialised `posix_spawnattr_t`, destroyed on drop.
-struct SpawnAttr(Box<MaybeUninit<libc::posix_spawnattr_t>>);
-
-impl SpawnAttr {
-    fn new() -> io::Result<Self> {
-        let mut attr = Box::new(MaybeUninit::uninit());
-        // SAFETY: init writes a fresh object into the (heap, so never moved) storage.
-        check(unsafe { libc::posix_spawnattr_init(attr.as_mut_ptr()) })?;
-        Ok(Self(attr))
-    }
-
-    fn as_mut_ptr(&mut self) -> *mut libc::posix_spawnattr_t {
-        self.0.as_mut_ptr()
-    }
-}
-
-impl Drop for SpawnAttr {
-    fn drop(&mut self) {
-        // SAFETY: initialised in `new`, destroyed once.
-        unsafe {
-            libc::posix_spawnattr_destroy(self.0.as_mut_ptr());
+            (self.destroy)(self.inner.as_mut_ptr());
         }
     }
 }

@@ -42,15 +42,15 @@ impl Snapshotter {
         for dir in [&s.layers, &s.containers, &s.tmp, &s.empty] {
             fs::create_dir_all(dir).ctx("create", dir)?;
         }
-        if !s.init.is_dir() {
-            s.create_init_layer()?;
-        }
         Ok(s)
     }
 
-    /// Creates the init layer (see [`INIT_DIRS`]) in a staging dir and publishes it with a rename:
-    /// concurrent openers of a new store agree on one.
-    fn create_init_layer(&self) -> Result<(), StoreError> {
+    /// The init layer (see [`INIT_DIRS`]), created on a store's first container mount: in a staging
+    /// dir, published with a rename, so that concurrent first mounts agree on one.
+    fn init_layer(&self) -> Result<&Path, StoreError> {
+        if self.init.is_dir() {
+            return Ok(&self.init);
+        }
         let staging = self.tmp.join(crate::work_name("init"));
         for dir in INIT_DIRS {
             fs::create_dir_all(staging.join(dir)).ctx("create", staging.join(dir))?;
@@ -59,10 +59,11 @@ impl Snapshotter {
             fs::write(staging.join(file), "").ctx("create", staging.join(file))?;
         }
         match fs::rename(&staging, &self.init) {
-            Ok(()) => Ok(()),
-            Err(_) if self.init.is_dir() => remove_tree(&staging),
-            Err(e) => Err(e).ctx("publish", &self.init),
+            Ok(()) => {}
+            Err(_) if self.init.is_dir() => remove_tree(&staging)?,
+            Err(e) => return Err(e).ctx("publish", &self.init),
         }
+        Ok(&self.init)
     }
 
     /// Unmounts and removes the working snapshots (named by [`crate::work_name`]) whose process is gone;
@@ -162,7 +163,7 @@ impl Snapshotter {
         layers: &[Digest],
         volatile: bool,
     ) -> Result<PathBuf, StoreError> {
-        let mut lowers = vec![self.init.to_string_lossy().into_owned()];
+        let mut lowers = vec![self.init_layer()?.to_string_lossy().into_owned()];
         lowers.extend(self.lowerdir_option(layers));
         self.mount_writable(id, &lowers, volatile)
     }

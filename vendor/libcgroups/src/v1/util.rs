@@ -51,9 +51,13 @@ pub fn list_subsystem_mount_points() -> Result<Vec<PathBuf>, V1MountPointError> 
 pub fn list_supported_mount_points() -> Result<HashMap<ControllerType, PathBuf>, V1MountPointError>
 {
     let mut mount_paths = HashMap::with_capacity(CONTROLLERS.len());
+    // Unreadable mounts list no controller, as every lookup failing did.
+    let Ok(mounts) = cgroup_mounts() else {
+        return Ok(mount_paths);
+    };
 
     for controller in CONTROLLERS {
-        if let Ok(mount_point) = get_subsystem_mount_point(controller) {
+        if let Ok(mount_point) = find_subsystem_mount_point(controller, &mounts) {
             mount_paths.insert(controller.to_owned(), mount_point);
         }
     }
