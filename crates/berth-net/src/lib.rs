@@ -532,7 +532,18 @@ impl Network {
         let eth = format!("eth{}", how.interface);
         let o = ip.octets();
         let mac = [0x02, 0x42, o[0], o[1], o[2], o[3]];
-        host.create_veth(&veth, &eth, mac, netns.as_raw_fd(), bridge)?;
+        match host.create_veth(&veth, &eth, mac, netns.as_raw_fd(), bridge) {
+            Err(NetError::Exists) => {
+                // The pair of this container's previous run (the name comes from its id): it goes with
+                // that run's network namespace, which the kernel tears down in the background, and a
+                // start right after the exit can come first. It is taken down here instead.
+                if let Some(index) = host.link_index(&veth)? {
+                    let _ = host.delete_link(index);
+                }
+                host.create_veth(&veth, &eth, mac, netns.as_raw_fd(), bridge)?;
+            }
+            created => created?,
+        }
         // A container reaching its own published port through a host address comes back in through
         // the port it left by.
         let _ = fs::write(format!("/sys/class/net/{veth}/brport/hairpin_mode"), "1");

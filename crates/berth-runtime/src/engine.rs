@@ -500,6 +500,7 @@ impl Engine {
     /// Starts a created or exited container by spawning its monitor, and waits until it runs (or failed).
     pub fn start(&self, name_or_id: &str, stdio: StdioMode) -> Result<Started, RuntimeError> {
         let record = self.container(name_or_id)?;
+        self.await_monitor_finish(&record.id);
         match record.state.status {
             Status::Running | Status::Restarting if self.monitor_alive(&record.id) => {
                 return Ok(Started {
@@ -739,16 +740,20 @@ impl Engine {
 
     /// Waits until the monitor of `id` exits (lock released); false on timeout.
     fn wait_monitor_exit(&self, id: &str, timeout: Option<Duration>) -> bool {
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(1);
-        while self.monitor_alive(id) {
-            if timeout.is_some_and(|t| start.elapsed() >= t) {
-                return false;
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
-        true
+        wait_while(timeout, || self.monitor_alive(id))
+    }
+
+    /// Waits while the container's monitor is finishing: it has recorded and reported the container's
+    /// exit (its lock file holds the exit code) and is still releasing what the container held, the
+    /// unmount of its root filesystem above all, which syncs the filesystem under the store. Commands
+    /// that need the container stopped (start, rm, prune, cp into a stopped one) call this first, so
+    /// that they see it as the stopped container it is rather than as one whose monitor is alive.
+    pub fn await_monitor_finish(&self, id: &str) {
+        let lock = self.run_dir(id).join("monitor.lock");
+        // (A new monitor empties the file once it holds the lock, which ends the wait too.)
+        wait_while(Some(MONITOR_FINISH_TIMEOUT), || {
+            fs::metadata(&lock).is_ok_and(|m| m.len() > 0) && self.monitor_alive(id)
+        });
     }
 
     /// Blocks until a container is not running, as `docker wait`, and returns its exit code.
@@ -783,6 +788,7 @@ impl Engine {
         volumes: bool,
     ) -> Result<ContainerRecord, RuntimeError> {
         let record = self.container(name_or_id)?;
+        self.await_monitor_finish(&record.id);
         if self.monitor_alive(&record.id) {
             if !force {
                 return Err(RuntimeError::RemoveRunning(record.name.clone()));
@@ -897,6 +903,24 @@ impl Engine {
         self.start(&record.id, StdioMode::Detached)?;
         self.container(&record.id)
     }
+}
+
+/// How long a command waits for a monitor to finish releasing an exited container before it goes on
+/// (and finds the container busy). The unmount's sync is all that can take long.
+const MONITOR_FINISH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Polls `busy` (1 ms, doubling up to 50 ms) until it is false: true then, false if `timeout` passed.
+fn wait_while(timeout: Option<Duration>, mut busy: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    while busy() {
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    true
 }
 
 /// A host file the container gets a copy of; a missing one gives an empty copy.

@@ -208,6 +208,7 @@ impl Engine {
         let record = self.container(name_or_id)?;
         let snapshots = self.store().snapshots();
         let merged = snapshots.merged_dir(&record.id);
+        self.await_monitor_finish(&record.id);
         if self.monitor_alive(&record.id) {
             if berth_store::snapshot::is_mount_point(&merged) {
                 return Ok(ContainerRoot {

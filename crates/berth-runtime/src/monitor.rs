@@ -203,10 +203,7 @@ fn supervise(
                 drop(lock);
                 return Ok(outcome.exit_code);
             }
-            Ok(outcome) => {
-                release_runtime(engine, &id);
-                outcome
-            }
+            Ok(outcome) => outcome,
             Err(e) => {
                 let code = e.exit_code();
                 let message = e.to_string();
@@ -269,6 +266,7 @@ fn supervise(
             final_code = outcome.exit_code;
             break;
         }
+        release_runtime(engine, &id);
         backoff = if outcome.ran_for >= BACKOFF_RESET_AFTER {
             BACKOFF_START
         } else {
@@ -284,6 +282,12 @@ fn supervise(
     let abandoned_build = attachments.starter_left && is_build_container(&record);
     drop(attachments);
     let _ = fs::remove_file(run_dir.join(crate::attach::SOCKET_NAME));
+    // The exit is recorded and reported before the container's resources are released: unmounting
+    // its root filesystem syncs the filesystem under the store (an overlay unmount does), which takes
+    // as long as the host has unwritten data there, seconds on a busy host. Until the lock goes,
+    // commands that need the container stopped wait for it (`Engine::await_monitor_finish`).
+    status.finish(&MonitorEvent::Exited(final_code));
+    release_runtime(engine, &id);
     if abandoned_build {
         engine.discard_stopped(&engine.store().container(&id)?, true)?;
     }

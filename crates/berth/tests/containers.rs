@@ -218,6 +218,26 @@ fn run_rm_frees_the_name_at_once_and_deletes_the_files_after() {
 }
 
 #[test]
+fn commands_right_after_an_exit_wait_for_its_monitor_to_let_go() {
+    let b = Berth::with_busybox();
+    // The monitor reports an exit before it unmounts the root filesystem, and that unmount syncs the
+    // filesystem under the store: with 256 MiB just written into the container, it takes a while, and
+    // the commands below come while it lasts. Each must see a stopped container, not a busy one.
+    let write = "dd if=/dev/zero of=/big bs=1M count=256 2>/dev/null; echo written";
+    let out = b.ok(&["run", "--name", "big", "busybox", "sh", "-c", write]);
+    assert_eq!(out, "written\n");
+    // Started again at once, on the default bridge: the first run's veth may still be there.
+    assert_eq!(b.ok(&["start", "-a", "big"]), "written\n");
+    let listing = b.cmd(&["cp", "big:/etc/hostname", "-"]).output().unwrap();
+    assert!(listing.status.success(), "{}", stderr(&listing));
+    assert_eq!(b.ok(&["rm", "big"]), "big\n");
+    b.ok(&["run", "--name", "pruned", "busybox", "sh", "-c", write]);
+    let pruned = b.ok(&["container", "prune", "-f"]);
+    assert!(pruned.contains("Total reclaimed space"), "{pruned}");
+    assert_eq!(b.ok(&["ps", "-aq"]), "");
+}
+
+#[test]
 fn rm_force_kills_and_wait_sees_rm_exit_code() {
     let b = Berth::with_busybox();
     b.ok(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "100"]);

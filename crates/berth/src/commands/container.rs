@@ -1462,11 +1462,14 @@ pub fn prune(engine: &Engine, _args: PruneArgs) -> anyhow::Result<i32> {
     engine.remove_orphans()?;
     println!("Deleted Containers:");
     for r in engine.containers()? {
-        if matches!(
+        if !matches!(
             r.state.status,
             Status::Exited | Status::Created | Status::Dead
-        ) && !engine.monitor_alive(&r.id)
-        {
+        ) {
+            continue;
+        }
+        engine.await_monitor_finish(&r.id);
+        if !engine.monitor_alive(&r.id) {
             reclaimed += engine.store().snapshots().container_size(&r.id);
             engine.remove(&r.id, false, false)?;
             println!("{}", r.id);

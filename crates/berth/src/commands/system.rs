@@ -185,7 +185,11 @@ fn prune(engine: &Engine, args: PruneArgs) -> anyhow::Result<i32> {
     let store = engine.store();
     let mut reclaimed = 0u64;
     for c in engine.containers()? {
-        if !c.state.running && !engine.monitor_alive(&c.id) {
+        if c.state.running {
+            continue;
+        }
+        engine.await_monitor_finish(&c.id);
+        if !engine.monitor_alive(&c.id) {
             reclaimed += store.snapshots().container_size(&c.id);
             engine.remove(&c.id, false, false)?;
             println!("Deleted Container: {}", c.id);
