@@ -347,7 +347,8 @@ impl Engine {
         Ok(mounts)
     }
 
-    fn remove_anonymous_volumes(&self, mounts: &[MountPoint]) {
+    /// Removes the anonymous volumes among a removed container's mounts.
+    pub(crate) fn remove_anonymous_volumes(&self, mounts: &[MountPoint]) {
         for m in mounts.iter().filter(|m| m.anonymous) {
             let _ = self.store.remove_volume(&m.name);
         }
@@ -728,12 +729,12 @@ impl Engine {
             let _ = kill(Pid::from_raw(record.state.pid), signal);
         }
         let deadline = Duration::from_secs(timeout.max(0) as u64);
-        if !self.wait_monitor_exit(&record.id, Some(deadline)) {
+        if !self.wait_exit_recorded(&record.id, Some(deadline)) {
             let current = self.store.container(&record.id)?;
             if current.state.pid > 0 {
                 let _ = kill(Pid::from_raw(current.state.pid), Signal::SIGKILL);
             }
-            self.wait_monitor_exit(&record.id, Some(Duration::from_secs(30)));
+            self.wait_exit_recorded(&record.id, Some(Duration::from_secs(30)));
         }
         Ok(self.container(&record.id).unwrap_or(record))
     }
@@ -743,16 +744,27 @@ impl Engine {
         wait_while(timeout, || self.monitor_alive(id))
     }
 
+    /// Waits until the container's monitor has recorded its final exit (or is gone); false on timeout.
+    fn wait_exit_recorded(&self, id: &str, timeout: Option<Duration>) -> bool {
+        wait_while(timeout, || {
+            !self.exit_recorded(id) && self.monitor_alive(id)
+        })
+    }
+
+    /// Whether the monitor wrote the container's final exit code into its lock file. It does before it
+    /// reports the exit; a new monitor empties the file once it holds the lock.
+    fn exit_recorded(&self, id: &str) -> bool {
+        fs::metadata(self.run_dir(id).join("monitor.lock")).is_ok_and(|m| m.len() > 0)
+    }
+
     /// Waits while the container's monitor is finishing: it has recorded and reported the container's
-    /// exit (its lock file holds the exit code) and is still releasing what the container held, the
-    /// unmount of its root filesystem above all, which syncs the filesystem under the store. Commands
-    /// that need the container stopped (start, rm, prune, cp into a stopped one) call this first, so
-    /// that they see it as the stopped container it is rather than as one whose monitor is alive.
+    /// exit and is still releasing what the container held, the unmount of its root filesystem above
+    /// all, which syncs the filesystem under the store. Commands that need the container stopped
+    /// (start, rm, prune, cp into a stopped one) call this first, so that they see it as the stopped
+    /// container it is rather than as one whose monitor is alive.
     pub fn await_monitor_finish(&self, id: &str) {
-        let lock = self.run_dir(id).join("monitor.lock");
-        // (A new monitor empties the file once it holds the lock, which ends the wait too.)
         wait_while(Some(MONITOR_FINISH_TIMEOUT), || {
-            fs::metadata(&lock).is_ok_and(|m| m.len() > 0) && self.monitor_alive(id)
+            self.exit_recorded(id) && self.monitor_alive(id)
         });
     }
 

@@ -193,13 +193,16 @@ fn supervise(
                 // A `--rm` container is gone for everyone once its record is. The starter hears the
                 // exit code then; the rest of the cleanup no longer holds it up. (What a crash here
                 // leaves is swept as orphans: directories without a record.)
+                // Its anonymous volumes go with it, before the exit is reported too: as Docker's
+                // `run --rm`, the volumes are gone when `run` returns.
                 engine.store().delete_container(&id)?;
+                engine.remove_anonymous_volumes(&record.mounts);
                 record_exit_code(&mut lock, outcome.exit_code);
                 attachments.end_run(outcome.exit_code);
                 drop(attachments);
                 status.finish(&MonitorEvent::Exited(outcome.exit_code));
                 release_runtime(engine, &id);
-                engine.discard_stopped(&record, true)?;
+                engine.discard_stopped(&record, false)?;
                 drop(lock);
                 return Ok(outcome.exit_code);
             }

@@ -574,7 +574,16 @@ fn stop_and_rm_force_are_final_for_restart_always_containers() {
         inspect(&b, "{{.State.Status}} {{.RestartCount}}", "keeper"),
         "exited 0"
     );
-    assert_eq!(monitor_pid(&b, &id), None, "the monitor outlived stop");
+    // stop returns once the exit is recorded; the monitor leaves after unmounting the rootfs, and
+    // without restarting it.
+    let gone = poll_until(Duration::from_secs(10), || {
+        monitor_pid(&b, &id).is_none().then_some(())
+    });
+    assert!(gone.is_some(), "the monitor did not leave after stop");
+    assert_eq!(
+        inspect(&b, "{{.State.Status}} {{.RestartCount}}", "keeper"),
+        "exited 0"
+    );
     assert_eq!(b.ok(&["ps", "-q"]), "");
     b.ok(&["start", "keeper"]);
     assert_eq!(inspect(&b, "{{.State.Status}}", "keeper"), "running");
@@ -898,8 +907,15 @@ fn logs_follow_keeps_up_across_rotation_without_gaps_or_repeats() {
     let mut followers = vec![LineFollower::spawn(&b, "paced")];
     for k in 0..BATCHES {
         if k == BATCHES / 3 {
-            // One joins mid-stream: its backlog and what it follows must meet without a seam.
-            followers.push(LineFollower::spawn(&b, "paced"));
+            // One joins mid-stream: its backlog and what it follows must meet without a seam. It
+            // reads the backlog before the next batch comes: a batch rotates twice, and a follower
+            // still starting up could find the two oldest files rotated out before it read them.
+            let mut late = LineFollower::spawn(&b, "paced");
+            let read = poll_until(Duration::from_secs(60), || {
+                late.last().is_some_and(|n| n >= k * BATCH).then_some(())
+            });
+            assert!(read.is_some(), "the late follower never read the backlog");
+            followers.push(late);
         }
         std::fs::write(host.join(k.to_string()), "").unwrap();
         let want = (k + 1) * BATCH;
