@@ -200,6 +200,13 @@ impl CgroupManager for Manager {
     }
 
     fn add_task(&self, pid: Pid) -> Result<(), Self::Error> {
+        // A single-threaded process that adds itself (as a container's intermediate process
+        // does) moves as pid 0, without the kernel's global lock (see `controller::attach`).
+        let pid = if pid == nix::unistd::getpid() && util::is_single_threaded() {
+            Pid::from_raw(0)
+        } else {
+            pid
+        };
         for (ctrl_type, cgroup_path) in &self.subsystems {
             match ctrl_type {
                 CtrlType::Cpu => Cpu::add_task(pid, cgroup_path)?,

@@ -88,6 +88,23 @@ pub fn cgroup_mounts() -> Result<Vec<MountInfo>, V1MountPointError> {
     Ok(mounts)
 }
 
+/// Whether the calling process has a single thread (`num_threads` in `/proc/self/stat`); false
+/// when that cannot be read.
+pub fn is_single_threaded() -> bool {
+    let mut stat = String::new();
+    let read = ProcfsHandle::new()
+        .and_then(|procfs| procfs.open(ProcfsBase::ProcSelf, "stat", OpenFlags::O_RDONLY))
+        .map(|mut file| std::io::Read::read_to_string(&mut file, &mut stat));
+    if !matches!(read, Ok(Ok(_))) {
+        return false;
+    }
+    // The fields after the command name, which is in parentheses and may hold any byte;
+    // num_threads is the 20th field of the line, the 18th after the name.
+    stat.rsplit_once(')')
+        .and_then(|(_, fields)| fields.split_whitespace().nth(17))
+        == Some("1")
+}
+
 /// Where `subsystem` is mounted among `mounts` (from [`cgroup_mounts`]).
 pub fn find_subsystem_mount_point(
     subsystem: &ControllerType,
