@@ -105,9 +105,11 @@ pub fn run(
             return 125;
         }
     };
+    tracing::debug!("store opened");
     if await_record && !record_written() {
         return 0;
     }
+    tracing::debug!("record written");
     let code = match supervise(&engine, id, attached, &mut status) {
         Ok(code) => {
             status.finish(&MonitorEvent::Exited(code));
@@ -533,6 +535,7 @@ fn run_once(
     let rootfs = store
         .snapshots()
         .mount_container(id, &record.layers, disposable)?;
+    tracing::debug!("rootfs mounted");
     let result = (|| {
         fill_new_volumes(record, &rootfs)?;
         // A missing working directory is created, as Docker (runc) does.
@@ -655,6 +658,7 @@ fn run_once(
             .build();
         set_monitor_signals(true);
         let mut container = built.map_err(|e| classify_start_error(&e.to_string(), record))?;
+        tracing::debug!("container created");
         // The init waits for start(): wire its network namespace up first.
         let (network, network_settings) =
             match crate::network::connect(engine, record, container.pid()) {
@@ -665,11 +669,13 @@ fn run_once(
                     return Err(e);
                 }
             };
+        tracing::debug!("network connected");
         if let Err(e) = container.start() {
             let _ = container.delete(true);
             crate::network::disconnect(engine, record, network.as_ref());
             return Err(classify_start_error(&e.to_string(), record));
         }
+        tracing::debug!("container started");
         let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
         if let Some(listener) = console {
             let master = receive_pty_master(&listener)?;

@@ -106,7 +106,8 @@ fn main() -> ExitCode {
             await_record,
         } => (id, attached, await_record),
     };
-    // BERTH_DEBUG=1 makes the monitor log libcontainer's steps to <runroot>/containers/<id>/monitor.log.
+    // BERTH_DEBUG=1 makes the monitor log its own and libcontainer's steps, timed, to
+    // <runroot>/containers/<id>/monitor.log.
     if std::env::var_os("BERTH_DEBUG").is_some() {
         let dir = args.runroot.join("containers").join(&id);
         let _ = std::fs::create_dir_all(&dir);
