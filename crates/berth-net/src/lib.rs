@@ -2,9 +2,10 @@
 //! that are never handed out twice, outbound NAT, and published ports.
 //!
 //! Everything here is synchronous and forks nothing, so the monitor (single-threaded, because
-//! libcontainer forks) can call it between creating the container and starting it:
-//! [`Network::attach`] wires the container's network namespace up, [`Network::detach`] undoes it when
-//! the container stops. Links, addresses and routes go through netlink ([`netlink`]); NAT and published
+//! libcontainer forks) can call it around creating the container: [`Network::attach`] wires a
+//! running container's network namespace up, in three steps the monitor also takes one by one
+//! ([`Network::lease`], [`Network::plug`], [`Network::complete`]) to plug a namespace it made
+//! itself while the container is created; [`Network::detach`] undoes it when the container stops. Links, addresses and routes go through netlink ([`netlink`]); NAT and published
 //! ports are iptables rules in Berth's own chains ([`firewall`]), tagged so they can be removed by owner.
 
 pub mod dns;
@@ -14,7 +15,7 @@ pub mod netlink;
 
 use std::fs;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 pub use ipam::Subnet;
@@ -468,33 +469,31 @@ impl Network {
     /// asked for), a veth pair with `eth<interface>` inside, `lo` up, the default route (through the
     /// first interface, not on an internal network), the published ports and the DNS names.
     pub fn attach(&self, id: &str, pid: i32, how: &Attachment<'_>) -> Result<Endpoint, NetError> {
-        let ip = match how.ip {
-            Some(ip) => ipam::lease_address(&self.state_dir, &self.subnet, self.gateway, ip, id)?,
+        let netns_path = format!("/proc/{pid}/ns/net");
+        let netns = fs::File::open(&netns_path).map_err(|e| io(&netns_path, e))?;
+        let ip = self.lease(id, how.ip)?;
+        let result = self
+            .plug(id, netns.as_fd(), ip, how.interface)
+            .and_then(|()| self.complete(id, ip, how));
+        if result.is_err() {
+            self.abandon(id, how);
+        }
+        result
+    }
+
+    /// The first step of [`Network::attach`]: an address for container `id`, `requested` (`--ip`)
+    /// or the next free one.
+    pub fn lease(&self, id: &str, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, NetError> {
+        match requested {
+            Some(ip) => ipam::lease_address(&self.state_dir, &self.subnet, self.gateway, ip, id),
             None => ipam::lease(
                 &self.state_dir,
                 &self.subnet,
                 self.ip_range.as_ref(),
                 self.gateway,
                 id,
-            )?,
-        };
-        let result = self.wire(id, pid, ip, how);
-        if let Ok(endpoint) = &result {
-            // The default bridge resolves no names (Docker's behaviour).
-            if self.name != "bridge" && !how.names.is_empty() {
-                dns::register(&self.state_dir, id, endpoint.ip, how.names)?;
-            }
+            ),
         }
-        if result.is_err() {
-            // The namespace lives on (the init waits to be started), so the veth must go by hand.
-            if let Ok(mut nl) = netlink::Netlink::new() {
-                if let Ok(Some(index)) = nl.link_index(&Self::veth_name(id, how.interface)) {
-                    let _ = nl.delete_link(index);
-                }
-            }
-            self.detach(id, !how.ports.is_empty());
-        }
-        result
     }
 
     /// Takes a running container (`pid`) off this network: its `eth<interface>`, ports, lease, names.
@@ -515,23 +514,24 @@ impl Network {
         Ok(())
     }
 
-    fn wire(
+    /// The second step of [`Network::attach`]: plugs container `id` in through `netns`, its network
+    /// namespace: a veth pair on the bridge with `eth<interface>` inside at `ip`, loopback up, and
+    /// the default route on the first network. Kernel state only, no files of the store: a child
+    /// process can do it while the container is being created.
+    pub fn plug(
         &self,
         id: &str,
-        pid: i32,
+        netns: BorrowedFd<'_>,
         ip: Ipv4Addr,
-        how: &Attachment<'_>,
-    ) -> Result<Endpoint, NetError> {
-        let netns_path = format!("/proc/{pid}/ns/net");
-        let netns = fs::File::open(&netns_path).map_err(|e| io(&netns_path, e))?;
+        interface: u32,
+    ) -> Result<(), NetError> {
         let mut host = netlink::Netlink::new()?;
         let bridge = host
             .link_index(&self.bridge)?
             .ok_or_else(|| NetError::Netlink(format!("bridge {} is missing", self.bridge)))?;
-        let veth = Self::veth_name(id, how.interface);
-        let eth = format!("eth{}", how.interface);
-        let o = ip.octets();
-        let mac = [0x02, 0x42, o[0], o[1], o[2], o[3]];
+        let veth = Self::veth_name(id, interface);
+        let eth = format!("eth{interface}");
+        let mac = Self::mac(ip);
         match host.create_veth(&veth, &eth, mac, netns.as_raw_fd(), bridge) {
             Err(NetError::Exists) => {
                 // The pair of this container's previous run (the name comes from its id): it goes with
@@ -555,17 +555,53 @@ impl Network {
             .ok_or_else(|| NetError::Netlink(format!("{eth} is missing in the container")))?;
         inside.add_address(eth_index, ip, self.subnet.prefix)?;
         inside.set_up(eth_index)?;
-        if !self.internal && how.interface == 0 {
+        if !self.internal && interface == 0 {
             inside.add_default_route(self.gateway)?;
         }
+        Ok(())
+    }
+
+    /// The last step of [`Network::attach`], once container `id` is plugged in at `ip`: its
+    /// published ports and its DNS names.
+    pub fn complete(
+        &self,
+        id: &str,
+        ip: Ipv4Addr,
+        how: &Attachment<'_>,
+    ) -> Result<Endpoint, NetError> {
         let ports = firewall::publish(id, ip, how.ports)?;
+        // The default bridge resolves no names (Docker's behaviour).
+        if self.name != "bridge" && !how.names.is_empty() {
+            dns::register(&self.state_dir, id, ip, how.names)?;
+        }
+        let m = Self::mac(ip);
         Ok(Endpoint {
             ip,
             prefix: self.subnet.prefix,
             gateway: self.gateway,
-            mac: format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]),
+            mac: format!(
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
             ports,
         })
+    }
+
+    /// Undoes an attach that failed at any step: the host side of the veth pair (the container's
+    /// namespace, and with it the pair, may live on), then [`Network::detach`].
+    pub fn abandon(&self, id: &str, how: &Attachment<'_>) {
+        if let Ok(mut nl) = netlink::Netlink::new() {
+            if let Ok(Some(index)) = nl.link_index(&Self::veth_name(id, how.interface)) {
+                let _ = nl.delete_link(index);
+            }
+        }
+        self.detach(id, !how.ports.is_empty());
+    }
+
+    /// Docker's MAC address for a container address: `02:42:` and the address.
+    fn mac(ip: Ipv4Addr) -> [u8; 6] {
+        let o = ip.octets();
+        [0x02, 0x42, o[0], o[1], o[2], o[3]]
     }
 
     /// Undoes [`Network::attach`] once the container's processes are gone: published ports (when

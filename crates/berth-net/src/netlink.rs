@@ -71,6 +71,28 @@ impl Netlink {
         socket
     }
 
+    /// A new, empty network namespace, as an open file: the calling thread creates it, opens it and
+    /// returns to its own. It lives as long as the file or a process in it does.
+    pub fn new_namespace() -> Result<std::fs::File, NetError> {
+        let home =
+            std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| err("own netns", e))?;
+        // SAFETY: unshare only moves this thread into a new network namespace; nothing of ours is
+        // touched.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(err("new netns", std::io::Error::last_os_error()));
+        }
+        let created =
+            std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| err("new netns", e));
+        // SAFETY: `home` is an open network-namespace file; returning home must not fail silently,
+        // or we would work in the new namespace from now on.
+        let back =
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&home), libc::CLONE_NEWNET) };
+        if back != 0 {
+            return Err(err("leave netns", std::io::Error::last_os_error()));
+        }
+        created
+    }
+
     /// Sends one request and collects the replies until the ACK (or DONE); kernel errors come back as
     /// `NetError::Netlink` with errno, `EEXIST` as [`NetError::Exists`].
     fn request(

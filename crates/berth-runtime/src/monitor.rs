@@ -546,6 +546,12 @@ fn run_once(
         }
         let files = store.container_dir(id);
         let shared_netns = crate::network::shared_namespace(engine, record)?;
+        // The container's own network namespace is made and wired while libcontainer creates it.
+        let prewired = match shared_netns {
+            Some(_) => None,
+            None => crate::network::prewire(engine, record)?,
+        };
+        let netns_path = shared_netns.or_else(|| prewired.as_ref().map(|p| p.namespace_path()));
         // Legacy links add the linked containers' addresses to the environment, as they are now.
         let linked;
         let record = if record.host_config.links.is_empty() {
@@ -564,7 +570,7 @@ fn run_once(
             &crate::spec::SpecPaths {
                 rootfs: &rootfs,
                 files: &files,
-                network_namespace: shared_netns.as_deref(),
+                network_namespace: netns_path.as_deref(),
             },
         )?;
         let bundle = engine.run_dir(id);
@@ -659,9 +665,9 @@ fn run_once(
         set_monitor_signals(true);
         let mut container = built.map_err(|e| classify_start_error(&e.to_string(), record))?;
         tracing::debug!("container created");
-        // The init waits for start(): wire its network namespace up first.
+        // The init waits for start(): finish wiring its network namespace up first.
         let (network, network_settings) =
-            match crate::network::connect(engine, record, container.pid()) {
+            match crate::network::connect(engine, record, container.pid(), prewired) {
                 Ok(Some((n, settings))) => (Some(n), Some(settings)),
                 Ok(None) => (None, None),
                 Err(e) => {

@@ -76,40 +76,180 @@ fn dns_names(record: &ContainerRecord, aliases: &[String]) -> Vec<String> {
     names
 }
 
-/// Connects a created (not yet started) container to its network; returns the network to disconnect
-/// from later and the settings to record with the container's running state (one store write for
-/// both), or None when it has none to join (`none`, `host`, `container:`).
-pub(crate) fn connect(
+/// A container's network namespace, made by the monitor before the container, and the child process
+/// that plugs it into the container's network meanwhile: libcontainer's init joins the namespace by
+/// path ([`Prewired::namespace_path`]), so the veth pair, addresses and routes (about 2 ms of kernel
+/// work) are set up while the container is created instead of after it.
+///
+/// Dropped before [`connect`] took it (the container was not created), it waits for the child and
+/// undoes the wiring.
+pub(crate) struct Prewired {
+    id: String,
+    network: Network,
+    ip: Ipv4Addr,
+    ports: Vec<PortMapping>,
+    names: Vec<String>,
+    /// The new network namespace; the container's init holds it once created.
+    namespace: std::fs::File,
+    /// The plugging child, until waited for.
+    plugging: Option<Plugging>,
+    /// Taken by [`connect`]: the container owns the wiring now.
+    connected: bool,
+}
+
+impl Prewired {
+    /// The path libcontainer's init opens to join the namespace (this process's descriptor of it).
+    pub(crate) fn namespace_path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&self.namespace)
+        ))
+    }
+
+    fn attachment(&self) -> Attachment<'_> {
+        Attachment {
+            ip: Some(self.ip),
+            ports: &self.ports,
+            names: &self.names,
+            interface: 0,
+        }
+    }
+
+    /// Waits for the plugging child: Ok once the namespace is wired.
+    fn plugged(&mut self) -> Result<(), RuntimeError> {
+        match self.plugging.take() {
+            Some(child) => child.wait(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Prewired {
+    fn drop(&mut self) {
+        if !self.connected {
+            let _ = self.plugged();
+            self.network.abandon(&self.id, &self.attachment());
+        }
+    }
+}
+
+/// The child process that runs [`Network::plug`] while the monitor creates the container.
+struct Plugging {
+    child: nix::unistd::Pid,
+    /// Its error, if any, as text; end of file when it exits.
+    report: std::fs::File,
+}
+
+impl Plugging {
+    fn start(
+        network: &Network,
+        id: &str,
+        namespace: std::os::fd::BorrowedFd<'_>,
+        ip: Ipv4Addr,
+    ) -> Result<Self, RuntimeError> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| RuntimeError::Io(format!("pipe: {e}")))?;
+        // SAFETY: the monitor runs one thread, so the child starts with no lock held by another
+        // thread; it only plugs the namespace in (netlink requests and a sysfs write) and leaves
+        // with _exit, running no destructor or exit handler on state it shares with the monitor.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                drop(read);
+                let code = match network.plug(id, namespace, ip, 0) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        use std::io::Write;
+                        let _ = std::fs::File::from(write).write_all(e.to_string().as_bytes());
+                        1
+                    }
+                };
+                // SAFETY: ends the child at once, as a forked child of a Rust program must.
+                unsafe { libc::_exit(code) }
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Self {
+                child,
+                report: read.into(),
+            }),
+            Err(e) => Err(RuntimeError::Io(format!("fork: {e}"))),
+        }
+    }
+
+    fn wait(mut self) -> Result<(), RuntimeError> {
+        let mut error = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.report, &mut error);
+        match nix::sys::wait::waitpid(self.child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+            _ if !error.is_empty() => Err(RuntimeError::Start(format!("network: {error}"))),
+            status => Err(RuntimeError::Start(format!(
+                "network: the process plugging the container in ended: {status:?}"
+            ))),
+        }
+    }
+}
+
+/// Makes the network namespace of a container about to be created and starts plugging it into the
+/// container's network (see [`Prewired`]); None when the container gets no network of its own
+/// (`none`: its init makes an empty namespace; `host`; `container:`).
+pub(crate) fn prewire(
     engine: &Engine,
     record: &ContainerRecord,
-    pid: Option<nix::unistd::Pid>,
-) -> Result<Option<(Network, NetworkSettings)>, RuntimeError> {
-    let pid = pid.ok_or_else(|| RuntimeError::Start("container has no init process".into()))?;
+) -> Result<Option<Prewired>, RuntimeError> {
     let network = match record.host_config.network_mode.as_str() {
         "bridge" => Network::default_bridge(engine.store().root()).map_err(net_err)?,
-        "none" => {
-            berth_net::loopback_up(pid.as_raw()).map_err(net_err)?;
-            return Ok(None);
-        }
-        "host" => return Ok(None),
+        "none" | "host" => return Ok(None),
         mode if mode.starts_with("container:") => return Ok(None),
         name => joinable(engine, name)?,
     };
     let names = dns_names(record, &record.host_config.network_aliases);
-    let ip = requested_ip(&record.host_config.ipv4_address)?;
+    let requested = requested_ip(&record.host_config.ipv4_address)?;
     let ports = port_mappings(record)?;
-    let endpoint = network
-        .attach(
-            &record.id,
-            pid.as_raw(),
-            &Attachment {
-                ip,
-                ports: &ports,
-                names: &names,
-                interface: 0,
-            },
-        )
+    let namespace = berth_net::netlink::Netlink::new_namespace().map_err(net_err)?;
+    let ip = network.lease(&record.id, requested).map_err(net_err)?;
+    let mut prewired = Prewired {
+        id: record.id.clone(),
+        network,
+        ip,
+        ports,
+        names,
+        namespace,
+        plugging: None,
+        connected: false,
+    };
+    prewired.plugging = Some(Plugging::start(
+        &prewired.network,
+        &record.id,
+        std::os::fd::AsFd::as_fd(&prewired.namespace),
+        ip,
+    )?);
+    Ok(Some(prewired))
+}
+
+/// Connects a created (not yet started) container to its network: waits for its [`Prewired`]
+/// namespace to be plugged in, publishes its ports, registers its names and joins its other
+/// networks. Returns the network to disconnect from later and the settings to record with the
+/// container's running state (one store write for both), or None when it has none to join.
+pub(crate) fn connect(
+    engine: &Engine,
+    record: &ContainerRecord,
+    pid: Option<nix::unistd::Pid>,
+    prewired: Option<Prewired>,
+) -> Result<Option<(Network, NetworkSettings)>, RuntimeError> {
+    let pid = pid.ok_or_else(|| RuntimeError::Start("container has no init process".into()))?;
+    let Some(mut prewired) = prewired else {
+        if record.host_config.network_mode == "none" {
+            berth_net::loopback_up(pid.as_raw()).map_err(net_err)?;
+        }
+        return Ok(None);
+    };
+    prewired.plugged()?;
+    let endpoint = prewired
+        .network
+        .complete(&record.id, prewired.ip, &prewired.attachment())
         .map_err(net_err)?;
+    prewired.connected = true;
+    let network = prewired.network.clone();
+    drop(prewired);
     let mut ports: std::collections::BTreeMap<String, Vec<PortBinding>> = Default::default();
     for p in &endpoint.ports {
         ports

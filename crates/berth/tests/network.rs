@@ -174,6 +174,15 @@ fn published_ports_answer_on_loopback_and_the_host_address() {
     ]);
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("port is already allocated"));
+    // Neither refused container kept its veth pair (made while it was created) or its address.
+    let web2 = b.ok(&["inspect", "-f", "{{.Id}}", "web2"]);
+    let links = std::process::Command::new("ip")
+        .args(["-br", "link"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&format!("vb{}", &web2[..11])));
+    let leases = std::fs::read_dir(b.root.join("networks/bridge/leases")).unwrap();
+    assert_eq!(leases.count(), 1, "only web's lease is left");
 
     // Removal takes the rules and the veth with it.
     let id = b.ok(&["inspect", "-f", "{{.Id}}", "web"]);
