@@ -136,12 +136,16 @@ pub fn pids(id: &str) -> Vec<i32> {
 }
 
 /// The `cgroup.procs` files of every hierarchy process `pid` belongs to (v1 controllers and the v2
-/// tree alike): writing a PID to each moves that process into the same cgroups, as `exec` needs.
+/// tree alike) where the caller is in another cgroup: writing a PID to each moves that process (or a
+/// child of the caller) into the same cgroups, as `exec` needs. Hierarchies where the caller already
+/// is in `pid`'s cgroup are left out: even a move to where a process is waits for the kernel's
+/// global lock.
 pub fn procs_files_of(pid: i32) -> Vec<PathBuf> {
     let membership = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let cgroup_mounts = cgroup_mounts();
     let mut files = Vec::new();
-    for line in membership.lines() {
+    for line in membership.lines().filter(|l| !own.lines().any(|o| o == *l)) {
         let mut f = line.splitn(3, ':');
         let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
             continue;

@@ -425,7 +425,21 @@ fn intermediate(plan: Plan, mut pid_writer: UnixStream, exec_writer: UnixStream)
 fn join_container(plan: &Plan) -> Result<(), String> {
     let me = std::process::id().to_string();
     for procs in &plan.cgroup_procs {
-        std::fs::write(procs, &me).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+        // This (forked, single-threaded) process moves itself as a thread where the hierarchy has a
+        // `tasks` file (v1): writing a pid to `cgroup.procs` waits for an RCU grace period, several
+        // milliseconds (see vendor/README.md).
+        let write = |file: &Path, text: &str| {
+            // Not `fs::write`: creating a missing file on cgroupfs fails with EACCES, not ENOENT.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(file)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+        };
+        let joined = match write(&procs.with_file_name("tasks"), "0") {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => write(procs, &me),
+            other => other,
+        };
+        joined.map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
     for (flag, file) in &plan.namespaces {
         nix::sched::setns(file.as_fd(), *flag).map_err(|e| format!("setns {flag:?}: {e}"))?;
