@@ -25,6 +25,13 @@ fn run_prints_output_and_returns_exit_codes() {
             .code(),
         Some(126)
     );
+    // Containers that could not be created gave back the address leased (and the namespace wired)
+    // for them while they were being created.
+    let leases = b.root.join("networks/bridge/leases");
+    assert_eq!(
+        std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0),
+        0
+    );
     let out = b.run(&[
         "run",
         "--rm",
