@@ -34,7 +34,7 @@ DF
 printf 'flask\nrequests\nnumpy\n' > "$ctx/requirements.txt"
 for i in $(seq 50); do head -c 20000 /dev/urandom | base64 > "$ctx/src/file$i.c"; done
 
-ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
+ms() { elapsed_ms "$@" || { echo "failed: $*" >&2; exit 1; }; }
 
 # measure NAME PRUNE CMD... : cold / cached / one-file-edit medians for one builder; the context is
 # the last argument, $edit the file edited.

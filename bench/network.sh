@@ -19,14 +19,13 @@ trap cleanup EXIT
 scripts/busybox-rootfs.sh "$work/busybox.tar"
 $B import -c 'CMD ["sh"]' "$work/busybox.tar" busybox:latest >/dev/null
 
-ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo "scale=1; ($e - $s) / 1000000" | bc; }
 
 echo "== start latency: run --rm busybox true (median of $RUNS, ms), alternating"
 $B run --rm busybox true >/dev/null   # creates the bridge
 none=(); bridge=()
 for _ in $(seq "$RUNS"); do
-  none+=("$(ms $B run --rm --network none busybox true)")
-  bridge+=("$(ms $B run --rm busybox true)")
+  none+=("$(elapsed_ms $B run --rm --network none busybox true)")
+  bridge+=("$(elapsed_ms $B run --rm busybox true)")
 done
 n=$(printf '%s\n' "${none[@]}" | median); b=$(printf '%s\n' "${bridge[@]}" | median)
 echo "none: $n  bridge: $b  added: $(echo "$b - $n" | bc)"

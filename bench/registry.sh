@@ -18,7 +18,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
+ms() { elapsed_ms "$@" || { echo "failed: $*" >&2; exit 1; }; }
 docker_up() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 
 # start_registry NAME: a registry with its own storage on a free loopback port; prints host:port.

@@ -14,8 +14,7 @@ trap cleanup EXIT
 scripts/busybox-rootfs.sh "$work/busybox.tar"
 $B import -c 'CMD ["sh"]' "$work/busybox.tar" busybox:latest >/dev/null
 
-ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
-time_median() { for _ in $(seq "$RUNS"); do ms "$@"; done | median; }
+time_median() { for _ in $(seq "$RUNS"); do elapsed_ms "$@"; done | median; }
 
 echo "== run --rm busybox true (median of $RUNS, ms)"
 berth_run=$(time_median $B run --rm busybox true)
