@@ -5,7 +5,8 @@
 //! libcontainer forks) can call it around creating the container: [`Network::attach`] wires a
 //! running container's network namespace up, in three steps the monitor also takes one by one
 //! ([`Network::lease`], [`Network::plug`], [`Network::complete`]) to plug a namespace it made
-//! itself while the container is created; [`Network::detach`] undoes it when the container stops. Links, addresses and routes go through netlink ([`netlink`]); NAT and published
+//! itself while the container is created; [`Network::detach`] undoes it when the container stops.
+//! Links, addresses and routes go through netlink ([`netlink`]); NAT and published
 //! ports are iptables rules in Berth's own chains ([`firewall`]), tagged so they can be removed by owner.
 
 pub mod dns;
@@ -574,15 +575,11 @@ impl Network {
         if self.name != "bridge" && !how.names.is_empty() {
             dns::register(&self.state_dir, id, ip, how.names)?;
         }
-        let m = Self::mac(ip);
         Ok(Endpoint {
             ip,
             prefix: self.subnet.prefix,
             gateway: self.gateway,
-            mac: format!(
-                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                m[0], m[1], m[2], m[3], m[4], m[5]
-            ),
+            mac: Self::mac(ip).map(|b| format!("{b:02x}")).join(":"),
             ports,
         })
     }

@@ -33,6 +33,19 @@ pub struct Netlink {
     sequence: u32,
 }
 
+/// Runs `away`, which moves the calling thread into another network namespace, and brings the
+/// thread back to the one it was in, whatever `away` returned.
+fn and_back_home<T>(away: impl FnOnce() -> Result<T, NetError>) -> Result<T, NetError> {
+    let home = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| err("own netns", e))?;
+    let result = away();
+    // SAFETY: `home` is an open network-namespace file. Returning must not fail silently, or the
+    // thread would work in the other namespace from now on.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&home), libc::CLONE_NEWNET) } != 0 {
+        return Err(err("leave netns", std::io::Error::last_os_error()));
+    }
+    result
+}
+
 fn err(what: &str, e: impl std::fmt::Display) -> NetError {
     NetError::Netlink(format!("{what}: {e}"))
 }
@@ -54,43 +67,26 @@ impl Netlink {
     /// A socket inside the network namespace `netns` (an open `/proc/<pid>/ns/net`): the thread enters
     /// it, opens the socket (which stays bound there) and comes back.
     pub fn in_namespace(netns: RawFd) -> Result<Self, NetError> {
-        let home = std::fs::File::open("/proc/self/ns/net").map_err(|e| err("own netns", e))?;
-        // SAFETY: both descriptors are open network-namespace files for the duration of these calls.
-        let enter = unsafe { libc::setns(netns, libc::CLONE_NEWNET) };
-        if enter != 0 {
-            return Err(err("enter netns", std::io::Error::last_os_error()));
-        }
-        let socket = Self::new();
-        // SAFETY: as above; returning home must not fail silently, or we would work in the container's
-        // namespace from now on.
-        let back =
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&home), libc::CLONE_NEWNET) };
-        if back != 0 {
-            return Err(err("leave netns", std::io::Error::last_os_error()));
-        }
-        socket
+        and_back_home(|| {
+            // SAFETY: `netns` is an open network-namespace file for the duration of this call.
+            if unsafe { libc::setns(netns, libc::CLONE_NEWNET) } != 0 {
+                return Err(err("enter netns", std::io::Error::last_os_error()));
+            }
+            Self::new()
+        })
     }
 
     /// A new, empty network namespace, as an open file: the calling thread creates it, opens it and
     /// returns to its own. It lives as long as the file or a process in it does.
     pub fn new_namespace() -> Result<std::fs::File, NetError> {
-        let home =
-            std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| err("own netns", e))?;
-        // SAFETY: unshare only moves this thread into a new network namespace; nothing of ours is
-        // touched.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(err("new netns", std::io::Error::last_os_error()));
-        }
-        let created =
-            std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| err("new netns", e));
-        // SAFETY: `home` is an open network-namespace file; returning home must not fail silently,
-        // or we would work in the new namespace from now on.
-        let back =
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&home), libc::CLONE_NEWNET) };
-        if back != 0 {
-            return Err(err("leave netns", std::io::Error::last_os_error()));
-        }
-        created
+        and_back_home(|| {
+            // SAFETY: unshare only moves this thread into a new network namespace; nothing of ours
+            // is touched.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(err("new netns", std::io::Error::last_os_error()));
+            }
+            std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| err("new netns", e))
+        })
     }
 
     /// Sends one request and collects the replies until the ACK (or DONE); kernel errors come back as

@@ -135,12 +135,14 @@ pub fn pids(id: &str) -> Vec<i32> {
         .collect()
 }
 
-/// The `cgroup.procs` files of every hierarchy process `pid` belongs to (v1 controllers and the v2
-/// tree alike) where the caller is in another cgroup: writing a PID to each moves that process (or a
-/// child of the caller) into the same cgroups, as `exec` needs. Hierarchies where the caller already
-/// is in `pid`'s cgroup are left out: even a move to where a process is waits for the kernel's
-/// global lock.
-pub fn procs_files_of(pid: i32) -> Vec<PathBuf> {
+/// The files through which a single-threaded process joins the cgroups of process `pid`, in every
+/// hierarchy where it is in another cgroup: writing `0` to each moves the writer, as `exec` needs.
+/// That is `tasks` in a v1 hierarchy, where a thread moving itself is the one move made without the
+/// kernel's global threadgroup lock (a pid written to `cgroup.procs` waits for an RCU grace period,
+/// see vendor/README.md), and `cgroup.procs` in the v2 tree, which has no `tasks`. Hierarchies where
+/// the caller already is in `pid`'s cgroup are left out: even a move to where a process is takes
+/// that lock.
+pub fn join_files_of(pid: i32) -> Vec<PathBuf> {
     let membership = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let cgroup_mounts = cgroup_mounts();
@@ -150,19 +152,23 @@ pub fn procs_files_of(pid: i32) -> Vec<PathBuf> {
         let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
             continue;
         };
-        let mount = if controllers.is_empty() {
-            cgroup_mounts.iter().find(|(t, _, _)| t == "cgroup2")
+        let (mount, file) = if controllers.is_empty() {
+            (
+                cgroup_mounts.iter().find(|(t, _, _)| t == "cgroup2"),
+                "cgroup.procs",
+            )
         } else {
             // "name=systemd" style hierarchies carry the name in the super options too.
             let wanted: Vec<&str> = controllers.split(',').collect();
-            cgroup_mounts.iter().find(|(t, _, opts)| {
+            let mount = cgroup_mounts.iter().find(|(t, _, opts)| {
                 t == "cgroup" && wanted.iter().all(|w| opts.iter().any(|o| o == w))
-            })
+            });
+            (mount, "tasks")
         };
         if let Some((_, mount_point, _)) = mount {
             let file = Path::new(mount_point)
                 .join(path.trim_start_matches('/'))
-                .join("cgroup.procs");
+                .join(file);
             if file.exists() && !files.contains(&file) {
                 files.push(file);
             }

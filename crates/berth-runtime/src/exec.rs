@@ -75,7 +75,7 @@ struct Plan {
     no_new_privileges: bool,
     seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     namespaces: Vec<(CloneFlags, File)>,
-    cgroup_procs: Vec<PathBuf>,
+    cgroup_files: Vec<PathBuf>,
     tty: bool,
     /// The caller's terminal size, given to the new pty before the process starts.
     window: Option<libc::winsize>,
@@ -289,7 +289,7 @@ fn plan(spec: &Spec, pid: i32, options: &ExecOptions) -> Result<Plan, RuntimeErr
         no_new_privileges: process.no_new_privileges() == Some(true),
         seccomp: linux.seccomp().clone(),
         namespaces,
-        cgroup_procs: crate::cgroup::procs_files_of(pid),
+        cgroup_files: crate::cgroup::join_files_of(pid),
         tty: options.tty,
         window: options
             .tty
@@ -423,23 +423,9 @@ fn intermediate(plan: Plan, mut pid_writer: UnixStream, exec_writer: UnixStream)
 
 /// Moves the calling process into the container's cgroups, then its namespaces (mount last).
 fn join_container(plan: &Plan) -> Result<(), String> {
-    let me = std::process::id().to_string();
-    for procs in &plan.cgroup_procs {
-        // This (forked, single-threaded) process moves itself as a thread where the hierarchy has a
-        // `tasks` file (v1): writing a pid to `cgroup.procs` waits for an RCU grace period, several
-        // milliseconds (see vendor/README.md).
-        let write = |file: &Path, text: &str| {
-            // Not `fs::write`: creating a missing file on cgroupfs fails with EACCES, not ENOENT.
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(file)
-                .and_then(|mut f| f.write_all(text.as_bytes()))
-        };
-        let joined = match write(&procs.with_file_name("tasks"), "0") {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => write(procs, &me),
-            other => other,
-        };
-        joined.map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+    // This forked process is single-threaded, so "0" (the writer) moves all of it.
+    for file in &plan.cgroup_files {
+        std::fs::write(file, "0").map_err(|e| format!("join cgroup {}: {e}", file.display()))?;
     }
     for (flag, file) in &plan.namespaces {
         nix::sched::setns(file.as_fd(), *flag).map_err(|e| format!("setns {flag:?}: {e}"))?;

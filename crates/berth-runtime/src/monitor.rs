@@ -547,10 +547,7 @@ fn run_once(
         let files = store.container_dir(id);
         let shared_netns = crate::network::shared_namespace(engine, record)?;
         // The container's own network namespace is made and wired while libcontainer creates it.
-        let prewired = match shared_netns {
-            Some(_) => None,
-            None => crate::network::prewire(engine, record)?,
-        };
+        let prewired = crate::network::prewire(engine, record)?;
         let netns_path = shared_netns.or_else(|| prewired.as_ref().map(|p| p.namespace_path()));
         // Legacy links add the linked containers' addresses to the environment, as they are now.
         let linked;

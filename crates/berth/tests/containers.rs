@@ -634,6 +634,19 @@ fn init_runs_as_pid_1_and_forwards_signals() {
     b.ok(&[
         "run", "-d", "--init", "--name", "in1", "busybox", "sleep", "300",
     ]);
+    // The init has set its signal handling up once it has started its child: a SIGTERM that comes
+    // before is lost, as it is for Docker's (pid 1 ignores what it does not handle).
+    let pid = b.ok(&["inspect", "-f", "{{.State.Pid}}", "in1"]);
+    let children = format!("/proc/{0}/task/{0}/children", pid.trim());
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&children)
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+        && started.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     b.ok(&["stop", "-t", "30", "in1"]);
     assert_eq!(
         b.ok(&["inspect", "-f", "{{.State.ExitCode}}", "in1"]),
