@@ -132,6 +132,109 @@ struct SpawnedMonitor {
     events: BufReader<File>,
 }
 
+/// The monitor of a container about to be run, spawned before the store is even opened: it loads
+/// and opens the store while the caller does, looks the image up and writes the record, then waits
+/// on [`RECORD_FD`] to hear that the record is written (the end of the pipe, when the container was
+/// not created, sends it away without a word). Passed to [`Engine::run`].
+pub struct PendingRun {
+    id: String,
+    monitor: SpawnedMonitor,
+    record_written: std::os::fd::OwnedFd,
+}
+
+impl PendingRun {
+    /// Spawns the monitor of a fresh container ID for the store at `root` and the run directory at
+    /// `runroot` (as given to [`Engine::open`]), with the caller's stdio as `stdio` says; `open_stdin`:
+    /// the container keeps its stdin (`-i`).
+    pub fn spawn(
+        root: &Path,
+        runroot: &Path,
+        stdio: &StdioMode,
+        open_stdin: bool,
+    ) -> Result<Self, RuntimeError> {
+        let root = std::path::absolute(root).map_err(|e| io_err(root.display(), e))?;
+        fs::create_dir_all(runroot).map_err(|e| io_err(runroot.display(), e))?;
+        let runroot = fs::canonicalize(runroot).map_err(|e| io_err(runroot.display(), e))?;
+        let id = new_container_id();
+        let (record_read, record_written) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
+        let monitor = spawn_monitor(
+            &root,
+            &runroot,
+            &id,
+            stdio,
+            open_stdin,
+            Some(record_read.as_fd()),
+        )?;
+        Ok(Self {
+            id,
+            monitor,
+            record_written,
+        })
+    }
+}
+
+/// Spawns the monitor of container `id` with the caller's stdio as `stdio` says; `record` is the
+/// pipe it waits on before it reads the container's record (see [`PendingRun`]). `root` and
+/// `runroot` are absolute: the monitor starts in `/`.
+fn spawn_monitor(
+    root: &Path,
+    runroot: &Path,
+    id: &str,
+    stdio: &StdioMode,
+    open_stdin: bool,
+    record: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<SpawnedMonitor, RuntimeError> {
+    crate::runroot::prepare(runroot).map_err(|e| io_err(runroot.display(), e))?;
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
+    let monitor = monitor_binary()?;
+    let keys_hex;
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("--root"),
+        root.as_os_str(),
+        OsStr::new("--runroot"),
+        runroot.as_os_str(),
+    ];
+    if record.is_some() {
+        args.push(OsStr::new("--await-record"));
+    }
+    args.push(OsStr::new(id));
+    let output;
+    let stdio = match stdio {
+        StdioMode::Detached => [ChildFd::Null, ChildFd::Null, ChildFd::Null],
+        StdioMode::Inherit(keys) => {
+            keys_hex = keys.to_hex();
+            args.extend([OsStr::new("--attached"), OsStr::new(&keys_hex)]);
+            let input = if open_stdin {
+                ChildFd::Inherit
+            } else {
+                ChildFd::Null
+            };
+            [input, ChildFd::Inherit, ChildFd::Inherit]
+        }
+        StdioMode::Output(fd) => {
+            keys_hex = crate::session::DetachKeys::default().to_hex();
+            args.extend([OsStr::new("--attached"), OsStr::new(&keys_hex)]);
+            output = fd.as_fd();
+            [ChildFd::Null, ChildFd::Fd(output), ChildFd::Fd(output)]
+        }
+    };
+    let mut passed = vec![(write_end.as_fd(), STATUS_FD)];
+    if let Some(fd) = record {
+        passed.push((fd, RECORD_FD));
+    }
+    // The monitor outlives us; we never wait for it (it is reaped by init after we exit).
+    let pid = crate::spawn::spawn_session(&monitor, &args, stdio, &passed)
+        .map_err(|e| monitor_spawn_error(&monitor, e))?;
+    drop(passed);
+    drop(write_end);
+    Ok(SpawnedMonitor {
+        pid,
+        events: BufReader::new(File::from(read_end)),
+    })
+}
+
 /// A fresh container ID: 64 random hex digits.
 fn new_container_id() -> String {
     format!(
@@ -535,28 +638,34 @@ impl Engine {
                 })?
                 .map_err(|_| RuntimeError::Io("update".into()))?;
         }
-        let monitor = self.spawn_monitor(&record.id, &stdio, record.config.open_stdin, None)?;
+        let monitor = spawn_monitor(
+            self.store.root(),
+            &self.runroot,
+            &record.id,
+            &stdio,
+            record.config.open_stdin,
+            None,
+        )?;
         Self::await_started(monitor)
     }
 
-    /// Creates a container and starts it, as `run` does. The monitor is spawned before the container
-    /// is created and opens the store while the container's record is written (it waits on
-    /// [`RECORD_FD`] until then): its start-up is off the caller's path. A container whose monitor
-    /// never came up is removed again when it was to be removed on exit.
+    /// Creates a container and starts it, as `run` does, with the monitor `pending` spawned for it:
+    /// the monitor waits on [`RECORD_FD`] until the container's record is written here. A container
+    /// whose monitor never came up is removed again when it was to be removed on exit. `pending`
+    /// must have been spawned for this engine's store and run directory.
     pub fn run(
         &self,
         options: &RunOptions,
-        stdio: StdioMode,
+        pending: PendingRun,
     ) -> Result<(ContainerRecord, Started), RuntimeError> {
-        let id = new_container_id();
-        let (record_read, record_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
-        let monitor =
-            self.spawn_monitor(&id, &stdio, options.interactive, Some(record_read.as_fd()))?;
-        drop(record_read);
+        let PendingRun {
+            id,
+            monitor,
+            record_written,
+        } = pending;
         // An error drops the pipe unwritten: the monitor leaves without a word.
         let record = self.create_with_id(options, id)?;
-        File::from(record_write)
+        File::from(record_written)
             .write_all(b"1")
             .map_err(|e| io_err("tell the monitor", e))?;
         match Self::await_started(monitor) {
@@ -568,65 +677,6 @@ impl Engine {
                 Err(e)
             }
         }
-    }
-
-    /// Spawns the monitor of container `id` with the caller's stdio as `stdio` says; `record` is the
-    /// pipe it waits on before it reads the container's record (see [`Engine::run`]).
-    fn spawn_monitor(
-        &self,
-        id: &str,
-        stdio: &StdioMode,
-        open_stdin: bool,
-        record: Option<std::os::fd::BorrowedFd<'_>>,
-    ) -> Result<SpawnedMonitor, RuntimeError> {
-        crate::runroot::prepare(&self.runroot).map_err(|e| io_err(self.runroot.display(), e))?;
-        let (read_end, write_end) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
-        let monitor = monitor_binary()?;
-        let keys_hex;
-        let mut args: Vec<&OsStr> = vec![
-            OsStr::new("--root"),
-            self.store.root().as_os_str(),
-            OsStr::new("--runroot"),
-            self.runroot.as_os_str(),
-        ];
-        if record.is_some() {
-            args.push(OsStr::new("--await-record"));
-        }
-        args.push(OsStr::new(id));
-        let output;
-        let stdio = match stdio {
-            StdioMode::Detached => [ChildFd::Null, ChildFd::Null, ChildFd::Null],
-            StdioMode::Inherit(keys) => {
-                keys_hex = keys.to_hex();
-                args.extend([OsStr::new("--attached"), OsStr::new(&keys_hex)]);
-                let input = if open_stdin {
-                    ChildFd::Inherit
-                } else {
-                    ChildFd::Null
-                };
-                [input, ChildFd::Inherit, ChildFd::Inherit]
-            }
-            StdioMode::Output(fd) => {
-                keys_hex = crate::session::DetachKeys::default().to_hex();
-                args.extend([OsStr::new("--attached"), OsStr::new(&keys_hex)]);
-                output = fd.as_fd();
-                [ChildFd::Null, ChildFd::Fd(output), ChildFd::Fd(output)]
-            }
-        };
-        let mut passed = vec![(write_end.as_fd(), STATUS_FD)];
-        if let Some(fd) = record {
-            passed.push((fd, RECORD_FD));
-        }
-        // The monitor outlives us; we never wait for it (it is reaped by init after we exit).
-        let pid = crate::spawn::spawn_session(&monitor, &args, stdio, &passed)
-            .map_err(|e| monitor_spawn_error(&monitor, e))?;
-        drop(passed);
-        drop(write_end);
-        Ok(SpawnedMonitor {
-            pid,
-            events: BufReader::new(File::from(read_end)),
-        })
     }
 
     /// Waits until a spawned monitor has started its container (or failed to).

@@ -22,6 +22,6 @@ mod spawn;
 pub mod spec;
 pub mod user;
 
-pub use engine::{Engine, MonitorEvent, Started, StdioMode};
+pub use engine::{Engine, MonitorEvent, PendingRun, Started, StdioMode};
 pub use error::RuntimeError;
 pub use options::RunOptions;

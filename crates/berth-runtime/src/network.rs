@@ -189,11 +189,13 @@ impl Plugging {
 }
 
 /// Makes the network namespace of a container about to be created and starts plugging it into the
-/// container's network (see [`Prewired`]); None when the container gets no network of its own
-/// (`none`: its init makes an empty namespace; `host`; `container:`).
+/// container's network (see [`Prewired`]); `spare_namespace`, a fresh one made ahead, is used when
+/// given. None when the container gets no network of its own (`none`: its init makes an empty
+/// namespace; `host`; `container:`).
 pub(crate) fn prewire(
     engine: &Engine,
     record: &ContainerRecord,
+    spare_namespace: Option<std::fs::File>,
 ) -> Result<Option<Prewired>, RuntimeError> {
     let network = match record.host_config.network_mode.as_str() {
         "bridge" => Network::default_bridge(engine.store().root()).map_err(net_err)?,
@@ -204,7 +206,10 @@ pub(crate) fn prewire(
     let names = dns_names(record, &record.host_config.network_aliases);
     let requested = requested_ip(&record.host_config.ipv4_address)?;
     let ports = port_mappings(record)?;
-    let namespace = berth_net::netlink::Netlink::new_namespace().map_err(net_err)?;
+    let namespace = match spare_namespace {
+        Some(namespace) => namespace,
+        None => berth_net::netlink::Netlink::new_namespace().map_err(net_err)?,
+    };
     let ip = network.lease(&record.id, requested).map_err(net_err)?;
     let mut prewired = Prewired {
         id: record.id.clone(),

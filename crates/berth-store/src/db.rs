@@ -2,10 +2,10 @@
 //! share one store without corrupting it.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 use crate::error::StoreError;
 
@@ -68,18 +68,34 @@ CREATE TABLE IF NOT EXISTS build_cache (
 CREATE INDEX IF NOT EXISTS build_cache_image ON build_cache(image_id);
 ";
 
+/// How long a statement waits for another process's lock on the database.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Opens the database, creating the schema on first use.
 pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     // Many CLIs and monitors write at once; waiting is better than failing.
-    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // WAL: readers never block writers; NORMAL sync is crash-safe for the database in WAL mode.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // WAL is kept in the database file, so it is set by whichever opener of a fresh store comes
+    // first. Setting it takes a lock SQLite does not wait for (SQLITE_BUSY at once): an opener that
+    // finds it taken tries again.
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            done => break done?,
+        }
+    }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Every berth command is a short-lived process. By default the last connection to close
     // checkpoints and deletes the WAL, and the next one re-creates it, syncing it and the directory:
@@ -89,20 +105,22 @@ pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "wal_autocheckpoint", 100)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version < 1 {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = 1; COMMIT;"
-        ))?;
-    }
-    if version < 2 {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
-        ))?;
-    }
     if version < 3 {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"
-        ))?;
+        // Several processes may open a fresh store at once (`run`: the CLI and the monitor). The
+        // version is read again under the write lock: the migration runs once, in one of them.
+        let migration = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = migration.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < 1 {
+            migration.execute_batch(SCHEMA)?;
+        }
+        if version < 2 {
+            migration.execute_batch(SCHEMA_V2)?;
+        }
+        if version < 3 {
+            migration.execute_batch(SCHEMA_V3)?;
+        }
+        migration.pragma_update(None, "user_version", 3)?;
+        migration.commit()?;
     }
     Ok(conn)
 }
@@ -144,5 +162,23 @@ mod tests {
         drop(conn);
         // Opening again changes nothing.
         assert!(open(&path).is_ok());
+    }
+
+    #[test]
+    fn a_fresh_database_opened_by_many_at_once_is_migrated_once() {
+        // `run` opens the store in the CLI and in the container's monitor at the same time.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("metadata.db");
+            let opened: Vec<_> = (0..8)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || open(&path).map(drop))
+                })
+                .collect();
+            for handle in opened {
+                handle.join().unwrap().unwrap();
+            }
+        }
     }
 }

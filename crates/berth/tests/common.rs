@@ -52,6 +52,28 @@ impl Berth {
         b
     }
 
+    /// Asserts that no monitor of this store is left (within 10 s), after `what`: a `run` spawns its
+    /// container's monitor first, which must go when the container is not created.
+    pub fn assert_no_monitor_left(&self, what: &str) {
+        let root = self.root.to_str().unwrap();
+        let monitors = || {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                    let cmdline = String::from_utf8_lossy(&cmdline);
+                    cmdline.contains("berth-monitor") && cmdline.contains(root)
+                })
+                .count()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while monitors() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(monitors(), 0, "a monitor outlived {what}");
+    }
+
     /// A fresh, empty store.
     pub fn empty() -> Self {
         let dir = tempfile::Builder::new()

@@ -61,6 +61,8 @@ fn bad_input_exits_125_with_a_clear_error() {
     let out = b.run(&["run", "--rm", "--pull", "never", "nosuchimage"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("No such image"), "{}", stderr(&out));
+    // The monitor is spawned before the image is looked up: a run without one sends it away.
+    b.assert_no_monitor_left("runs of missing images");
     let out = b.run(&["run", "--rm", "Bad:Reference::x"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(
@@ -104,22 +106,7 @@ fn name_conflicts_are_refused() {
     let out = b.run(&["run", "--name", "twin", "busybox", "true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("is already in use"));
-    let monitors = || {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                let cmdline = String::from_utf8_lossy(&cmdline);
-                cmdline.contains("berth-monitor") && cmdline.contains(b.root.to_str().unwrap())
-            })
-            .count()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while monitors() > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(monitors(), 0, "a monitor outlived the failed run");
+    b.assert_no_monitor_left("a run refused for its name");
     assert_eq!(b.ok(&["ps", "-aq"]).lines().count(), 1);
 }
 

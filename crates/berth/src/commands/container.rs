@@ -1,13 +1,14 @@
 //! Container commands: run, create, start, stop, kill, rm, ps, logs, wait, inspect, …
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use berth_runtime::exec::{ExecEnd, ExecOptions};
 use berth_runtime::logs::{self, LogRecord};
 use berth_runtime::session::{wait_attached, DetachKeys, SessionEnd};
-use berth_runtime::{Engine, RunOptions, StdioMode};
+use berth_runtime::{Engine, PendingRun, RunOptions, StdioMode};
 use berth_store::container::{ContainerRecord, Status};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -567,7 +568,8 @@ pub struct PruneArgs {
 pub fn container_command(engine: &Engine, command: ContainerCommand) -> anyhow::Result<i32> {
     match command {
         ContainerCommand::Ls(a) => ps(engine, a),
-        ContainerCommand::Run(a) => run(engine, a),
+        // (Dispatched before the store is opened; see `commands::run`.)
+        ContainerCommand::Run(a) => run(engine.store().root(), engine.runroot(), a),
         ContainerCommand::Create(a) => create(engine, a),
         ContainerCommand::Start(a) => start(engine, a),
         ContainerCommand::Stop(a) => stop(engine, a),
@@ -609,28 +611,33 @@ fn detach_keys(flag: &Option<String>) -> anyhow::Result<DetachKeys> {
     Ok(DetachKeys::parse(flag.as_deref().unwrap_or_default())?)
 }
 
-pub fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<i32> {
+/// `run`: the container's monitor is spawned first, so that it loads and opens the store while this
+/// process opens it too, looks the image up (or pulls it) and writes the container's record.
+pub fn run(root: &Path, runroot: &Path, args: RunArgs) -> anyhow::Result<i32> {
     let attach = !args.detach;
     let options = args.create.options(attach)?;
     let keys = detach_keys(&args.detach_keys)?;
-    // Any pull is over (and its threads gone) before the container starts: the runtime forks.
     let platform = super::registry::platform(args.create.platform.as_deref())?;
-    super::registry::ensure_image(
-        engine,
-        args.create.image(),
-        args.create.pull,
-        platform.as_ref(),
-    )?;
     let stdio = if attach {
         StdioMode::Inherit(keys)
     } else {
         StdioMode::Detached
     };
-    let (record, started) = engine.run(&options, stdio)?;
+    let pending = PendingRun::spawn(root, runroot, &stdio, options.interactive)?;
+    let engine = Engine::open(root, runroot)?;
+    super::registry::ensure_image(
+        &engine,
+        args.create.image(),
+        args.create.pull,
+        platform.as_ref(),
+    )?;
+    let (record, started) = engine.run(&options, pending)?;
     if args.detach {
         println!("{}", record.id);
         return Ok(0);
     }
+    // The store is not needed while the container runs.
+    drop(engine);
     match wait_attached(started, record.config.tty, args.sig_proxy)? {
         SessionEnd::Exited(code) => Ok(code),
         SessionEnd::Detached => Ok(0),
@@ -650,9 +657,7 @@ pub fn attach(engine: &Engine, args: AttachArgs) -> anyhow::Result<i32> {
 pub fn exec(engine: &Engine, args: ExecArgs) -> anyhow::Result<i32> {
     let mut env = Vec::new();
     for file in &args.env_file {
-        env.extend(berth_runtime::options::read_env_file(
-            std::path::Path::new(file),
-        )?);
+        env.extend(berth_runtime::options::read_env_file(Path::new(file))?);
     }
     env.extend(args.env);
     let options = ExecOptions {

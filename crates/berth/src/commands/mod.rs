@@ -179,11 +179,16 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::Logout(a) => return registry::logout(a),
             Command::Search(a) => return registry::search(a),
             Command::Manifest(c) => return registry::manifest_command(c),
+            // `run` opens the store itself, once its container's monitor is on its way.
+            Command::Run(a) | Command::Container(container::ContainerCommand::Run(a)) => {
+                return container::run(root, runroot, a)
+            }
             other => other,
         };
         let engine = Engine::open(root, runroot)?;
         match command {
-            Command::Run(a) => container::run(&engine, a),
+            // (Dispatched above, before the store is opened.)
+            Command::Run(a) => container::run(engine.store().root(), engine.runroot(), a),
             Command::Create(a) => container::create(&engine, a),
             Command::Start(a) => container::start(&engine, a),
             Command::Stop(a) => container::stop(&engine, a),
