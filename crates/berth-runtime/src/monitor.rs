@@ -75,6 +75,11 @@ struct Outcome {
     exit_code: i32,
     oom_killed: bool,
     ran_for: Duration,
+    /// The container's mount namespace, held open by the monitor: the mounts inside (its `/proc`,
+    /// `/dev`, `/sys`...) are torn down when this is dropped, after the exit is recorded, instead of
+    /// in the init's own exit, where the kernel also waits for an RCU grace period before its parent
+    /// hears of the exit.
+    mount_namespace: Option<File>,
 }
 
 /// Runs the monitor for container `id` until the container is finally stopped; returns the process exit code.
@@ -193,6 +198,7 @@ fn supervise(
     let mut backoff = BACKOFF_START;
     let mut first = true;
     let final_code;
+    let mut mount_namespace = None;
     loop {
         // `start` cleared stopped_by_user before spawning us: a stop that arrives while we start up
         // must stick.
@@ -208,7 +214,7 @@ fn supervise(
             spare_netns.take(),
         );
         first = false;
-        let outcome = match result {
+        let mut outcome = match result {
             Ok(outcome) if record.host_config.auto_remove => {
                 // A `--rm` container is gone for everyone once its record is. The starter hears the
                 // exit code then; the rest of the cleanup no longer holds it up. (What a crash here
@@ -216,17 +222,20 @@ fn supervise(
                 // Its anonymous volumes go with it, before the exit is reported too: as Docker's
                 // `run --rm`, the volumes are gone when `run` returns.
                 engine.store().delete_container(&id)?;
+                tracing::debug!("record deleted");
                 engine.remove_anonymous_volumes(&record.mounts);
                 record_exit_code(&mut lock, outcome.exit_code);
                 attachments.end_run(outcome.exit_code);
                 drop(attachments);
                 status.finish(&MonitorEvent::Exited(outcome.exit_code));
+                tracing::debug!("exit reported");
                 // No one waits for the rest: it yields the CPU to whatever runs next (as often as
                 // not, the next container's start).
                 // SAFETY: setpriority only lowers this process's own scheduling priority.
                 unsafe {
                     libc::setpriority(libc::PRIO_PROCESS, 0, 19);
                 }
+                drop(outcome.mount_namespace);
                 release_runtime(engine, &id);
                 engine.discard_stopped(&record, false)?;
                 drop(lock);
@@ -293,8 +302,10 @@ fn supervise(
         attachments.end_run(outcome.exit_code);
         if !record.state.restarting {
             final_code = outcome.exit_code;
+            mount_namespace = outcome.mount_namespace.take();
             break;
         }
+        drop(outcome.mount_namespace.take());
         release_runtime(engine, &id);
         backoff = if outcome.ran_for >= BACKOFF_RESET_AFTER {
             BACKOFF_START
@@ -316,6 +327,7 @@ fn supervise(
     // as long as the host has unwritten data there, seconds on a busy host. Until the lock goes,
     // commands that need the container stopped wait for it (`Engine::await_monitor_finish`).
     status.finish(&MonitorEvent::Exited(final_code));
+    drop(mount_namespace);
     release_runtime(engine, &id);
     if abandoned_build {
         engine.discard_stopped(&engine.store().container(&id)?, true)?;
@@ -690,6 +702,9 @@ fn run_once(
         set_monitor_signals(true);
         let mut container = built.map_err(|e| classify_start_error(&e.to_string(), record))?;
         tracing::debug!("container created");
+        let mount_namespace = container
+            .pid()
+            .and_then(|pid| File::open(format!("/proc/{pid}/ns/mnt")).ok());
         // The init waits for start(): finish wiring its network namespace up first.
         let (network, network_settings) =
             match crate::network::connect(engine, record, container.pid(), prewired) {
@@ -763,13 +778,16 @@ fn run_once(
                 record,
             },
         )?;
+        tracing::debug!("container exited");
         let _ = log.finish();
         let oom_killed = crate::cgroup::oom_kills(id) > 0;
         crate::network::disconnect(engine, record, network.as_ref());
+        tracing::debug!("network disconnected");
         Ok(Outcome {
             exit_code,
             oom_killed,
             ran_for: started_at.elapsed(),
+            mount_namespace,
         })
     })();
     // After an exit, the caller releases the rest (`release_runtime`) when it suits it.

@@ -671,3 +671,31 @@ fn a_closed_stdout_ends_listing_commands_quietly() {
         );
     }
 }
+
+#[test]
+fn the_monitor_holds_the_container_mount_namespace_while_it_runs() {
+    // The container's mounts are torn down by the monitor after the exit is recorded, not in the
+    // init's own exit (where the kernel waits for an RCU grace period before the monitor hears).
+    let b = Berth::with_busybox();
+    let id = b
+        .ok(&["run", "-d", "busybox", "sleep", "60"])
+        .trim()
+        .to_string();
+    let pid = b.ok(&["inspect", "-f", "{{.State.Pid}}", &id]);
+    let pid = pid.trim();
+    let namespace = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    // The init's parent is the monitor.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let monitor = after_name.split_whitespace().nth(1).unwrap();
+    let holds = std::fs::read_dir(format!("/proc/{monitor}/fd"))
+        .unwrap()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).ok().as_ref() == Some(&namespace));
+    assert!(
+        holds,
+        "monitor {monitor} holds no descriptor of {namespace:?}"
+    );
+    b.ok(&["rm", "-f", &id]);
+    assert_eq!(b.ok(&["ps", "-aq"]), "");
+}

@@ -107,11 +107,11 @@ fn main() -> ExitCode {
         } => (id, attached, await_record),
     };
     // BERTH_DEBUG=1 makes the monitor log its own and libcontainer's steps, timed, to
-    // <runroot>/containers/<id>/monitor.log.
+    // <runroot>/debug/<id>.log (outside the container's run dir: kept after a `--rm` container).
     if std::env::var_os("BERTH_DEBUG").is_some() {
-        let dir = args.runroot.join("containers").join(&id);
+        let dir = args.runroot.join("debug");
         let _ = std::fs::create_dir_all(&dir);
-        if let Ok(file) = std::fs::File::create(dir.join("monitor.log")) {
+        if let Ok(file) = std::fs::File::create(dir.join(format!("{id}.log"))) {
             let _ = tracing_subscriber::fmt()
                 .with_writer(std::sync::Mutex::new(file))
                 .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
