@@ -153,8 +153,7 @@ impl PendingRun {
         open_stdin: bool,
     ) -> Result<Self, RuntimeError> {
         let root = std::path::absolute(root).map_err(|e| io_err(root.display(), e))?;
-        fs::create_dir_all(runroot).map_err(|e| io_err(runroot.display(), e))?;
-        let runroot = fs::canonicalize(runroot).map_err(|e| io_err(runroot.display(), e))?;
+        let runroot = open_run_directory(runroot)?;
         let id = new_container_id();
         let (record_read, record_written) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", e))?;
@@ -235,6 +234,13 @@ fn spawn_monitor(
     })
 }
 
+/// The run directory at `runroot`, created when missing (with its `containers`), as an absolute
+/// path without symlinks.
+fn open_run_directory(runroot: &Path) -> Result<PathBuf, RuntimeError> {
+    fs::create_dir_all(runroot.join("containers")).map_err(|e| io_err(runroot.display(), e))?;
+    fs::canonicalize(runroot).map_err(|e| io_err(runroot.display(), e))
+}
+
 /// A fresh container ID: 64 random hex digits.
 fn new_container_id() -> String {
     format!(
@@ -248,8 +254,7 @@ impl Engine {
     /// Opens the store at `root` and the run directory at `runroot`.
     pub fn open(root: &Path, runroot: &Path) -> Result<Self, RuntimeError> {
         let store = Store::open(root)?;
-        fs::create_dir_all(runroot.join("containers")).map_err(|e| io_err(runroot.display(), e))?;
-        let runroot = fs::canonicalize(runroot).map_err(|e| io_err(runroot.display(), e))?;
+        let runroot = open_run_directory(runroot)?;
         Ok(Self { store, runroot })
     }
 

@@ -214,7 +214,7 @@ fn supervise(
             spare_netns.take(),
         );
         first = false;
-        let mut outcome = match result {
+        let outcome = match result {
             Ok(outcome) if record.host_config.auto_remove => {
                 // A `--rm` container is gone for everyone once its record is. The starter hears the
                 // exit code then; the rest of the cleanup no longer holds it up. (What a crash here
@@ -235,8 +235,7 @@ fn supervise(
                 unsafe {
                     libc::setpriority(libc::PRIO_PROCESS, 0, 19);
                 }
-                drop(outcome.mount_namespace);
-                release_runtime(engine, &id);
+                release_runtime(engine, &id, outcome.mount_namespace);
                 engine.discard_stopped(&record, false)?;
                 drop(lock);
                 return Ok(outcome.exit_code);
@@ -302,11 +301,10 @@ fn supervise(
         attachments.end_run(outcome.exit_code);
         if !record.state.restarting {
             final_code = outcome.exit_code;
-            mount_namespace = outcome.mount_namespace.take();
+            mount_namespace = outcome.mount_namespace;
             break;
         }
-        drop(outcome.mount_namespace.take());
-        release_runtime(engine, &id);
+        release_runtime(engine, &id, outcome.mount_namespace);
         backoff = if outcome.ran_for >= BACKOFF_RESET_AFTER {
             BACKOFF_START
         } else {
@@ -327,8 +325,7 @@ fn supervise(
     // as long as the host has unwritten data there, seconds on a busy host. Until the lock goes,
     // commands that need the container stopped wait for it (`Engine::await_monitor_finish`).
     status.finish(&MonitorEvent::Exited(final_code));
-    drop(mount_namespace);
-    release_runtime(engine, &id);
+    release_runtime(engine, &id, mount_namespace);
     if abandoned_build {
         engine.discard_stopped(&engine.store().container(&id)?, true)?;
     }
@@ -798,9 +795,11 @@ fn run_once(
 }
 
 /// What a container that exited still holds once its monitor has its exit status: the init has
-/// exited, so the kernel has killed the rest of its PID namespace; left are the cgroups,
-/// libcontainer's state dir and the rootfs mount.
-fn release_runtime(engine: &Engine, id: &str) {
+/// exited, so the kernel has killed the rest of its PID namespace; left are its mount namespace
+/// (`mount_namespace`, the monitor's hold on it: see [`Outcome`]), the cgroups, libcontainer's state
+/// dir and the rootfs mount.
+fn release_runtime(engine: &Engine, id: &str, mount_namespace: Option<File>) {
+    drop(mount_namespace);
     crate::cgroup::remove(id);
     let _ = fs::remove_dir_all(engine.libcontainer_root().join(id));
     let _ = engine.store().snapshots().unmount_container(id);

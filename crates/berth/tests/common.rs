@@ -52,6 +52,21 @@ impl Berth {
         b
     }
 
+    /// The PID of `container`'s monitor: the parent of its init.
+    pub fn monitor_of(&self, container: &str) -> i32 {
+        let pid = self.ok(&["inspect", "-f", "{{.State.Pid}}", container]);
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap();
+        // The fields after the parenthesised name: state, then the parent's PID.
+        stat.rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// Asserts that no monitor of this store is left (within 10 s), after `what`: a `run` spawns its
     /// container's monitor first, which must go when the container is not created.
     pub fn assert_no_monitor_left(&self, what: &str) {

@@ -490,16 +490,7 @@ fn a_killed_monitor_leaves_an_exited_container_not_a_ghost() {
         .trim()
         .parse()
         .unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let monitor: i32 = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let monitor = b.monitor_of("orphan");
     std::process::Command::new("kill")
         .args(["-9", &monitor.to_string()])
         .status()
@@ -682,12 +673,8 @@ fn the_monitor_holds_the_container_mount_namespace_while_it_runs() {
         .trim()
         .to_string();
     let pid = b.ok(&["inspect", "-f", "{{.State.Pid}}", &id]);
-    let pid = pid.trim();
-    let namespace = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
-    // The init's parent is the monitor.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let monitor = after_name.split_whitespace().nth(1).unwrap();
+    let namespace = std::fs::read_link(format!("/proc/{}/ns/mnt", pid.trim())).unwrap();
+    let monitor = b.monitor_of(&id);
     let holds = std::fs::read_dir(format!("/proc/{monitor}/fd"))
         .unwrap()
         .flatten()

@@ -925,19 +925,7 @@ fn a_crashed_monitor_leaves_no_lease_or_rule_behind() {
         .ok(&["inspect", "-f", "{{.Id}}", "victim"])
         .trim()
         .to_string();
-    let pid = b
-        .ok(&["inspect", "-f", "{{.State.Pid}}", "victim"])
-        .trim()
-        .to_string();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let monitor = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let monitor = b.monitor_of("victim").to_string();
     std::process::Command::new("kill")
         .args(["-9", &monitor])
         .status()

@@ -568,8 +568,9 @@ pub struct PruneArgs {
 pub fn container_command(engine: &Engine, command: ContainerCommand) -> anyhow::Result<i32> {
     match command {
         ContainerCommand::Ls(a) => ps(engine, a),
-        // (Dispatched before the store is opened; see `commands::run`.)
-        ContainerCommand::Run(a) => run(engine.store().root(), engine.runroot(), a),
+        ContainerCommand::Run(_) => {
+            unreachable!("`container run` is dispatched before the store is opened")
+        }
         ContainerCommand::Create(a) => create(engine, a),
         ContainerCommand::Start(a) => start(engine, a),
         ContainerCommand::Stop(a) => stop(engine, a),

@@ -187,8 +187,7 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
         };
         let engine = Engine::open(root, runroot)?;
         match command {
-            // (Dispatched above, before the store is opened.)
-            Command::Run(a) => container::run(engine.store().root(), engine.runroot(), a),
+            Command::Run(_) => unreachable!("`run` is dispatched before the store is opened"),
             Command::Create(a) => container::create(&engine, a),
             Command::Start(a) => container::start(&engine, a),
             Command::Stop(a) => container::stop(&engine, a),
