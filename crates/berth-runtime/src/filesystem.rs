@@ -467,7 +467,12 @@ impl Engine {
         }
         let result = self.commit_paused(&record, options, change_config);
         if pause {
-            let _ = self.set_paused(&record, false);
+            // Thaw with the record as it is now (paused): `set_paused` refuses to thaw a container
+            // its record says is running, which the record read before the freeze still says.
+            let now = self.container(&record.id)?;
+            if now.state.running && now.state.paused {
+                self.set_paused(&now, false)?;
+            }
         }
         result
     }

@@ -199,6 +199,63 @@ fn parse_key_values(
     Ok(out)
 }
 
+/// The CPUs of a cpuset list (`0-3,5`), or None when it is not one.
+fn parse_cpu_list(list: &str) -> Option<Vec<u32>> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let (first, last): (u32, u32) = (first.parse().ok()?, last.parse().ok()?);
+        if first > last {
+            return None;
+        }
+        cpus.extend(first..=last);
+    }
+    Some(cpus)
+}
+
+/// Checks `--cpuset-cpus` before the cgroup write would fail with a bare EINVAL or ERANGE: Docker's
+/// words for a list that is not one, and for CPUs this host does not have.
+fn check_cpuset(list: &str) -> Result<(), RuntimeError> {
+    let cpus = parse_cpu_list(list).ok_or_else(|| {
+        RuntimeError::InvalidOption(format!("Invalid value {list} for cpuset cpus"))
+    })?;
+    let Ok(online_text) = std::fs::read_to_string("/sys/devices/system/cpu/online") else {
+        return Ok(());
+    };
+    let Some(online) = parse_cpu_list(&online_text) else {
+        return Ok(());
+    };
+    if cpus.iter().any(|cpu| !online.contains(cpu)) {
+        return Err(RuntimeError::InvalidOption(format!(
+            "Requested CPUs are not available - requested {list}, available: {}",
+            online_text.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a `--security-opt` Berth does not know, as Docker does, rather than run without it.
+/// `apparmor=` and `label=` are accepted and have no effect: this host runs neither AppArmor nor
+/// SELinux confinement for containers.
+fn check_security_opt(opt: &str) -> Result<(), RuntimeError> {
+    let (key, value) = opt
+        .split_once(['=', ':'])
+        .map_or((opt, None), |(k, v)| (k, Some(v)));
+    let known = match (key, value) {
+        ("no-new-privileges", None | Some("true" | "false")) => true,
+        ("seccomp", Some(v)) => !v.is_empty(),
+        ("apparmor" | "label", Some(_)) => true,
+        _ => false,
+    };
+    if known {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidOption(format!(
+            "Invalid --security-opt: {opt:?}"
+        )))
+    }
+}
+
 /// Reads `--env-file` files: `KEY=value` lines, `KEY` alone takes the caller's value, `#` comments.
 pub fn read_env_file(path: &std::path::Path) -> Result<Vec<String>, RuntimeError> {
     let text = std::fs::read_to_string(path)
@@ -208,6 +265,19 @@ pub fn read_env_file(path: &std::path::Path) -> Result<Vec<String>, RuntimeError
         let line = line.trim_start();
         if line.is_empty() || line.starts_with('#') {
             continue;
+        }
+        let key = line.split_once('=').map_or(line, |(k, _)| k);
+        if key.is_empty() {
+            return Err(RuntimeError::InvalidOption(format!(
+                "{}: no variable name on line '{line}'",
+                path.display()
+            )));
+        }
+        if key.contains(char::is_whitespace) {
+            return Err(RuntimeError::InvalidOption(format!(
+                "{}: variable '{key}' contains whitespaces",
+                path.display()
+            )));
         }
         out.push(line.to_string());
     }
@@ -337,6 +407,11 @@ pub(crate) fn build_record(
     for file in &options.env_files {
         user_env.extend(read_env_file(file)?);
     }
+    if let Some(bad) = options.env.iter().find(|e| e.starts_with('=')) {
+        return Err(RuntimeError::InvalidOption(format!(
+            "invalid environment variable: {bad}"
+        )));
+    }
     user_env.extend(options.env.iter().cloned());
     let mut env = merge_env(&img.env, &expand_env(user_env));
     if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -449,6 +524,12 @@ pub(crate) fn build_record(
         }
         None => 0,
     };
+    if let Some(list) = options.cpuset_cpus.as_deref() {
+        check_cpuset(list)?;
+    }
+    for opt in &options.security_opt {
+        check_security_opt(opt)?;
+    }
     let network_mode = match options.network.as_deref() {
         None | Some("default") => "bridge".to_string(),
         Some(n) => n.to_string(),
@@ -571,10 +652,18 @@ pub(crate) fn build_record(
         crate::signal::parse_signal(sig)?;
     }
 
-    let hostname = options
-        .hostname
-        .clone()
-        .unwrap_or_else(|| id[..12].to_string());
+    // On the host's network a container goes by the host's name, as with Docker.
+    let host_name = || {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty())
+    };
+    let hostname = match &options.hostname {
+        Some(name) => name.clone(),
+        None if network_mode == "host" => host_name().unwrap_or_else(|| id[..12].to_string()),
+        None => id[..12].to_string(),
+    };
     let config = ContainerConfig {
         hostname,
         domainname: String::new(),

@@ -263,9 +263,17 @@ pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Val
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if hc.privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "noexec", "nodev", "mode=755"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
     ];
+    // The container's own cgroups, read-only (Docker's default): programs that size themselves by
+    // their limits (JVMs, Go and .NET runtimes) read them there. Bind mounts rather than the spec's
+    // `cgroup` mount type, which libcontainer 0.7 mounts writable on v1 hosts.
+    let cgroup_mode = if hc.privileged { "rw" } else { "ro" };
+    for (source, destination) in crate::cgroup::container_view(&record.id) {
+        mounts.push(json!({"destination": destination, "type": "bind", "source": source, "options": ["bind", cgroup_mode, "nosuid", "noexec", "nodev"]}));
+    }
     for (file, dest) in [
         ("hosts", "/etc/hosts"),
         ("hostname", "/etc/hostname"),
@@ -354,7 +362,11 @@ fn user_mounts_cover(mounts: &[MountPoint], dest: &str) -> bool {
 fn mount_json(m: &MountPoint) -> Value {
     match m.kind.as_str() {
         "tmpfs" => {
+            // Docker's tmpfs defaults: nosuid, nodev and noexec, unless the user asked for `exec`.
             let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+            if !m.options.iter().any(|o| o == "exec") {
+                options.push("noexec".into());
+            }
             options.extend(m.options.iter().cloned());
             if !m.rw {
                 options.push("ro".into());

@@ -107,16 +107,19 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, RuntimeEr
         _ => entry.map(|e| e.gid).unwrap_or(0),
     };
     let name = entry.map(|e| e.name.as_str());
-    let mut additional_gids: Vec<u32> = match (name, group_part) {
-        (Some(name), None) => groups
+    // The primary group comes first in the supplementary list too, as Docker (containerd) sets it:
+    // `id` in the container shows it under groups=, and /proc/self/status under Groups.
+    let mut additional_gids = vec![gid];
+    if let (Some(name), None) = (name, group_part) {
+        for member_of in groups
             .iter()
             .filter(|g| g.members.iter().any(|m| m == name))
-            .map(|g| g.gid)
-            .filter(|&g| g != gid)
-            .collect(),
-        _ => Vec::new(),
-    };
-    additional_gids.dedup();
+        {
+            if !additional_gids.contains(&member_of.gid) {
+                additional_gids.push(member_of.gid);
+            }
+        }
+    }
     Ok(ResolvedUser {
         uid,
         gid,
@@ -150,12 +153,13 @@ mod tests {
         let u = resolve_user(dir.path(), "www").unwrap();
         assert_eq!(
             (u.uid, u.gid, u.additional_gids.clone(), u.home.as_str()),
-            (33, 33, vec![500], "/var/www")
+            (33, 33, vec![33, 500], "/var/www")
         );
         let u = resolve_user(dir.path(), "1000:1000").unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (1000, 1000, "/"));
+        assert_eq!(u.additional_gids, vec![1000]);
         let u = resolve_user(dir.path(), "www:extra").unwrap();
-        assert_eq!((u.uid, u.gid), (33, 500));
+        assert_eq!((u.uid, u.gid, u.additional_gids), (33, 500, vec![500]));
         assert_eq!(resolve_user(dir.path(), "").unwrap().home, "/root");
         assert!(resolve_user(dir.path(), "nobody").is_err());
         assert!(resolve_user(dir.path(), "www:nogroup").is_err());

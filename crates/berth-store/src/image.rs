@@ -44,21 +44,25 @@ pub struct ImageConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
     /// CPU architecture (`amd64`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub architecture: String,
     /// Operating system (`linux`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub os: String,
     /// CPU variant (`v8`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// The defaults for containers run from the image.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub config: RunConfig,
     /// The uncompressed layer digests, bottom first.
     pub rootfs: RootFs,
     /// One entry per build step.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub history: Vec<History>,
     /// Fields Berth does not interpret, kept verbatim.
     #[serde(flatten)]
@@ -100,7 +104,11 @@ pub struct History {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     /// True when the step made no layer.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub empty_layer: bool,
 }
 
@@ -109,22 +117,46 @@ pub struct History {
 #[serde(rename_all = "PascalCase")]
 pub struct HealthConfig {
     /// `["NONE"]`, `["CMD", args…]` or `["CMD-SHELL", command]`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub test: Vec<String>,
     /// Nanoseconds between probes (0 = default 30 s).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub interval: i64,
     /// Nanoseconds before a probe counts as failed (0 = default 30 s).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub timeout: i64,
     /// Nanoseconds of grace after start (failures do not count).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub start_period: i64,
     /// Nanoseconds between probes during the start period.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub start_interval: i64,
     /// Consecutive failures before unhealthy (0 = default 3).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub retries: i64,
 }
 
@@ -137,13 +169,25 @@ fn is_zero(v: &i64) -> bool {
 #[serde(rename_all = "PascalCase")]
 pub struct RunConfig {
     /// Default user (`name`, `uid`, `uid:gid`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub user: String,
     /// Exposed ports as `"80/tcp": {}`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub exposed_ports: BTreeMap<String, serde_json::Value>,
     /// `KEY=value` pairs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub env: Vec<String>,
     /// Entrypoint (exec form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,25 +196,49 @@ pub struct RunConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
     /// Volumes as `"/data": {}`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub volumes: BTreeMap<String, serde_json::Value>,
     /// Working directory.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub working_dir: String,
     /// Labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub labels: BTreeMap<String, String>,
     /// Signal that stops the container.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub stop_signal: String,
     /// Healthcheck.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthConfig>,
     /// ONBUILD triggers.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub on_build: Vec<String>,
     /// SHELL for shell-form instructions.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub shell: Vec<String>,
     /// ArgsEscaped (Windows only; preserved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,7 +256,11 @@ pub struct Descriptor {
     /// Size in bytes of the target.
     pub size: u64,
     /// Annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub annotations: BTreeMap<String, String>,
     /// Platform (in indexes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,8 +281,23 @@ pub struct Manifest {
     /// Layer blobs, bottom first.
     pub layers: Vec<Descriptor>,
     /// Annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// Reads a JSON `null` as the type's default. Docker writes `null` for an unset list or map
+/// (`"Env": null`, `"Volumes": null`, `"OnBuild": null`), where `#[serde(default)]` alone only covers
+/// a missing field.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// Whether a layer media type is one Berth can unpack.
@@ -241,4 +328,34 @@ pub fn host_platform() -> (&'static str, &'static str) {
         other => other,
     };
     ("linux", arch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The config of an image `docker build` (classic builder) wrote, nulls and all.
+    #[test]
+    fn docker_configs_with_nulls_parse_as_empty() {
+        let json = r#"{"architecture":"amd64","os":"linux","created":"2026-12-05T20:00:00Z",
+            "config":{"Hostname":"","User":"","Env":null,"Cmd":["sh"],"Entrypoint":null,
+            "Volumes":null,"WorkingDir":"","Labels":null,"OnBuild":null,"Shell":null,
+            "ExposedPorts":null,"StopSignal":null,"Healthcheck":null},
+            "container_config":{"Env":null},
+            "history":null,
+            "rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let config: ImageConfig = serde_json::from_str(json).unwrap();
+        assert!(config.config.env.is_empty());
+        assert!(config.config.volumes.is_empty());
+        assert!(config.config.labels.is_empty());
+        assert!(config.config.on_build.is_empty());
+        assert!(config.config.entrypoint.is_none());
+        assert_eq!(config.config.cmd, Some(vec!["sh".to_string()]));
+        assert!(config.history.is_empty());
+        // Fields Berth does not read are kept as they were.
+        assert_eq!(
+            config.extra["container_config"]["Env"],
+            serde_json::Value::Null
+        );
+    }
 }

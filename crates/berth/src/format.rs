@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use crate::template::{text_of, Program};
+
 /// Decimal sizes as Docker prints them (`4.26MB`, `1.2GB`, `512B`).
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
@@ -82,157 +84,39 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     print!("{out}");
 }
 
-/// A `--format` template in Go's text/template subset that Docker users write: `{{.Field}}`,
-/// `{{.A.B}}`, `{{json .}}`, `{{json .Field}}`, `{{index .Labels "k"}}`, `{{upper .X}}`, `{{lower .X}}`,
-/// `{{len .X}}`, `{{.X | json}}`, and a leading `table` for a header row. `\t` and `\n` escapes are honoured.
+/// A `--format` template: Go's text/template with Docker's functions (see [`crate::template`]), plus
+/// Docker's conventions around it: a leading `table` asks for a header row and aligned columns, and the
+/// two-character escapes `\t` and `\n` are turned into a tab and a newline before parsing.
 pub struct Template {
-    parts: Vec<Part>,
+    program: Program,
     /// Whether it started with `table`.
     pub table: bool,
 }
 
-enum Part {
-    Text(String),
-    Action(Action),
-}
-
-struct Action {
-    func: Option<String>,
-    path: Vec<String>,
-    arg: Option<String>,
-}
-
 impl Template {
-    /// Parses a template; an unterminated or unknown action is an error.
+    /// Parses a template; syntax errors, unknown functions and undefined variables are errors.
     pub fn parse(input: &str) -> anyhow::Result<Self> {
         let (table, body) = match input.strip_prefix("table") {
             Some(rest) => (true, rest.trim_start()),
             None => (false, input),
         };
         let body = body.replace("\\t", "\t").replace("\\n", "\n");
-        let mut parts = Vec::new();
-        let mut rest = body.as_str();
-        while let Some(start) = rest.find("{{") {
-            if start > 0 {
-                parts.push(Part::Text(rest[..start].to_string()));
-            }
-            let end = rest[start..]
-                .find("}}")
-                .ok_or_else(|| anyhow::anyhow!("template: unclosed action in {input:?}"))?;
-            let inner = rest[start + 2..start + end]
-                .trim()
-                .trim_start_matches('-')
-                .trim_end_matches('-')
-                .trim();
-            parts.push(Part::Action(parse_action(inner)?));
-            rest = &rest[start + end + 2..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_string()));
-        }
-        Ok(Self { parts, table })
+        Ok(Self {
+            program: Program::parse(&body)?,
+            table,
+        })
     }
 
-    /// Renders against one value.
-    pub fn render(&self, value: &Value) -> String {
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Text(t) => out.push_str(t),
-                Part::Action(a) => {
-                    let mut v = lookup(value, &a.path);
-                    if let (Some("index"), Some(key)) = (a.func.as_deref(), &a.arg) {
-                        v = v.get(key).cloned().unwrap_or(Value::Null);
-                    }
-                    let text = match a.func.as_deref() {
-                        Some("json") => serde_json::to_string(&v).unwrap_or_default(),
-                        Some("upper") => to_text(&v).to_uppercase(),
-                        Some("lower") => to_text(&v).to_lowercase(),
-                        Some("len") => match &v {
-                            Value::Array(a) => a.len().to_string(),
-                            Value::Object(o) => o.len().to_string(),
-                            Value::String(s) => s.len().to_string(),
-                            _ => "0".to_string(),
-                        },
-                        _ => to_text(&v),
-                    };
-                    out.push_str(&text);
-                }
-            }
-        }
-        out
+    /// Renders against one value; a runtime error (a field of a string, an index out of range, …) is
+    /// an error, as Docker stops on one too.
+    pub fn render(&self, value: &Value) -> anyhow::Result<String> {
+        self.program.execute(value)
     }
 
-    /// The header row for `table` templates: each field's name in upper case, Docker's way.
+    /// The header row for `table` templates: for each action, `names` of the first field it references
+    /// (Docker's column names), with the text between actions kept.
     pub fn header(&self, names: &dyn Fn(&str) -> String) -> String {
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Text(t) => out.push_str(t),
-                Part::Action(a) => out.push_str(&names(&a.path.join("."))),
-            }
-        }
-        out
-    }
-}
-
-fn parse_action(inner: &str) -> anyhow::Result<Action> {
-    let (inner, piped) = match inner.split_once('|') {
-        Some((a, f)) => (a.trim(), Some(f.trim().to_string())),
-        None => (inner, None),
-    };
-    let words: Vec<&str> = inner.split_whitespace().collect();
-    let (func, path_word, arg) = match words.as_slice() {
-        [path] if path.starts_with('.') => (piped, *path, None),
-        [f @ ("json" | "upper" | "lower" | "println" | "len"), path] => {
-            (Some(f.to_string()), *path, None)
-        }
-        ["index", path, key] => (
-            Some("index".to_string()),
-            *path,
-            Some(key.trim_matches('"').to_string()),
-        ),
-        _ => anyhow::bail!("template: unsupported action {{{{{inner}}}}}"),
-    };
-    if !path_word.starts_with('.') {
-        anyhow::bail!("template: unsupported action {{{{{inner}}}}}");
-    }
-    let path = path_word
-        .trim_start_matches('.')
-        .split('.')
-        .filter(|p| !p.is_empty())
-        .map(str::to_string)
-        .collect();
-    Ok(Action { func, path, arg })
-}
-
-fn lookup(value: &Value, path: &[String]) -> Value {
-    let mut v = value;
-    for key in path {
-        match v.get(key) {
-            Some(next) => v = next,
-            None => return Value::Null,
-        }
-    }
-    v.clone()
-}
-
-fn to_text(v: &Value) -> String {
-    match v {
-        Value::Null => "<no value>".into(),
-        Value::String(s) => s.clone(),
-        Value::Array(items) => format!(
-            "[{}]",
-            items.iter().map(to_text).collect::<Vec<_>>().join(" ")
-        ),
-        Value::Object(map) => format!(
-            "map[{}]",
-            map.iter()
-                .map(|(k, v)| format!("{k}:{}", to_text(v)))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
-        other => other.to_string(),
+        self.program.header(names)
     }
 }
 
@@ -263,7 +147,7 @@ pub fn print_rows(
                 lines.push(t.header(&name_of));
             }
             for row in rows {
-                lines.push(t.render(row));
+                lines.push(t.render(row)?);
             }
             if t.table {
                 print_tabbed(&lines);
@@ -279,7 +163,7 @@ pub fn print_rows(
                 .map(|r| {
                     fields
                         .iter()
-                        .map(|f| to_text(&lookup(r, &[f.to_string()])))
+                        .map(|f| text_of(r.get(*f).unwrap_or(&Value::Null)))
                         .collect()
                 })
                 .collect();
@@ -295,7 +179,7 @@ pub fn print_documents(format: Option<&str>, docs: &[Value]) -> anyhow::Result<(
         Some(f) => {
             let t = Template::parse(f)?;
             for d in docs {
-                println!("{}", t.render(d));
+                println!("{}", t.render(d)?);
             }
         }
         None => println!("{}", serde_json::to_string_pretty(docs)?),
@@ -344,24 +228,45 @@ mod tests {
         assert_eq!(
             Template::parse("{{.ID}}\\t{{.State.Status}}")
                 .unwrap()
-                .render(&v),
+                .render(&v)
+                .unwrap(),
             "abc\trunning"
         );
         assert_eq!(
-            Template::parse("{{json .State}}").unwrap().render(&v),
+            Template::parse("{{json .State}}")
+                .unwrap()
+                .render(&v)
+                .unwrap(),
             r#"{"Status":"running"}"#
         );
         assert_eq!(
             Template::parse(r#"{{index .Labels "k"}}"#)
                 .unwrap()
-                .render(&v),
+                .render(&v)
+                .unwrap(),
             "v"
         );
         assert_eq!(
-            Template::parse("{{.Missing}}").unwrap().render(&v),
+            Template::parse("{{.Missing}}").unwrap().render(&v).unwrap(),
             "<no value>"
         );
         assert!(Template::parse("{{.ID").is_err());
         assert!(Template::parse("{{range .X}}").is_err());
+        assert!(Template::parse("{{nosuch .X}}").is_err());
+        assert!(Template::parse("{{.ID.X}}").unwrap().render(&v).is_err());
+    }
+
+    #[test]
+    fn template_table_header() {
+        let t =
+            Template::parse("table {{.ID}}\\t{{.Label \"a\"}}\\t{{if .Running}}y{{end}}").unwrap();
+        assert!(t.table);
+        let names = |f: &str| match f {
+            "ID" => "CONTAINER ID".to_string(),
+            other => other.to_uppercase(),
+        };
+        assert_eq!(t.header(&names), "CONTAINER ID\tLABEL\tRUNNING");
+        let row = json!({"ID": "abc", "Labels": "a=1,b=2", "Running": true});
+        assert_eq!(t.render(&row).unwrap(), "abc\t1\ty");
     }
 }

@@ -3,6 +3,7 @@
 
 mod commands;
 mod format;
+mod template;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

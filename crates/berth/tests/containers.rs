@@ -267,9 +267,22 @@ fn env_workdir_user_hostname_entrypoint() {
         "busybox",
         "sh",
         "-c",
-        "echo $GREETING $(pwd) $(id -u):$(id -g) $(hostname) $HOME; id -G",
+        "echo $GREETING $(pwd) $(id -u):$(id -g) $(hostname) $HOME; id -G; grep Groups /proc/self/status",
     ]);
-    assert_eq!(out, "hi /srv/app 33:33 box /var/www\n33 50\n");
+    // The primary group is in the supplementary list too, as with Docker.
+    assert_eq!(
+        out,
+        "hi /srv/app 33:33 box /var/www\n33 50\nGroups:\t33 50 \n"
+    );
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "grep",
+        "Groups",
+        "/proc/self/status",
+    ]);
+    assert_eq!(out, "Groups:\t0 \n");
     let out = b.ok(&["run", "--rm", "--entrypoint", "echo", "busybox", "a", "b"]);
     assert_eq!(out, "a b\n");
     // Words after the image belong to the command even when they look like `run`'s own flags
@@ -392,6 +405,25 @@ fn volumes_and_binds() {
         "-c",
         "echo t > /scratch/t",
     ]);
+    // tmpfs mounts are nosuid,nodev,noexec as Docker's are, unless `exec` is asked for.
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "--tmpfs",
+        "/x",
+        "--tmpfs",
+        "/z:exec,size=1m",
+        "--mount",
+        "type=tmpfs,destination=/y",
+        "busybox",
+        "sh",
+        "-c",
+        "for d in /x /y /z; do grep \" $d \" /proc/mounts | cut -d' ' -f4; done",
+    ]);
+    assert_eq!(
+        out,
+        "rw,nosuid,nodev,noexec,relatime\nrw,nosuid,nodev,noexec,relatime\nrw,nosuid,nodev,relatime,size=1024k\n"
+    );
     b.ok(&["volume", "rm", "data"]);
 }
 
@@ -429,6 +461,51 @@ fn ps_filters_and_inspect_fields() {
     assert_eq!(c["HostConfig"]["NetworkMode"], "bridge");
     b.ok(&["rename", "two", "three"]);
     assert!(b.ok(&["ps", "-a"]).contains("three"));
+}
+
+#[test]
+fn the_container_sees_its_own_cgroups_read_only() {
+    let b = Berth::with_busybox();
+    // Docker's layout on a v2 host (the container's cgroup is /sys/fs/cgroup) and on a v1 or
+    // hybrid host (one directory per controller, each the container's own).
+    let script = "if [ -e /sys/fs/cgroup/cgroup.controllers ]; then \
+          cat /sys/fs/cgroup/cpu.max /sys/fs/cgroup/memory.max; f=/sys/fs/cgroup/pids.max; \
+        else \
+          cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+          f=/sys/fs/cgroup/pids/pids.max; \
+        fi; \
+        echo 1 > $f || echo refused";
+    let out = b.run(&[
+        "run",
+        "--rm",
+        "--cpus",
+        "0.5",
+        "-m",
+        "64m",
+        "--pids-limit",
+        "50",
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("50000")),
+        "{text}"
+    );
+    assert_eq!(lines.next(), Some("67108864"), "{text}");
+    assert_eq!(
+        lines.next(),
+        Some("refused"),
+        "a container wrote its own limit: {text}"
+    );
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -252,6 +252,47 @@ fn cp_never_follows_container_symlinks_out_of_the_rootfs() {
 }
 
 #[test]
+fn commit_of_a_running_container_pauses_it_only_while_it_writes_the_layer() {
+    let b = Berth::with_busybox();
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "live",
+        "busybox",
+        "sh",
+        "-c",
+        "echo made > /made; exec sleep 600",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while b
+        .run(&["exec", "live", "test", "-e", "/made"])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(std::time::Instant::now() < deadline, "/made never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    b.ok(&["commit", "live", "live:snap"]);
+    assert_eq!(
+        b.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.Paused}}",
+            "live"
+        ]),
+        "running false\n"
+    );
+    assert_eq!(b.ok(&["exec", "live", "cat", "/made"]), "made\n");
+    assert_eq!(
+        b.ok(&["run", "--rm", "--entrypoint", "cat", "live:snap", "/made"]),
+        "made\n"
+    );
+    b.ok(&["rm", "-f", "live"]);
+}
+
+#[test]
 fn diff_commit_and_export() {
     let b = Berth::with_busybox();
     b.ok(&[

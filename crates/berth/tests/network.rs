@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{stderr, Berth};
+use common::{stderr, stdout, Berth};
 
 /// A plain HTTP GET; retried while the server comes up.
 fn http_get(addr: &str) -> String {
@@ -277,6 +277,10 @@ fn network_modes_and_bad_specs() {
         "/sys/class/net",
     ]);
     assert!(out.lines().count() > 1, "{out}");
+    // ... and the host's name, as with Docker.
+    let out = b.run(&["run", "--rm", "--network", "host", "busybox", "hostname"]);
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(stdout(&out), host_name);
     // bridge (the default): eth0 with an address of the network, a default route.
     let out = b.ok(&[
         "run",

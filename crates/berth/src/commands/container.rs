@@ -16,35 +16,36 @@ use serde_json::{json, Value};
 use super::Failed;
 use crate::format::{human_duration, human_size, print_rows, seconds_since};
 
-// Flags shared by `create` and `run`.
+// Flags shared by `create` and `run`. Every option that takes a value takes the next word whatever it
+// starts with (`allow_hyphen_values`), as Docker's flag parser does: `--memory-swap -1`, `--name -x`.
 #[derive(Args, Clone)]
 pub struct CreateArgs {
     /// Print help (-h is --hostname, as in Docker)
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
     /// Assign a name to the container
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     name: Option<String>,
     /// Set environment variables
-    #[arg(short = 'e', long = "env")]
+    #[arg(short = 'e', long = "env", allow_hyphen_values = true)]
     env: Vec<String>,
     /// Read in a file of environment variables
-    #[arg(long = "env-file")]
+    #[arg(long = "env-file", allow_hyphen_values = true)]
     env_file: Vec<std::path::PathBuf>,
     /// Working directory inside the container
-    #[arg(short = 'w', long = "workdir")]
+    #[arg(short = 'w', long = "workdir", allow_hyphen_values = true)]
     workdir: Option<String>,
     /// Username or UID (format: <name|uid>[:<group|gid>])
-    #[arg(short = 'u', long)]
+    #[arg(short = 'u', long, allow_hyphen_values = true)]
     user: Option<String>,
     /// Overwrite the default ENTRYPOINT of the image
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     entrypoint: Option<String>,
     /// Container host name
-    #[arg(short = 'h', long)]
+    #[arg(short = 'h', long, allow_hyphen_values = true)]
     hostname: Option<String>,
     /// Set meta data on a container
-    #[arg(short = 'l', long = "label")]
+    #[arg(short = 'l', long = "label", allow_hyphen_values = true)]
     label: Vec<String>,
     /// Allocate a pseudo-TTY
     #[arg(short = 't', long)]
@@ -56,34 +57,34 @@ pub struct CreateArgs {
     #[arg(long)]
     rm: bool,
     /// Restart policy to apply when a container exits (no, always, unless-stopped, on-failure[:max-retries])
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     restart: Option<String>,
     /// Memory limit
-    #[arg(short = 'm', long)]
+    #[arg(short = 'm', long, allow_hyphen_values = true)]
     memory: Option<String>,
     /// Swap limit equal to memory plus swap: -1 to enable unlimited swap
-    #[arg(long = "memory-swap")]
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
     memory_swap: Option<String>,
     /// Number of CPUs
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     cpus: Option<String>,
     /// CPU shares (relative weight)
-    #[arg(short = 'c', long = "cpu-shares")]
+    #[arg(short = 'c', long = "cpu-shares", allow_hyphen_values = true)]
     cpu_shares: Option<i64>,
     /// CPUs in which to allow execution (0-3, 0,1)
-    #[arg(long = "cpuset-cpus")]
+    #[arg(long = "cpuset-cpus", allow_hyphen_values = true)]
     cpuset_cpus: Option<String>,
     /// Tune container pids limit (set -1 for unlimited)
-    #[arg(long = "pids-limit")]
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
     pids_limit: Option<i64>,
     /// Ulimit options
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     ulimit: Vec<String>,
     /// Add Linux capabilities
-    #[arg(long = "cap-add")]
+    #[arg(long = "cap-add", allow_hyphen_values = true)]
     cap_add: Vec<String>,
     /// Drop Linux capabilities
-    #[arg(long = "cap-drop")]
+    #[arg(long = "cap-drop", allow_hyphen_values = true)]
     cap_drop: Vec<String>,
     /// Give extended privileges to this container
     #[arg(long)]
@@ -92,88 +93,88 @@ pub struct CreateArgs {
     #[arg(long = "read-only")]
     read_only: bool,
     /// Security Options
-    #[arg(long = "security-opt")]
+    #[arg(long = "security-opt", allow_hyphen_values = true)]
     security_opt: Vec<String>,
     /// Run an init inside the container that forwards signals and reaps processes
     #[arg(long)]
     init: bool,
     /// Signal to stop the container
-    #[arg(long = "stop-signal")]
+    #[arg(long = "stop-signal", allow_hyphen_values = true)]
     stop_signal: Option<String>,
     /// Timeout (in seconds) to stop a container
-    #[arg(long = "stop-timeout")]
+    #[arg(long = "stop-timeout", allow_hyphen_values = true)]
     stop_timeout: Option<i64>,
     /// Log driver options
-    #[arg(long = "log-opt")]
+    #[arg(long = "log-opt", allow_hyphen_values = true)]
     log_opt: Vec<String>,
     /// Logging driver for the container (only json-file)
-    #[arg(long = "log-driver")]
+    #[arg(long = "log-driver", allow_hyphen_values = true)]
     log_driver: Option<String>,
     /// Command to run to check health
-    #[arg(long = "health-cmd")]
+    #[arg(long = "health-cmd", allow_hyphen_values = true)]
     health_cmd: Option<String>,
     /// Time between running the check (ms|s|m|h)
-    #[arg(long = "health-interval")]
+    #[arg(long = "health-interval", allow_hyphen_values = true)]
     health_interval: Option<String>,
     /// Maximum time to allow one check to run (ms|s|m|h)
-    #[arg(long = "health-timeout")]
+    #[arg(long = "health-timeout", allow_hyphen_values = true)]
     health_timeout: Option<String>,
     /// Consecutive failures needed to report unhealthy
-    #[arg(long = "health-retries")]
+    #[arg(long = "health-retries", allow_hyphen_values = true)]
     health_retries: Option<i64>,
     /// Start period for the container to initialize before starting health-retries countdown (ms|s|m|h)
-    #[arg(long = "health-start-period")]
+    #[arg(long = "health-start-period", allow_hyphen_values = true)]
     health_start_period: Option<String>,
     /// Disable any container-specified HEALTHCHECK
     #[arg(long = "no-healthcheck")]
     no_healthcheck: bool,
     /// Connect a container to a network (bridge, none, host)
-    #[arg(long = "network", alias = "net")]
+    #[arg(long = "network", alias = "net", allow_hyphen_values = true)]
     network: Option<String>,
     /// Publish a container's port(s) to the host
-    #[arg(short = 'p', long = "publish")]
+    #[arg(short = 'p', long = "publish", allow_hyphen_values = true)]
     publish: Vec<String>,
     /// Publish all exposed ports to random ports
     #[arg(short = 'P', long = "publish-all")]
     publish_all: bool,
     /// Expose a port or a range of ports
-    #[arg(long = "expose")]
+    #[arg(long = "expose", allow_hyphen_values = true)]
     expose: Vec<String>,
     /// IPv4 address (e.g., 172.30.100.104) on a user-defined network
-    #[arg(long = "ip")]
+    #[arg(long = "ip", allow_hyphen_values = true)]
     ip: Option<String>,
     /// Add network-scoped alias for the container
-    #[arg(long = "network-alias")]
+    #[arg(long = "network-alias", allow_hyphen_values = true)]
     network_alias: Vec<String>,
     /// Add link to another container (name[:alias])
-    #[arg(long = "link")]
+    #[arg(long = "link", allow_hyphen_values = true)]
     link: Vec<String>,
     /// Add a custom host-to-IP mapping (host:ip)
-    #[arg(long = "add-host")]
+    #[arg(long = "add-host", allow_hyphen_values = true)]
     add_host: Vec<String>,
     /// Set custom DNS servers
-    #[arg(long = "dns")]
+    #[arg(long = "dns", allow_hyphen_values = true)]
     dns: Vec<String>,
     /// Set custom DNS search domains
-    #[arg(long = "dns-search")]
+    #[arg(long = "dns-search", allow_hyphen_values = true)]
     dns_search: Vec<String>,
     /// Bind mount a volume
-    #[arg(short = 'v', long = "volume")]
+    #[arg(short = 'v', long = "volume", allow_hyphen_values = true)]
     volume: Vec<String>,
     /// Attach a filesystem mount to the container
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     mount: Vec<String>,
     /// Mount a tmpfs directory
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     tmpfs: Vec<String>,
     /// Mount volumes from the specified container(s)
-    #[arg(long = "volumes-from")]
+    #[arg(long = "volumes-from", allow_hyphen_values = true)]
     volumes_from: Vec<String>,
     /// Pull image before running ("always", "missing", "never")
     #[arg(long, value_enum, default_value = "missing")]
     pull: super::registry::PullPolicy,
     /// Set platform if server is multi-platform capable (os/arch[/variant])
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     platform: Option<String>,
     /// Image to run, then the command and its arguments. One positional: everything after the image
     /// belongs to the command, even words that look like our flags (`IMAGE -c 'echo hi'`).
@@ -552,6 +553,14 @@ pub enum ContainerCommand {
     Attach(AttachArgs),
     /// List port mappings or a specific mapping for the container
     Port(PortArgs),
+    /// Copy files/folders between a container and the local filesystem
+    Cp(super::filesystem::CpArgs),
+    /// Export a container's filesystem as a tar archive
+    Export(super::filesystem::ExportArgs),
+    /// Inspect changes to files or directories on a container's filesystem
+    Diff(super::filesystem::DiffArgs),
+    /// Create a new image from a container's changes
+    Commit(super::filesystem::CommitArgs),
 }
 
 // `container prune` flags.
@@ -595,6 +604,10 @@ pub fn container_command(engine: &Engine, command: ContainerCommand) -> anyhow::
         ContainerCommand::Exec(a) => exec(engine, a),
         ContainerCommand::Attach(a) => attach(engine, a),
         ContainerCommand::Port(a) => port(engine, a),
+        ContainerCommand::Cp(a) => super::filesystem::cp(engine, a),
+        ContainerCommand::Export(a) => super::filesystem::export(engine, a),
+        ContainerCommand::Diff(a) => super::filesystem::diff(engine, a),
+        ContainerCommand::Commit(a) => super::filesystem::commit(engine, a),
     }
 }
 
@@ -612,10 +625,24 @@ fn detach_keys(flag: &Option<String>) -> anyhow::Result<DetachKeys> {
     Ok(DetachKeys::parse(flag.as_deref().unwrap_or_default())?)
 }
 
+/// Docker's check before it attaches a terminal: `-i -t` needs one on stdin, since the container's
+/// terminal would otherwise get a pipe's bytes with no way to resize or signal it.
+fn check_input_is_a_terminal(tty: bool, interactive: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if tty && interactive && !std::io::stdin().is_terminal() {
+        eprintln!("the input device is not a TTY");
+        return Err(Failed(1).into());
+    }
+    Ok(())
+}
+
 /// `run`: the container's monitor is spawned first, so that it loads and opens the store while this
 /// process opens it too, looks the image up (or pulls it) and writes the container's record.
 pub fn run(root: &Path, runroot: &Path, args: RunArgs) -> anyhow::Result<i32> {
     let attach = !args.detach;
+    if attach {
+        check_input_is_a_terminal(args.create.tty, args.create.interactive)?;
+    }
     let options = args.create.options(attach)?;
     let keys = detach_keys(&args.detach_keys)?;
     let platform = super::registry::platform(args.create.platform.as_deref())?;
@@ -656,6 +683,9 @@ pub fn attach(engine: &Engine, args: AttachArgs) -> anyhow::Result<i32> {
 }
 
 pub fn exec(engine: &Engine, args: ExecArgs) -> anyhow::Result<i32> {
+    if !args.detach {
+        check_input_is_a_terminal(args.tty, args.interactive)?;
+    }
     let mut env = Vec::new();
     for file in &args.env_file {
         env.extend(berth_runtime::options::read_env_file(Path::new(file))?);
@@ -959,6 +989,11 @@ pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<i32> {
                 "Ports": ports_text(r),
                 "Names": r.name,
                 "Labels": r.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                "Networks": std::iter::once(r.host_config.network_mode.as_str())
+                    .filter(|mode| !mode.starts_with("container:"))
+                    .chain(r.host_config.extra_networks.iter().map(|n| n.name.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 "Mounts": r.mounts.iter().map(|m| if m.name.is_empty() { m.source.clone() } else { m.name.clone() }).collect::<Vec<_>>().join(","),
                 "Size": size,
             })
@@ -1013,10 +1048,26 @@ pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Parses `--since`/`--until`: RFC 3339, a Unix timestamp, or a duration before now (`10m`).
+/// Parses `--since`/`--until` as Docker does: RFC 3339, a date and time without zone (local time,
+/// down to a bare `2026-01-02`), a Unix timestamp, or a duration before now (`10m`).
 fn parse_time_bound(value: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    use chrono::TimeZone;
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(value) {
         return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M"))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(&format!("{value}:00"), "%Y-%m-%dT%H:%M")
+        })
+        .or_else(|_| {
+            chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
+                .map(|d| d.and_time(chrono::NaiveTime::MIN))
+        });
+    if let Ok(naive) = naive {
+        if let Some(local) = chrono::Local.from_local_datetime(&naive).earliest() {
+            return Ok(local.with_timezone(&chrono::Utc));
+        }
     }
     if let Ok(secs) = value.parse::<f64>() {
         return chrono::DateTime::from_timestamp(secs as i64, ((secs.fract()) * 1e9) as u32)
@@ -1483,4 +1534,46 @@ pub fn prune(engine: &Engine, _args: PruneArgs) -> anyhow::Result<i32> {
     }
     println!("\nTotal reclaimed space: {}", human_size(reclaimed));
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_bounds_take_dockers_forms() {
+        use chrono::TimeZone;
+        let local = |y, mo, d, h, mi, s| {
+            chrono::Local
+                .with_ymd_and_hms(y, mo, d, h, mi, s)
+                .earliest()
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
+        assert_eq!(
+            parse_time_bound("2026-01-02T03:04:05Z").unwrap(),
+            chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+        );
+        assert_eq!(
+            parse_time_bound("2026-01-02T03:04:05").unwrap(),
+            local(2026, 1, 2, 3, 4, 5)
+        );
+        assert_eq!(
+            parse_time_bound("2026-01-02T03:04").unwrap(),
+            local(2026, 1, 2, 3, 4, 0)
+        );
+        assert_eq!(
+            parse_time_bound("2026-01-02T03").unwrap(),
+            local(2026, 1, 2, 3, 0, 0)
+        );
+        assert_eq!(
+            parse_time_bound("2026-01-02").unwrap(),
+            local(2026, 1, 2, 0, 0, 0)
+        );
+        assert_eq!(
+            parse_time_bound("1700000000").unwrap().timestamp(),
+            1_700_000_000
+        );
+        assert!(parse_time_bound("yesterday").is_err());
+    }
 }

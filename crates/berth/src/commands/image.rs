@@ -174,6 +174,8 @@ pub enum ImageCommand {
     Pull(super::registry::PullArgs),
     /// Upload an image to a registry
     Push(super::registry::PushArgs),
+    /// Build an image from a Dockerfile
+    Build(Box<super::build::BuildArgs>),
 }
 
 pub fn image_command(engine: &Engine, command: ImageCommand) -> anyhow::Result<i32> {
@@ -189,6 +191,7 @@ pub fn image_command(engine: &Engine, command: ImageCommand) -> anyhow::Result<i
         ImageCommand::History(a) => history(engine, a),
         ImageCommand::Pull(a) => super::registry::pull(engine, a),
         ImageCommand::Push(a) => super::registry::push(engine, a),
+        ImageCommand::Build(a) => super::build::build(engine, *a),
     }
 }
 

@@ -123,9 +123,9 @@ pub enum Command {
     #[command(subcommand)]
     System(system::SystemCommand),
     /// Show the Berth version information
-    Version,
+    Version(system::VersionArgs),
     /// Display system-wide information
-    Info,
+    Info(system::InfoArgs),
 }
 
 impl Command {
@@ -144,8 +144,8 @@ impl Command {
                 | Command::Logs(_)
                 | Command::Stats(_)
                 | Command::Search(_)
-                | Command::Version
-                | Command::Info
+                | Command::Version(_)
+                | Command::Info(_)
                 | Command::Network(_)
                 | Command::Volume(_)
                 | Command::Container(
@@ -155,6 +155,7 @@ impl Command {
                         | container::ContainerCommand::Stats(_)
                         | container::ContainerCommand::Top(_)
                         | container::ContainerCommand::Port(_)
+                        | container::ContainerCommand::Diff(_)
                 )
                 | Command::Image(
                     image::ImageCommand::Ls(_)
@@ -229,13 +230,16 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::Volume(c) => volume::volume_command(&engine, c),
             Command::Network(c) => network::network_command(&engine, c),
             Command::System(c) => system::system_command(&engine, c),
-            Command::Version => system::version(&engine),
-            Command::Info => system::info(&engine),
+            Command::Version(a) => system::version(&engine, a),
+            Command::Info(a) => system::info(&engine, a),
         }
     })();
     match result {
         Ok(code) => code,
         Err(e) => {
+            if let Some(Failed(code)) = e.downcast_ref::<Failed>() {
+                return *code;
+            }
             eprintln!("Error: {}", error_chain(&e));
             e.downcast_ref::<RuntimeError>()
                 .map(|r| {
@@ -245,7 +249,6 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
                         engine_error_code
                     }
                 })
-                .or_else(|| e.downcast_ref::<Failed>().map(|f| f.0))
                 .unwrap_or(engine_error_code)
         }
     }

@@ -4,7 +4,9 @@ use berth_runtime::Engine;
 use berth_store::container::Status;
 use clap::{Args, Subcommand};
 
-use crate::format::{human_size, print_table};
+use serde_json::{json, Value};
+
+use crate::format::{human_size, print_documents, print_table};
 
 /// `system` subcommands.
 #[derive(Subcommand)]
@@ -13,9 +15,26 @@ pub enum SystemCommand {
     /// Show disk usage
     Df,
     /// Display system-wide information
-    Info,
+    Info(InfoArgs),
     /// Remove unused data
     Prune(PruneArgs),
+}
+
+// `version` flags. (Plain comments on these structs, as elsewhere here: clap would show a doc comment
+// as the command's description instead of the subcommand's own.)
+#[derive(Args)]
+pub struct VersionArgs {
+    /// Format output using a custom template: 'json' or a Go template ('{{.Server.Version}}')
+    #[arg(short = 'f', long)]
+    format: Option<String>,
+}
+
+// `info` (and `system info`) flags.
+#[derive(Args)]
+pub struct InfoArgs {
+    /// Format output using a custom template: 'json' or a Go template ('{{.ServerVersion}}')
+    #[arg(short = 'f', long)]
+    format: Option<String>,
 }
 
 // `system prune` flags.
@@ -35,61 +54,137 @@ pub struct PruneArgs {
 pub fn system_command(engine: &Engine, command: SystemCommand) -> anyhow::Result<i32> {
     match command {
         SystemCommand::Df => df(engine),
-        SystemCommand::Info => info(engine),
+        SystemCommand::Info(a) => info(engine, a),
         SystemCommand::Prune(a) => prune(engine, a),
     }
 }
 
-pub fn version(_engine: &Engine) -> anyhow::Result<i32> {
+/// Renders `doc` with a `--format` template; `json` alone is Docker's shorthand for `{{json .}}`.
+fn print_formatted(format: &str, doc: Value) -> anyhow::Result<()> {
+    let template = if format == "json" {
+        "{{json .}}"
+    } else {
+        format
+    };
+    print_documents(Some(template), &[doc])
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+fn kernel_version() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// `berth version`: Docker's two sections, or with `--format` a template over Docker's field names
+/// (`.Client.Version`, `.Server.Version`, …) so that scripts written for `docker version` work.
+pub fn version(_engine: &Engine, args: VersionArgs) -> anyhow::Result<i32> {
+    let version = env!("CARGO_PKG_VERSION");
+    let arch = berth_store::image::host_platform().1;
+    if let Some(format) = &args.format {
+        let doc = json!({
+            "Client": {
+                "Platform": {"Name": "Berth"},
+                "Version": version,
+                "ApiVersion": API_VERSION,
+                "DefaultAPIVersion": API_VERSION,
+                "Os": "linux",
+                "Arch": arch,
+            },
+            "Server": {
+                "Platform": {"Name": "Berth (daemonless)"},
+                "Components": [
+                    {
+                        "Name": "Engine",
+                        "Version": version,
+                        "Details": {"ApiVersion": API_VERSION, "Os": "linux", "Arch": arch},
+                    },
+                    {
+                        "Name": "libcontainer (youki)",
+                        "Version": RUNTIME_VERSION,
+                        "Details": {"Embedded": "true"},
+                    },
+                ],
+                "Version": version,
+                "ApiVersion": API_VERSION,
+                "Os": "linux",
+                "Arch": arch,
+                "KernelVersion": kernel_version(),
+            },
+        });
+        print_formatted(format, doc)?;
+        return Ok(0);
+    }
     println!("Client: Berth");
-    println!(" Version:      {}", env!("CARGO_PKG_VERSION"));
-    println!(" API version:  1.43");
-    println!(
-        " OS/Arch:      linux/{}",
-        berth_store::image::host_platform().1
-    );
+    println!(" Version:      {version}");
+    println!(" API version:  {API_VERSION}");
+    println!(" OS/Arch:      linux/{arch}");
     println!();
     println!("Engine: Berth (daemonless)");
-    println!(" Version:      {}", env!("CARGO_PKG_VERSION"));
-    println!(" Runtime:      libcontainer (youki) 0.7, embedded");
+    println!(" Version:      {version}");
+    println!(" Runtime:      libcontainer (youki) {RUNTIME_VERSION}, embedded");
     Ok(0)
 }
 
-pub fn info(engine: &Engine) -> anyhow::Result<i32> {
+/// The Docker API version Berth's output corresponds to.
+const API_VERSION: &str = "1.43";
+
+/// The embedded runtime's version.
+const RUNTIME_VERSION: &str = "0.7";
+
+/// `berth info`: what Docker's `info` shows that applies here, or with `--format` a template over
+/// Docker's field names (`.ServerVersion`, `.Containers`, `.Driver`, …).
+pub fn info(engine: &Engine, args: InfoArgs) -> anyhow::Result<i32> {
     let containers = engine.containers()?;
     let count = |s: Status| containers.iter().filter(|c| c.state.status == s).count();
-    let cgroup = if berth_runtime::cgroup::is_unified() {
-        "2"
-    } else {
-        "1 (hybrid or legacy)"
-    };
+    let (running, paused) = (count(Status::Running), count(Status::Paused));
+    let stopped = count(Status::Exited) + count(Status::Created);
+    let images = engine.store().images()?.len();
+    let unified = berth_runtime::cgroup::is_unified();
+    let kernel = kernel_version();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let root = engine.store().root().display().to_string();
+    let runroot = engine.runroot().display().to_string();
+    if let Some(format) = &args.format {
+        let doc = json!({
+            "Containers": containers.len(),
+            "ContainersRunning": running,
+            "ContainersPaused": paused,
+            "ContainersStopped": stopped,
+            "Images": images,
+            "Driver": "overlay",
+            "LoggingDriver": "json-file",
+            "CgroupVersion": if unified { "2" } else { "1" },
+            "DefaultRuntime": "libcontainer",
+            "KernelVersion": kernel,
+            "OSType": "linux",
+            "Architecture": std::env::consts::ARCH,
+            "NCPU": cpus,
+            "DockerRootDir": root,
+            "BerthRunDir": runroot,
+            "ServerVersion": env!("CARGO_PKG_VERSION"),
+        });
+        print_formatted(format, doc)?;
+        return Ok(0);
+    }
+    let cgroup = if unified { "2" } else { "1 (hybrid or legacy)" };
     println!("Containers: {}", containers.len());
-    println!(" Running: {}", count(Status::Running));
-    println!(" Paused: {}", count(Status::Paused));
-    println!(
-        " Stopped: {}",
-        count(Status::Exited) + count(Status::Created)
-    );
-    println!("Images: {}", engine.store().images()?.len());
+    println!(" Running: {running}");
+    println!(" Paused: {paused}");
+    println!(" Stopped: {stopped}");
+    println!("Images: {images}");
     println!("Storage Driver: overlay");
     println!("Logging Driver: json-file");
     println!("Cgroup Version: {cgroup}");
     println!("Runtime: libcontainer (embedded)");
-    println!(
-        "Kernel Version: {}",
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-    );
+    println!("Kernel Version: {kernel}");
     println!("Architecture: {}", std::env::consts::ARCH);
-    println!(
-        "CPUs: {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
-    println!("Berth Root Dir: {}", engine.store().root().display());
-    println!("Berth Run Dir: {}", engine.runroot().display());
+    println!("CPUs: {cpus}");
+    println!("Berth Root Dir: {root}");
+    println!("Berth Run Dir: {runroot}");
     Ok(0)
 }
 
