@@ -81,11 +81,55 @@ fn bad_input_exits_125_with_a_clear_error() {
         "{}",
         stderr(&out)
     );
+    // Each refused with Docker's words before anything is made.
+    for (args, words) in [
+        (
+            &["--cpus", "-1"][..],
+            "invalid argument \"-1\" for \"--cpus\" flag",
+        ),
+        (&["-e", "=x"][..], "invalid environment variable: =x"),
+        (
+            &["--cpuset-cpus", "abc"][..],
+            "Invalid value abc for cpuset cpus",
+        ),
+        (
+            &["--cpuset-cpus", "0-4096"][..],
+            "Requested CPUs are not available",
+        ),
+        (
+            &["--security-opt", "bogus"][..],
+            "Invalid --security-opt: \"bogus\"",
+        ),
+        (&["--name", "-x"][..], "Invalid container name (-x)"),
+    ] {
+        let out = b.run(&[&["run", "--rm"][..], args, &["busybox", "true"]].concat());
+        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        assert!(stderr(&out).contains(words), "{args:?}: {}", stderr(&out));
+    }
     assert_eq!(
         b.ok(&["ps", "-aq"]),
         "",
         "failed runs must not leave containers"
     );
+    // An option's value may start with '-', as with Docker's flag parser: -1 is unlimited swap.
+    assert_eq!(
+        b.ok(&[
+            "run",
+            "--rm",
+            "-m",
+            "64m",
+            "--memory-swap",
+            "-1",
+            "busybox",
+            "echo",
+            "ok"
+        ]),
+        "ok\n"
+    );
+    // -i -t needs a terminal on stdin (the test's stdin is /dev/null).
+    let out = b.run(&["run", "--rm", "-it", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "the input device is not a TTY\n");
 }
 
 #[test]
@@ -452,6 +496,37 @@ fn ps_filters_and_inspect_fields() {
         2
     );
     assert_eq!(b.ok(&["ps", "-q"]), "");
+    // Go templates as Docker users write them.
+    assert_eq!(
+        b.ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "name=one",
+            "--format",
+            r#"{{.Names}} {{.Networks}} {{.Label "tier"}} {{if eq .State "created"}}new{{end}}"#,
+        ]),
+        "one bridge web new\n"
+    );
+    assert_eq!(
+        b.ok(&[
+            "inspect", "-f",
+            r#"{{range $k, $v := .Config.Labels}}{{$k}}={{$v}};{{end}} {{.State.Status | printf "%q"}} {{join .Config.Cmd ","}}"#,
+            "one",
+        ]),
+        "tier=web; \"created\" true\n"
+    );
+    let out = b.run(&["inspect", "-f", "{{nosuch .Id}}", "one"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("function \"nosuch\" not defined"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!b
+        .ok(&["version", "--format", "{{.Client.Version}}"])
+        .trim()
+        .is_empty());
     let doc: serde_json::Value = serde_json::from_str(&b.ok(&["inspect", "one"])).unwrap();
     let c = &doc[0];
     assert_eq!(c["Name"], "/one");

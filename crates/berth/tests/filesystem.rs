@@ -308,6 +308,7 @@ fn diff_commit_and_export() {
         b.ok(&["diff", "cm1"]),
         "C /bin\nD /bin/vi\nA /made\nA /newdir\n"
     );
+    assert_eq!(b.ok(&["container", "diff", "cm1"]), b.ok(&["diff", "cm1"]));
     let id = b.ok(&[
         "commit",
         "-a",
