@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use berth_store::container::{
-    ContainerConfig, ContainerRecord, ContainerState, HostConfig, LogConfig, MountPoint,
-    MountRequest, PortBinding, RestartPolicy, Ulimit,
+    ContainerConfig, ContainerRecord, ContainerState, DeviceMapping, HostConfig, LogConfig,
+    MountPoint, MountRequest, PortBinding, RestartPolicy, Ulimit,
 };
 use berth_store::image::HealthConfig;
 use berth_store::ImageRecord;
@@ -125,6 +125,18 @@ pub struct RunOptions {
     pub tmpfs: Vec<String>,
     /// `--volumes-from`.
     pub volumes_from: Vec<String>,
+    /// `--shm-size`.
+    pub shm_size: Option<String>,
+    /// `--ipc`.
+    pub ipc: Option<String>,
+    /// `--pid`.
+    pub pid: Option<String>,
+    /// `--device host[:container[:perms]]`.
+    pub devices: Vec<String>,
+    /// `--sysctl key=value`.
+    pub sysctls: Vec<String>,
+    /// `--group-add`.
+    pub group_add: Vec<String>,
 }
 
 /// Parses a Docker size (`512m`, `1g`, `100k`, `1024`, `1.5g`) into bytes, binary units as Docker's RAMInBytes.
@@ -254,6 +266,82 @@ fn check_security_opt(opt: &str) -> Result<(), RuntimeError> {
             "Invalid --security-opt: {opt:?}"
         )))
     }
+}
+
+/// `--device host[:container][:perms]` → Docker's mapping; the host path must be a device node.
+fn parse_device(spec: &str) -> Result<DeviceMapping, RuntimeError> {
+    let bad =
+        |why: String| RuntimeError::InvalidOption(format!("invalid --device {spec:?}: {why}"));
+    let is_permissions = |p: &str| !p.is_empty() && p.chars().all(|c| matches!(c, 'r' | 'w' | 'm'));
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (host, container, permissions) = match parts.as_slice() {
+        [h] => (*h, *h, "rwm"),
+        [h, p] if is_permissions(p) => (*h, *h, *p),
+        [h, c] => (*h, *c, "rwm"),
+        [h, c, p] if is_permissions(p) => (*h, *c, *p),
+        _ => return Err(bad("use host[:container][:rwm]".into())),
+    };
+    if !host.starts_with('/') || !container.starts_with('/') {
+        return Err(bad("device paths must be absolute".into()));
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(host)
+        .map_err(|e| {
+            RuntimeError::InvalidOption(format!(
+                "error gathering device information while adding custom device {host:?}: {e}"
+            ))
+        })?
+        .file_type();
+    if !kind.is_char_device() && !kind.is_block_device() {
+        return Err(bad(format!("{host} is not a device node")));
+    }
+    Ok(DeviceMapping {
+        path_on_host: host.to_string(),
+        path_in_container: container.to_string(),
+        cgroup_permissions: permissions.to_string(),
+    })
+}
+
+/// `--sysctl key=value`, checked as Docker does: only kernel parameters a container's own
+/// namespaces hold (IPC and network), and not those of a namespace shared with the host.
+fn parse_sysctl(
+    spec: &str,
+    network_mode: &str,
+    ipc_mode: &str,
+) -> Result<(String, String), RuntimeError> {
+    const IPC_KEYS: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let bad = |why: String| {
+        RuntimeError::InvalidOption(format!(
+            "invalid argument {spec:?} for \"--sysctl\" flag: {why}"
+        ))
+    };
+    let (key, value) = spec
+        .split_once('=')
+        .ok_or_else(|| bad("use key=value".into()))?;
+    let ipc = IPC_KEYS.contains(&key) || key.starts_with("fs.mqueue.");
+    if ipc && ipc_mode == "host" {
+        return Err(bad(format!(
+            "sysctl {key:?} is not allowed with --ipc host"
+        )));
+    }
+    if key.starts_with("net.") && network_mode == "host" {
+        return Err(bad(format!(
+            "sysctl {key:?} is not allowed in host network namespace"
+        )));
+    }
+    if !ipc && !key.starts_with("net.") {
+        return Err(bad(format!("sysctl {key:?} is not whitelisted")));
+    }
+    Ok((key.to_string(), value.to_string()))
 }
 
 /// Reads `--env-file` files: `KEY=value` lines, `KEY` alone takes the caller's value, `#` comments.
@@ -698,6 +786,45 @@ pub(crate) fn build_record(
             config.working_dir
         )));
     }
+    let shm_size = match options.shm_size.as_deref() {
+        Some(size) => match parse_bytes(size)? {
+            bytes if bytes > 0 => bytes,
+            _ => {
+                return Err(RuntimeError::InvalidOption(format!(
+                    "invalid --shm-size {size:?}: it must be greater than 0"
+                )))
+            }
+        },
+        None => 64 << 20,
+    };
+    let ipc_mode = match options.ipc.as_deref() {
+        None | Some("") | Some("private") => "private".to_string(),
+        Some(mode @ ("shareable" | "host")) => mode.to_string(),
+        Some(mode) => {
+            return Err(RuntimeError::InvalidOption(format!(
+                "invalid IPC mode: {mode} (Berth supports private, shareable and host)"
+            )))
+        }
+    };
+    let pid_mode = match options.pid.as_deref() {
+        None | Some("") => String::new(),
+        Some("host") => "host".to_string(),
+        Some(mode) => {
+            return Err(RuntimeError::InvalidOption(format!(
+                "invalid PID mode: {mode} (Berth supports host, or the container's own)"
+            )))
+        }
+    };
+    let devices = options
+        .devices
+        .iter()
+        .map(|d| parse_device(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sysctls = options
+        .sysctls
+        .iter()
+        .map(|s| parse_sysctl(s, &network_mode, &ipc_mode))
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
     let host_config = HostConfig {
         binds: options.volumes.clone(),
         network_mode,
@@ -732,6 +859,12 @@ pub(crate) fn build_record(
         extra_hosts: options.add_hosts.clone(),
         dns: options.dns.clone(),
         dns_search: options.dns_search.clone(),
+        shm_size,
+        ipc_mode,
+        pid_mode,
+        devices,
+        sysctls,
+        group_add: options.group_add.clone(),
     };
     if host_config.auto_remove && host_config.restart_policy.name != "no" {
         return Err(RuntimeError::InvalidOption(

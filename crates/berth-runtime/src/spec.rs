@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_store::container::{ContainerRecord, MountPoint};
+use berth_store::container::{ContainerRecord, DeviceMapping, MountPoint};
 use serde_json::{json, Value};
 
 use crate::error::RuntimeError;
@@ -199,7 +199,12 @@ pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Val
     } else {
         None
     };
-    let user = resolve_user(paths.rootfs, &config.user)?;
+    let mut user = resolve_user(paths.rootfs, &config.user)?;
+    for gid in crate::user::resolve_groups(paths.rootfs, &hc.group_add)? {
+        if !user.additional_gids.contains(&gid) {
+            user.additional_gids.push(gid);
+        }
+    }
     let mut env = config.env.clone();
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
         env.insert(0, format!("HOSTNAME={}", config.hostname));
@@ -265,8 +270,18 @@ pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Val
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if hc.privileged { "rw" } else { "ro" }]}),
         json!({"destination": "/sys/fs/cgroup", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "noexec", "nodev", "mode=755"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
     ];
+    // /dev/shm: the container's own tmpfs (64 MiB unless --shm-size), or the host's with --ipc host.
+    if hc.ipc_mode == "host" {
+        mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind", "nosuid", "noexec", "nodev"]}));
+    } else {
+        let size = if hc.shm_size > 0 {
+            hc.shm_size
+        } else {
+            64 << 20
+        };
+        mounts.push(json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={size}")]}));
+    }
     // The container's own cgroups, read-only (Docker's default): programs that size themselves by
     // their limits (JVMs, Go and .NET runtimes) read them there. Bind mounts rather than the spec's
     // `cgroup` mount type, which libcontainer 0.7 mounts writable on v1 hosts.
@@ -291,12 +306,13 @@ pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Val
         mounts.push(json!({"destination": INIT_PATH, "type": "bind", "source": binary, "options": ["bind", "ro", "nosuid", "nodev"]}));
     }
 
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
-    ];
+    let mut namespaces = vec![json!({"type": "uts"}), json!({"type": "mount"})];
+    if hc.pid_mode != "host" {
+        namespaces.push(json!({"type": "pid"}));
+    }
+    if hc.ipc_mode != "host" {
+        namespaces.push(json!({"type": "ipc"}));
+    }
     match paths.network_namespace {
         Some(path) => namespaces.push(json!({"type": "network", "path": path})),
         None if hc.network_mode != "host" => namespaces.push(json!({"type": "network"})),
@@ -304,6 +320,10 @@ pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Val
     }
 
     let mut resources = json!({"devices": device_rules(hc.privileged)});
+    let devices = device_nodes(&hc.devices)?;
+    if let Some(rules) = resources["devices"].as_array_mut() {
+        rules.extend(devices.iter().map(|(_, rule)| rule.clone()));
+    }
     if hc.memory > 0 {
         let swap = match hc.memory_swap {
             0 => hc.memory * 2,
@@ -338,6 +358,12 @@ pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Val
         "resources": resources,
         "cgroupsPath": crate::cgroup::cgroups_path(&record.id),
     });
+    if !devices.is_empty() {
+        linux["devices"] = Value::Array(devices.into_iter().map(|(node, _)| node).collect());
+    }
+    if !hc.sysctls.is_empty() {
+        linux["sysctl"] = json!(hc.sysctls);
+    }
     if !hc.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -381,6 +407,41 @@ fn mount_json(m: &MountPoint) -> Value {
             json!({"destination": m.destination, "type": "bind", "source": PathBuf::from(&m.source), "options": options})
         }
     }
+}
+
+/// The OCI device node and the cgroup rule allowing it, for each `--device`.
+fn device_nodes(devices: &[DeviceMapping]) -> Result<Vec<(Value, Value)>, RuntimeError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    devices
+        .iter()
+        .map(|d| {
+            let meta = std::fs::metadata(&d.path_on_host).map_err(|e| {
+                RuntimeError::InvalidOption(format!(
+                    "error gathering device information while adding custom device {:?}: {e}",
+                    d.path_on_host
+                ))
+            })?;
+            let kind = if meta.file_type().is_block_device() {
+                "b"
+            } else if meta.file_type().is_char_device() {
+                "c"
+            } else {
+                return Err(RuntimeError::InvalidOption(format!(
+                    "{} is not a device node",
+                    d.path_on_host
+                )));
+            };
+            let (major, minor) = (
+                nix::sys::stat::major(meta.rdev()),
+                nix::sys::stat::minor(meta.rdev()),
+            );
+            let node = json!({"path": d.path_in_container, "type": kind, "major": major, "minor": minor,
+                "fileMode": meta.mode() & 0o7777, "uid": meta.uid(), "gid": meta.gid()});
+            let rule = json!({"allow": true, "type": kind, "major": major, "minor": minor,
+                "access": d.cgroup_permissions});
+            Ok((node, rule))
+        })
+        .collect()
 }
 
 fn device_rules(privileged: bool) -> Value {

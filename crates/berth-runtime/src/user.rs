@@ -131,6 +131,29 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, RuntimeEr
     })
 }
 
+/// Resolves `--group-add` entries (numbers, or names from the rootfs's /etc/group) to gids.
+pub fn resolve_groups(rootfs: &Path, names: &[String]) -> Result<Vec<u32>, RuntimeError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let groups = read_group(rootfs);
+    names
+        .iter()
+        .map(|name| match name.parse::<u32>() {
+            Ok(gid) => Ok(gid),
+            Err(_) => groups
+                .iter()
+                .find(|g| g.name == *name)
+                .map(|g| g.gid)
+                .ok_or_else(|| {
+                    RuntimeError::User(format!(
+                        "Unable to find group {name}: no matching entries in group file"
+                    ))
+                }),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

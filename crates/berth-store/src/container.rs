@@ -230,6 +230,37 @@ pub struct HostConfig {
     /// `--dns-search`.
     #[serde(default)]
     pub dns_search: Vec<String>,
+    /// Size of /dev/shm in bytes (`--shm-size`, Docker's 64 MiB by default; 0 in records older than the
+    /// field, which get the default too).
+    #[serde(default)]
+    pub shm_size: i64,
+    /// `--ipc`: `private` (the default), `shareable` or `host`.
+    #[serde(default)]
+    pub ipc_mode: String,
+    /// `--pid`: empty (own namespace) or `host`.
+    #[serde(default)]
+    pub pid_mode: String,
+    /// `--device` mappings.
+    #[serde(default)]
+    pub devices: Vec<DeviceMapping>,
+    /// `--sysctl` settings (namespaced kernel parameters only).
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    /// `--group-add`: groups (names from the image's /etc/group, or numbers) the process joins.
+    #[serde(default)]
+    pub group_add: Vec<String>,
+}
+
+/// A host device given to a container (`--device /dev/x[:/dev/y[:rwm]]`), Docker's field names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeviceMapping {
+    /// The device node on the host.
+    pub path_on_host: String,
+    /// Where it appears in the container.
+    pub path_in_container: String,
+    /// What the container may do with it: some of `r`, `w`, `m`.
+    pub cgroup_permissions: String,
 }
 
 /// A network a container joined with `network connect`.

@@ -68,6 +68,15 @@ CREATE TABLE IF NOT EXISTS build_cache (
 CREATE INDEX IF NOT EXISTS build_cache_image ON build_cache(image_id);
 ";
 
+/// Version 4: image sizes in Docker's meaning. Each layer records the size of its unpacked content
+/// (what Docker's graphdriver reports, see [`crate::snapshot::content_size`]); until a layer of an
+/// older store is next read it is NULL, and computed then. An image's size, the sum of its layers',
+/// was the sum of the layer tars' sizes: -1 marks it for recomputing from the layers on next read.
+const SCHEMA_V4: &str = "
+ALTER TABLE layers ADD COLUMN unpacked_size INTEGER;
+UPDATE images SET size = -1;
+";
+
 /// How long a statement waits for another process's lock on the database.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -105,7 +114,7 @@ pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "wal_autocheckpoint", 100)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version < 3 {
+    if version < 4 {
         // Several processes may open a fresh store at once (`run`: the CLI and the monitor). The
         // version is read again under the write lock: the migration runs once, in one of them.
         let migration = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -119,7 +128,10 @@ pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
         if version < 3 {
             migration.execute_batch(SCHEMA_V3)?;
         }
-        migration.pragma_update(None, "user_version", 3)?;
+        if version < 4 {
+            migration.execute_batch(SCHEMA_V4)?;
+        }
+        migration.pragma_update(None, "user_version", 4)?;
         migration.commit()?;
     }
     Ok(conn)
@@ -149,7 +161,11 @@ mod tests {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
+        let size: i64 = conn
+            .query_row("SELECT size FROM images WHERE id = 'i'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(size, -1, "image sizes are recomputed in Docker's meaning");
         let digest: Option<String> = conn
             .query_row("SELECT digest FROM tags WHERE name = 't'", [], |r| r.get(0))
             .unwrap();

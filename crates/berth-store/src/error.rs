@@ -48,13 +48,26 @@ pub enum StoreError {
     /// A container name outside Docker's grammar.
     #[error("Invalid container name ({0}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
     InvalidName(String),
-    /// An image that containers still use.
-    #[error("conflict: unable to remove image {image}: image is being used by container {container} (use -f to force)")]
+    /// The last tag of an image that containers use, removed without -f (Docker's words).
+    #[error("conflict: unable to remove repository reference {reference:?} (must force) - container {container} is using its referenced image {image}")]
     ImageInUse {
-        /// The image.
-        image: String,
-        /// One container using it.
+        /// The tag as the user typed it.
+        reference: String,
+        /// One container using the image (short ID).
         container: String,
+        /// The image (short ID).
+        image: String,
+    },
+    /// An image that cannot be deleted: `hard` when even -f cannot (a running container uses it), as
+    /// Docker words it.
+    #[error("conflict: unable to delete {image} ({}) - {reason}", force_word(.hard))]
+    DeleteConflict {
+        /// The image (short ID).
+        image: String,
+        /// Whether -f could not help.
+        hard: bool,
+        /// Why (`image is being used by running container 0123456789ab`).
+        reason: String,
     },
     /// An image referenced by several tags, removed by ID without -f.
     #[error("conflict: unable to delete {0} (must be forced) - image is referenced in multiple repositories")]
@@ -104,6 +117,15 @@ pub enum StoreError {
         #[source]
         source: nix::Error,
     },
+}
+
+/// Docker's words for whether -f can resolve a [`StoreError::DeleteConflict`].
+fn force_word(hard: &bool) -> &'static str {
+    if *hard {
+        "cannot be forced"
+    } else {
+        "must be forced"
+    }
 }
 
 /// Attaches the operation and path to an I/O error.

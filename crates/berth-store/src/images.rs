@@ -26,6 +26,9 @@ pub struct LayerRecord {
     pub blob_size: u64,
     /// Size of the uncompressed tar in bytes.
     pub size: u64,
+    /// Size of the unpacked content as Docker counts it ([`crate::snapshot::content_size`]): what
+    /// `history` shows for the layer and what removing it frees.
+    pub unpacked_size: u64,
 }
 
 /// An image in the store.
@@ -42,7 +45,7 @@ pub struct ImageRecord {
     /// Registry digests it is known by (`docker.io/library/busybox@sha256:…`), sorted: Docker's
     /// `RepoDigests`, recorded when the image is pulled or pushed.
     pub repo_digests: Vec<String>,
-    /// Sum of uncompressed layer sizes.
+    /// Docker's image size: the sum of the layers' unpacked sizes ([`LayerRecord::unpacked_size`]).
     pub size: u64,
     /// Unix time the image entered this store.
     pub added: i64,
@@ -69,6 +72,16 @@ pub struct NewImage {
     pub config_digest: Digest,
     /// The layers, bottom first, already created with [`Store::add_layer`].
     pub layers: Vec<LayerRecord>,
+}
+
+/// What removing an image did: the lines `rmi` prints, and the space freed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageRemoval {
+    /// What was untagged and deleted, in Docker's order.
+    pub actions: Vec<RemovedImage>,
+    /// The unpacked sizes of the layers that went with the image (those no other image or container
+    /// uses): what Docker counts as reclaimed.
+    pub reclaimed: u64,
 }
 
 /// What `rmi` did, line by line as Docker prints it.
@@ -129,6 +142,13 @@ impl Store {
                 });
             }
         }
+        let unpacked_size = match crate::snapshot::content_size(&staging.join("diff")) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = crate::snapshot::remove_tree(&staging);
+                return Err(e);
+            }
+        };
         self.snapshots.commit_layer(&staging, &diff_id)?;
         self.record_layer(LayerRecord {
             diff_id,
@@ -136,6 +156,7 @@ impl Store {
             media_type: media_type.to_string(),
             blob_size,
             size,
+            unpacked_size,
         })
     }
 
@@ -149,13 +170,14 @@ impl Store {
     /// Records a layer whose snapshot is published (a concurrent caller may have recorded it first).
     fn record_layer(&self, record: LayerRecord) -> Result<LayerRecord, StoreError> {
         self.db.execute(
-            "INSERT OR IGNORE INTO layers (diff_id, blob_digest, media_type, blob_size, size) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO layers (diff_id, blob_digest, media_type, blob_size, size, unpacked_size) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 record.diff_id.as_str(),
                 record.blob_digest.as_str(),
                 record.media_type,
                 record.blob_size as i64,
-                record.size as i64
+                record.size as i64,
+                record.unpacked_size as i64
             ],
         )?;
         Ok(record)
@@ -190,6 +212,7 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         })?;
+        let unpacked_size = crate::snapshot::content_size(dir)?;
         let staging = self.snapshots.staging_dir()?;
         let published = fs::remove_dir(staging.join("diff"))
             .and_then(|()| fs::rename(dir, staging.join("diff")))
@@ -205,6 +228,7 @@ impl Store {
             media_type: media_type.to_string(),
             blob_size,
             size: blob_size,
+            unpacked_size,
         })
     }
 
@@ -220,30 +244,76 @@ impl Store {
 
     /// A layer by its uncompressed digest.
     pub fn layer(&self, diff_id: &Digest) -> Result<Option<LayerRecord>, StoreError> {
-        self.db
-            .query_row(
-                "SELECT blob_digest, media_type, blob_size, size FROM layers WHERE diff_id = ?1",
-                [diff_id.as_str()],
-                |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, i64>(2)?,
-                        row.get::<_, i64>(3)?,
-                    ))
-                },
-            )
-            .optional()?
-            .map(|(blob, media_type, blob_size, size)| {
-                Ok(LayerRecord {
-                    diff_id: diff_id.clone(),
-                    blob_digest: Digest::parse(&blob)?,
-                    media_type,
-                    blob_size: blob_size as u64,
-                    size: size as u64,
-                })
+        let row = self
+            .db
+            .prepare_cached(
+                "SELECT blob_digest, media_type, blob_size, size, unpacked_size FROM layers WHERE diff_id = ?1",
+            )?
+            .query_row([diff_id.as_str()], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, Option<i64>>(4)?,
+                ))
             })
-            .transpose()
+            .optional()?;
+        let Some((blob, media_type, blob_size, size, unpacked_size)) = row else {
+            return Ok(None);
+        };
+        let unpacked_size = match unpacked_size {
+            Some(n) => n as u64,
+            None => self.measure_layer(diff_id, size as u64)?,
+        };
+        Ok(Some(LayerRecord {
+            diff_id: diff_id.clone(),
+            blob_digest: Digest::parse(&blob)?,
+            media_type,
+            blob_size: blob_size as u64,
+            size: size as u64,
+            unpacked_size,
+        }))
+    }
+
+    /// The unpacked size of a layer recorded before sizes were (a store older than schema 4),
+    /// measured on its snapshot and recorded. A snapshot that cannot be measured (missing) gives the
+    /// tar's size, not recorded, rather than failing every command that lists the image.
+    fn measure_layer(&self, diff_id: &Digest, tar_size: u64) -> Result<u64, StoreError> {
+        match crate::snapshot::content_size(&self.snapshots.layer_dir(diff_id)) {
+            Ok(n) => {
+                self.db.execute(
+                    "UPDATE layers SET unpacked_size = ?1 WHERE diff_id = ?2",
+                    params![n as i64, diff_id.as_str()],
+                )?;
+                Ok(n)
+            }
+            Err(_) => Ok(tar_size),
+        }
+    }
+
+    /// Docker's size of an image made of `diff_ids`: the sum of its layers' unpacked sizes.
+    fn layers_size(&self, diff_ids: &[Digest]) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for diff_id in diff_ids {
+            total += self.layer(diff_id)?.map_or(0, |l| l.unpacked_size);
+        }
+        Ok(total)
+    }
+
+    /// An image record as read, with its size recomputed and recorded when the store marked it
+    /// unknown (-1, see the database's schema 4).
+    fn finish_image(&self, raw: RawImage) -> Result<ImageRecord, StoreError> {
+        let stored_size = raw.3;
+        let mut image = raw_to_image(raw)?;
+        if stored_size < 0 {
+            image.size = self.layers_size(&image.config.rootfs.diff_ids)?;
+            self.db.execute(
+                "UPDATE images SET size = ?1 WHERE id = ?2",
+                params![image.size as i64, image.id.as_str()],
+            )?;
+        }
+        Ok(image)
     }
 
     /// Records an image whose blobs and layers are in the store, and points `tags` at it (moving them from
@@ -321,7 +391,7 @@ impl Store {
                 "the config's rootfs.diff_ids do not match the layers".into(),
             ));
         }
-        let size: u64 = image.layers.iter().map(|l| l.size).sum();
+        let size: u64 = image.layers.iter().map(|l| l.unpacked_size).sum();
         Ok((String::from_utf8_lossy(&config_bytes).into_owned(), size))
     }
 
@@ -334,8 +404,10 @@ impl Store {
         )?;
         let rows = stmt.query_map([], row_to_raw_image)?;
         let mut out = Vec::new();
-        for row in rows {
-            out.push(raw_to_image(row?)?);
+        let raws: Vec<RawImage> = rows.collect::<Result<_, _>>()?;
+        drop(stmt);
+        for raw in raws {
+            out.push(self.finish_image(raw)?);
         }
         out.sort_by_key(|i| std::cmp::Reverse(i.created()));
         Ok(out)
@@ -347,10 +419,9 @@ impl Store {
                (SELECT group_concat(r.name, char(10)) FROM repo_digests r WHERE r.image_id = i.id)
              FROM images i LEFT JOIN tags t ON t.image_id = i.id WHERE i.id = ?1 GROUP BY i.id",
         )?;
-        stmt.query_row([id.as_str()], row_to_raw_image)
-            .optional()?
-            .map(raw_to_image)
-            .transpose()
+        let raw = stmt.query_row([id.as_str()], row_to_raw_image).optional()?;
+        drop(stmt);
+        raw.map(|raw| self.finish_image(raw)).transpose()
     }
 
     /// Finds an image by reference (`busybox`, `busybox:1`, `repo@sha256:…`), full ID (`sha256:…`), or a
@@ -477,65 +548,114 @@ impl Store {
         Ok(())
     }
 
-    /// Removes an image, as `rmi` does: a tag reference removes that tag and, when it was the last, the
-    /// image; an ID removes the image with all its tags (refused for several tags unless `force`). Images
-    /// used by containers are refused unless `force`, in which case only the tags go and the image stays
-    /// for its containers, as Docker does.
+    /// Removes an image as `rmi` does, treating every container that uses it as running (the store
+    /// does not know which are): see [`Store::delete_image`], which callers that know should use.
     pub fn remove_image(
         &self,
         name_or_id: &str,
         force: bool,
     ) -> Result<Vec<RemovedImage>, StoreError> {
+        Ok(self.delete_image(name_or_id, force, &|_| true)?.actions)
+    }
+
+    /// Removes an image, as Docker's `rmi` does; `running` tells whether a container (by full ID) is
+    /// running.
+    ///
+    /// A tag reference removes that tag; when it was the last one the image goes too, unless a
+    /// container still needs it: without `force` that is refused ([`StoreError::ImageInUse`]), with
+    /// it only the tag goes when a running container uses the image. An ID removes the image with all
+    /// its tags. By ID, an image used by a running container is never deleted and nothing is untagged
+    /// ([`StoreError::DeleteConflict`], hard); one used only by stopped containers, or with tags in
+    /// several repositories, needs `force` and is then deleted (its containers keep their layers).
+    pub fn delete_image(
+        &self,
+        name_or_id: &str,
+        force: bool,
+        running: &dyn Fn(&str) -> bool,
+    ) -> Result<ImageRemoval, StoreError> {
         let image = self.image(name_or_id)?;
         let by_tag = Reference::parse(name_or_id)
             .ok()
             .filter(|r| image.tags.contains(&r.to_string()));
-        let mut out = Vec::new();
         let tx = self.write_transaction()?;
-        let user: Option<String> = tx
-            .query_row(
-                "SELECT id FROM containers WHERE image_id = ?1 LIMIT 1",
-                [image.id.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let tags_to_remove: Vec<String> = match &by_tag {
-            Some(reference) => vec![reference.to_string()],
-            None if image.tags.len() > 1 && !force => {
-                return Err(StoreError::MultipleTags(image.id.short().to_string()))
-            }
-            None => image.tags.clone(),
+        let users: Vec<String> = tx
+            .prepare_cached("SELECT id FROM containers WHERE image_id = ?1 ORDER BY created")?
+            .query_map([image.id.as_str()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let running_user = users.iter().find(|c| running(c));
+        let stopped_user = users.iter().find(|c| !running(c));
+        let image_short = image.id.short().to_string();
+        let conflict = |hard: bool, state: &str, container: &str| StoreError::DeleteConflict {
+            image: image_short.clone(),
+            hard,
+            reason: format!(
+                "image is being used by {state} container {}",
+                short(container)
+            ),
         };
-        let remaining = image.tags.len() - tags_to_remove.len();
-        if remaining == 0 {
-            if let Some(container) = &user {
-                if !force {
-                    return Err(StoreError::ImageInUse {
-                        image: name_or_id.to_string(),
-                        container: container[..12].to_string(),
-                    });
+        let mut removal = ImageRemoval::default();
+        let tags_to_remove: Vec<String> = match &by_tag {
+            Some(reference) => {
+                if !force && image.tags.len() == 1 {
+                    if let Some(container) = users.first() {
+                        return Err(StoreError::ImageInUse {
+                            reference: name_or_id.to_string(),
+                            container: short(container).to_string(),
+                            image: image_short,
+                        });
+                    }
                 }
+                vec![reference.to_string()]
             }
-        }
+            None => {
+                // Checked before anything is untagged: a refused rmi changes nothing.
+                if let Some(container) = running_user {
+                    return Err(conflict(true, "running", container));
+                }
+                if !force {
+                    if image.tags.len() > 1 {
+                        return Err(StoreError::MultipleTags(image_short));
+                    }
+                    if let Some(container) = stopped_user {
+                        return Err(conflict(false, "stopped", container));
+                    }
+                }
+                image.tags.clone()
+            }
+        };
         for tag in &tags_to_remove {
             tx.execute("DELETE FROM tags WHERE name = ?1", [tag])?;
-            out.push(RemovedImage::Untagged(crate::reference::familiar_name(tag)));
+            removal
+                .actions
+                .push(RemovedImage::Untagged(crate::reference::familiar_name(tag)));
         }
-        if remaining == 0 && user.is_none() {
+        let remaining = image.tags.len() - tags_to_remove.len();
+        // Untagging the last tag deletes the image unless a running container uses it (then Docker
+        // keeps it silently); by ID the conflicts were checked above.
+        let delete = remaining == 0 && running_user.is_none();
+        if delete {
             tx.execute("DELETE FROM images WHERE id = ?1", [image.id.as_str()])?;
-            out.push(RemovedImage::Deleted(image.id.clone()));
+            removal
+                .actions
+                .push(RemovedImage::Deleted(image.id.clone()));
         }
         tx.commit()?;
-        if out.iter().any(|r| matches!(r, RemovedImage::Deleted(_))) {
-            self.collect_garbage()?;
+        if delete {
+            removal.reclaimed = self.collect_garbage_counted()?.layers;
         }
-        Ok(out)
+        Ok(removal)
     }
 
     /// Deletes layers, blobs and snapshots no image or container references any more; returns the
     /// bytes freed (unpacked snapshots and blobs).
     pub fn collect_garbage(&self) -> Result<u64, StoreError> {
-        let mut freed = 0;
+        Ok(self.collect_garbage_counted()?.bytes)
+    }
+
+    /// [`Store::collect_garbage`], telling apart the bytes freed on disk and the unpacked sizes of the
+    /// layers deleted (Docker's measure of what an image removal reclaims).
+    fn collect_garbage_counted(&self) -> Result<Freed, StoreError> {
+        let mut freed = Freed::default();
         let _lock = self.lock(true)?;
         let mut referenced_layers: HashSet<String> = HashSet::new();
         let mut referenced_blobs: HashSet<String> = HashSet::new();
@@ -562,27 +682,34 @@ impl Store {
                 referenced_layers.extend(record.layers.iter().map(|d| d.to_string()));
             }
         }
-        let mut stmt = self.db.prepare("SELECT diff_id, blob_digest FROM layers")?;
-        let layers: Vec<(String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let mut stmt = self
+            .db
+            .prepare("SELECT diff_id, blob_digest, unpacked_size FROM layers")?;
+        let layers: Vec<(String, String, Option<i64>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
-        for (diff_id, blob) in &layers {
+        for (diff_id, blob, _) in &layers {
             if referenced_layers.contains(diff_id) {
                 referenced_blobs.insert(blob.clone());
             }
         }
-        for (diff_id, _) in layers {
+        for (diff_id, _, unpacked_size) in layers {
             if !referenced_layers.contains(&diff_id) {
                 self.db
                     .execute("DELETE FROM layers WHERE diff_id = ?1", [&diff_id])?;
                 let diff_id = Digest::parse(&diff_id)?;
-                freed += crate::snapshot::dir_size(&self.snapshots.layer_dir(&diff_id));
+                let dir = self.snapshots.layer_dir(&diff_id);
+                freed.layers += match unpacked_size {
+                    Some(n) => n as u64,
+                    None => crate::snapshot::content_size(&dir).unwrap_or(0),
+                };
+                freed.bytes += crate::snapshot::dir_size(&dir);
                 self.snapshots.remove_layer(&diff_id)?;
             }
         }
         for blob in self.blobs.list()? {
             if !referenced_blobs.contains(blob.as_str()) {
-                freed += fs::metadata(self.blobs.path(&blob)).map_or(0, |m| m.len());
+                freed.bytes += fs::metadata(self.blobs.path(&blob)).map_or(0, |m| m.len());
                 self.blobs.remove(&blob)?;
             }
         }
@@ -617,6 +744,20 @@ impl Store {
             TransactionBehavior::Immediate,
         )?)
     }
+}
+
+/// What a garbage collection freed.
+#[derive(Debug, Default)]
+struct Freed {
+    /// Bytes of snapshots and blobs deleted.
+    bytes: u64,
+    /// The unpacked sizes of the layers deleted ([`LayerRecord::unpacked_size`]).
+    layers: u64,
+}
+
+/// The 12-hex-digit short form of a container ID, as Docker's messages show it.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 type RawImage = (
@@ -659,7 +800,7 @@ fn raw_to_image(
         config: serde_json::from_str(&config)?,
         tags,
         repo_digests,
-        size: size as u64,
+        size: size.max(0) as u64,
         added,
     })
 }

@@ -32,7 +32,7 @@ pub use blobs::BlobStore;
 pub use build_cache::BuildCachePrune;
 pub use digest::Digest;
 pub use error::StoreError;
-pub use images::{ImageRecord, LayerRecord, NewImage, RemovedImage};
+pub use images::{ImageRecord, ImageRemoval, LayerRecord, NewImage, RemovedImage};
 pub use platform::Platform;
 pub use reference::Reference;
 pub use snapshot::Snapshotter;

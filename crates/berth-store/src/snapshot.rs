@@ -359,6 +359,32 @@ pub fn dir_size(dir: &Path) -> u64 {
     total
 }
 
+/// The size of a layer's content as Docker reports it (the graphdriver's `DiffSize`, Go's
+/// `directory.Size`): the apparent sizes of everything under `dir` that is not a directory (regular
+/// files, symlinks' target lengths; whiteouts are 0), a hard-linked file counted once. Image sizes
+/// in `images`, `image inspect`, `history` and what `image prune` reclaims are sums of it.
+pub fn content_size(dir: &Path) -> Result<u64, StoreError> {
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).ctx("list", &d)? {
+            let entry = entry.ctx("list", &d)?;
+            // DirEntry::metadata does not follow symlinks: a symlink counts as itself.
+            let meta = entry.metadata().ctx("stat", entry.path())?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.len() > 0 && (meta.nlink() == 1 || seen.insert((meta.dev(), meta.ino())))
+            {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,5 +426,19 @@ mod tests {
         assert_eq!(crate::work_owner("build-12-xyz"), None);
         assert_eq!(crate::work_owner(&"f".repeat(64)), None);
         snapshots.remove_container(&mine).unwrap();
+    }
+
+    #[test]
+    fn content_size_counts_as_docker_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::write(root.join("a/b/file"), [0u8; 1000]).unwrap();
+        // A hard link to it is the same content: counted once.
+        fs::hard_link(root.join("a/b/file"), root.join("a/link")).unwrap();
+        // A symlink counts its target's length, not the target.
+        std::os::unix::fs::symlink("b/file", root.join("a/sym")).unwrap();
+        fs::write(root.join("empty"), b"").unwrap();
+        assert_eq!(content_size(root).unwrap(), 1000 + "b/file".len() as u64);
     }
 }

@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{stderr, stdout, Berth};
+use common::{p, stderr, stdout, Berth};
+use std::path::Path;
 
 #[test]
 fn run_prints_output_and_returns_exit_codes() {
@@ -581,6 +582,99 @@ fn the_container_sees_its_own_cgroups_read_only() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn shm_size_sysctls_devices_groups_namespaces_and_cidfile() {
+    let b = Berth::with_busybox();
+    let cidfile = b.dir.path().join("cid");
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "--shm-size",
+        "128m",
+        "--sysctl",
+        "net.ipv4.ip_forward=1",
+        "--sysctl",
+        "kernel.shmmax=123456",
+        "--group-add",
+        "staff",
+        "--group-add",
+        "4242",
+        "--device",
+        "/dev/null:/dev/mynull:rw",
+        "--cidfile",
+        p(&cidfile),
+        "busybox",
+        "sh",
+        "-c",
+        "df -k /dev/shm | awk 'NR==2 {print $2}'; cat /proc/sys/net/ipv4/ip_forward \
+         /proc/sys/kernel/shmmax; id -G; echo hi > /dev/mynull && echo wrote",
+    ]);
+    assert_eq!(out, "131072\n1\n123456\n0 50 4242\nwrote\n");
+    let id = std::fs::read_to_string(&cidfile).unwrap();
+    assert_eq!(id.len(), 64, "{id}");
+    // A cidfile that exists is refused before anything is made.
+    let out = b.run(&["run", "--rm", "--cidfile", p(&cidfile), "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("Container ID file found"),
+        "{}",
+        stderr(&out)
+    );
+    // --pid host sees the host's processes; --ipc host has the host's /dev/shm.
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "--pid",
+        "host",
+        "busybox",
+        "sh",
+        "-c",
+        "ps -o pid | wc -l",
+    ]);
+    assert!(out.trim().parse::<u32>().unwrap() > 10, "{out}");
+    let marker = format!("berth-ipc-{}", std::process::id());
+    std::fs::write(Path::new("/dev/shm").join(&marker), "x").unwrap();
+    let seen = b.run(&["run", "--rm", "--ipc", "host", "busybox", "ls", "/dev/shm"]);
+    let _ = std::fs::remove_file(Path::new("/dev/shm").join(&marker));
+    assert!(stdout(&seen).contains(&marker), "{}", stdout(&seen));
+    let inspect = b.ok(&[
+        "create", "--name", "hc", "--ipc", "host", "--pid", "host", "busybox",
+    ]);
+    assert!(!inspect.is_empty());
+    assert_eq!(
+        b.ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.IpcMode}} {{.HostConfig.PidMode}} {{.HostConfig.ShmSize}}",
+            "hc"
+        ]),
+        "host host 67108864\n"
+    );
+    for (args, words) in [
+        (&["--sysctl", "kernel.hostname=x"][..], "is not whitelisted"),
+        (
+            &["--network", "host", "--sysctl", "net.ipv4.ip_forward=1"][..],
+            "not allowed in host network namespace",
+        ),
+        (
+            &["--device", "/dev/nope"][..],
+            "error gathering device information",
+        ),
+        (&["--device", "/etc/passwd"][..], "is not a device node"),
+        (&["--shm-size", "0"][..], "--shm-size"),
+        (&["--pid", "container:x"][..], "invalid PID mode"),
+        (&["--ipc", "container:x"][..], "invalid IPC mode"),
+        (
+            &["--group-add", "nosuchgroup"][..],
+            "Unable to find group nosuchgroup",
+        ),
+    ] {
+        let out = b.run(&[&["run", "--rm"][..], args, &["busybox", "true"]].concat());
+        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        assert!(stderr(&out).contains(words), "{args:?}: {}", stderr(&out));
+    }
 }
 
 #[test]

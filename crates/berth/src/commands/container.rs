@@ -170,6 +170,27 @@ pub struct CreateArgs {
     /// Mount volumes from the specified container(s)
     #[arg(long = "volumes-from", allow_hyphen_values = true)]
     volumes_from: Vec<String>,
+    /// Size of /dev/shm
+    #[arg(long = "shm-size", allow_hyphen_values = true)]
+    shm_size: Option<String>,
+    /// IPC mode to use (private, shareable, host)
+    #[arg(long, allow_hyphen_values = true)]
+    ipc: Option<String>,
+    /// PID namespace to use (host)
+    #[arg(long, allow_hyphen_values = true)]
+    pid: Option<String>,
+    /// Add a host device to the container
+    #[arg(long, allow_hyphen_values = true)]
+    device: Vec<String>,
+    /// Sysctl options
+    #[arg(long, allow_hyphen_values = true)]
+    sysctl: Vec<String>,
+    /// Add additional groups to join
+    #[arg(long = "group-add", allow_hyphen_values = true)]
+    group_add: Vec<String>,
+    /// Write the container ID to the file
+    #[arg(long, allow_hyphen_values = true)]
+    cidfile: Option<std::path::PathBuf>,
     /// Pull image before running ("always", "missing", "never")
     #[arg(long, value_enum, default_value = "missing")]
     pull: super::registry::PullPolicy,
@@ -254,7 +275,38 @@ impl CreateArgs {
             mounts: self.mount.clone(),
             tmpfs: self.tmpfs.clone(),
             volumes_from: self.volumes_from.clone(),
+            shm_size: self.shm_size.clone(),
+            ipc: self.ipc.clone(),
+            pid: self.pid.clone(),
+            devices: self.device.clone(),
+            sysctls: self.sysctl.clone(),
+            group_add: self.group_add.clone(),
         })
+    }
+
+    /// `--cidfile`: refused when the file exists, Docker's guard against two containers sharing
+    /// one file, before anything is made.
+    fn check_cidfile(&self) -> anyhow::Result<()> {
+        match &self.cidfile {
+            Some(path) if path.exists() => bail!(
+                "Container ID file found, make sure the other container isn't running or delete {}",
+                path.display()
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes the new container's ID to `--cidfile`, if given.
+    fn write_cidfile(&self, id: &str) -> anyhow::Result<()> {
+        if let Some(path) = &self.cidfile {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, id.as_bytes()))
+                .with_context(|| format!("writing the container ID file {}", path.display()))?;
+        }
+        Ok(())
     }
 }
 
@@ -613,9 +665,11 @@ pub fn container_command(engine: &Engine, command: ContainerCommand) -> anyhow::
 
 pub fn create(engine: &Engine, args: CreateArgs) -> anyhow::Result<i32> {
     let options = args.options(false)?;
+    args.check_cidfile()?;
     let platform = super::registry::platform(args.platform.as_deref())?;
     super::registry::ensure_image(engine, args.image(), args.pull, platform.as_ref())?;
     let record = engine.create(&options)?;
+    args.write_cidfile(&record.id)?;
     println!("{}", record.id);
     Ok(0)
 }
@@ -644,6 +698,7 @@ pub fn run(root: &Path, runroot: &Path, args: RunArgs) -> anyhow::Result<i32> {
         check_input_is_a_terminal(args.create.tty, args.create.interactive)?;
     }
     let options = args.create.options(attach)?;
+    args.create.check_cidfile()?;
     let keys = detach_keys(&args.detach_keys)?;
     let platform = super::registry::platform(args.create.platform.as_deref())?;
     let stdio = if attach {
@@ -660,6 +715,7 @@ pub fn run(root: &Path, runroot: &Path, args: RunArgs) -> anyhow::Result<i32> {
         platform.as_ref(),
     )?;
     let (record, started) = engine.run(&options, pending)?;
+    args.create.write_cidfile(&record.id)?;
     if args.detach {
         println!("{}", record.id);
         return Ok(0);
