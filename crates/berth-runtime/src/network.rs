@@ -585,3 +585,28 @@ pub(crate) fn release_orphan(engine: &Engine, record: &ContainerRecord) {
         network.detach(&record.id, true);
     }
 }
+
+/// Bytes received and sent by a container's network interfaces (loopback left out, as Docker's
+/// `stats` counts them), read from the `/proc/<pid>/net/dev` of its init. None when it has no
+/// network namespace of its own (`--network host`) or is not running.
+pub fn traffic(record: &ContainerRecord) -> Option<(u64, u64)> {
+    if !record.state.running || record.state.pid <= 0 || record.host_config.network_mode == "host" {
+        return None;
+    }
+    let table = std::fs::read_to_string(format!("/proc/{}/net/dev", record.state.pid)).ok()?;
+    // Two header lines, then `iface: rx_bytes rx_packets … (8 receive fields) tx_bytes …`.
+    Some(
+        table
+            .lines()
+            .skip(2)
+            .filter_map(|line| {
+                let (name, counters) = line.split_once(':')?;
+                let counters: Vec<u64> = counters
+                    .split_whitespace()
+                    .filter_map(|c| c.parse().ok())
+                    .collect();
+                (name.trim() != "lo" && counters.len() >= 9).then(|| (counters[0], counters[8]))
+            })
+            .fold((0, 0), |(rx, tx), (r, t)| (rx + r, tx + t)),
+    )
+}

@@ -6,11 +6,21 @@ use crate::template::{text_of, Program};
 
 /// Decimal sizes as Docker prints them (`4.26MB`, `1.2GB`, `512B`).
 pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    size_in_units(bytes, 1000.0, &["B", "kB", "MB", "GB", "TB", "PB"])
+}
+
+/// A size in binary units as Docker's `BytesSize` writes it (`504KiB`, `64MiB`, `1.953GiB`): memory
+/// in `stats`.
+pub fn binary_size(bytes: u64) -> String {
+    size_in_units(bytes, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB", "PiB"])
+}
+
+/// Go's `units.CustomSize("%.4g%s", …)`: the largest unit under which the value stays below `step`.
+fn size_in_units(bytes: u64, step: f64, units: &[&str]) -> String {
     let mut value = bytes as f64;
     let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
+    while value >= step && unit < units.len() - 1 {
+        value /= step;
         unit += 1;
     }
     // Go's %.4g: four significant digits, rounded; trailing zeros dropped.
@@ -25,7 +35,7 @@ pub fn human_size(bytes: u64) -> String {
     } else {
         text
     };
-    format!("{trimmed}{}", UNITS[unit])
+    format!("{trimmed}{}", units[unit])
 }
 
 /// Go's `units.HumanDuration`, which Docker uses for "Up 5 minutes" and "2 hours ago".
@@ -213,6 +223,10 @@ mod tests {
         assert_eq!(human_size(1_000_000), "1MB");
         assert_eq!(human_size(12_345_678), "12.35MB");
         assert_eq!(human_size(123_456_789), "123.5MB");
+        assert_eq!(binary_size(0), "0B");
+        assert_eq!(binary_size(504 * 1024), "504KiB");
+        assert_eq!(binary_size(64 << 20), "64MiB");
+        assert_eq!(binary_size(2_097_152_000), "1.953GiB");
     }
 
     #[test]

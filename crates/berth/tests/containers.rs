@@ -678,6 +678,79 @@ fn shm_size_sysctls_devices_groups_namespaces_and_cidfile() {
 }
 
 #[test]
+fn stats_show_cpu_memory_network_block_io_and_pids() {
+    let b = Berth::with_busybox();
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "st",
+        "-m",
+        "64m",
+        "busybox",
+        "sh",
+        "-c",
+        "ping -c 3 -W 1 $(ip route | awk '/default/ {print $3}') > /dev/null; \
+         echo done > /tmp/pinged; exec sleep 600",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while b
+        .run(&["exec", "st", "test", "-e", "/tmp/pinged"])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pings never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = b.ok(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}|{{.NetIO}}|{{.BlockIO}}|{{.PIDs}}",
+        "st",
+    ]);
+    let fields: Vec<&str> = out.trim_end().split('|').collect();
+    assert_eq!(fields.len(), 6, "{out}");
+    assert_eq!(fields[0], "st");
+    assert!(fields[1].ends_with('%'), "{out}");
+    assert!(fields[2].ends_with(" / 64MiB"), "{out}");
+    // Three pings and their answers went through eth0.
+    assert!(!fields[3].starts_with("0B"), "nothing received: {out}");
+    assert!(!fields[3].ends_with("/ 0B"), "nothing sent: {out}");
+    assert!(fields[4].contains(" / "), "{out}");
+    assert_eq!(fields[5], "1", "{out}");
+    // The default table has Docker's columns.
+    let table = b.ok(&["stats", "--no-stream", "st"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "CONTAINER ID",
+            "NAME",
+            "CPU %",
+            "MEM USAGE / LIMIT",
+            "MEM %",
+            "NET I/O",
+            "BLOCK I/O",
+            "PIDS"
+        ],
+        "{table}"
+    );
+    b.ok(&["rm", "-f", "st"]);
+}
+
+#[test]
 fn memory_limit_oom_is_recorded() {
     let b = Berth::with_busybox();
     let out = b.run(&[

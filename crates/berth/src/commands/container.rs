@@ -14,7 +14,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::Failed;
-use crate::format::{human_duration, human_size, print_rows, seconds_since};
+use crate::format::{binary_size, human_duration, human_size, print_rows, seconds_since};
 
 // Flags shared by `create` and `run`. Every option that takes a value takes the next word whatever it
 // starts with (`allow_hyphen_values`), as Docker's flag parser does: `--memory-swap -1`, `--name -x`.
@@ -1449,6 +1449,7 @@ pub fn stats(engine: &Engine, args: StatsArgs) -> anyhow::Result<i32> {
                 };
                 let limit = if u1.memory_limit > 0 { u1.memory_limit } else { total_mem };
                 let mem_pct = if limit > 0 { u1.memory as f64 / limit as f64 * 100.0 } else { 0.0 };
+                let (rx, tx) = berth_runtime::network::traffic(r).unwrap_or((0, 0));
                 json!({
                     "ID": if args.no_trunc { r.id.clone() } else { r.id[..12].to_string() },
                     "Container": if args.no_trunc { r.id.clone() } else { r.id[..12].to_string() },
@@ -1456,7 +1457,7 @@ pub fn stats(engine: &Engine, args: StatsArgs) -> anyhow::Result<i32> {
                     "CPUPerc": format!("{cpu:.2}%"),
                     "MemUsage": format!("{} / {}", binary_size(u1.memory), binary_size(limit)),
                     "MemPerc": format!("{mem_pct:.2}%"),
-                    "NetIO": "0B / 0B",
+                    "NetIO": format!("{} / {}", human_size(rx), human_size(tx)),
                     "BlockIO": format!("{} / {}", human_size(u1.block_read), human_size(u1.block_write)),
                     "PIDs": u1.pids.to_string(),
                 })
@@ -1509,28 +1510,6 @@ fn host_memory() -> u64 {
                 })
         })
         .map_or(0, |kb| kb * 1024)
-}
-
-/// Binary sizes as Docker's stats prints them (`1.5MiB`).
-fn binary_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{v:.4}")
-            .chars()
-            .take(5)
-            .collect::<String>()
-            .trim_end_matches('.')
-            .to_string()
-            + UNITS[u]
-    }
 }
 
 pub fn top(engine: &Engine, args: TopArgs) -> anyhow::Result<i32> {

@@ -1,5 +1,6 @@
 //! Image commands: images, import, save, load, tag, rmi, history, image inspect/prune.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use anyhow::Context;
 use berth_runtime::Engine;
 use berth_store::image::RunConfig;
 use berth_store::reference::familiar_name;
-use berth_store::{ImageRecord, Reference, RemovedImage};
+use berth_store::{Digest, ImageRecord, Reference, RemovedImage};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
@@ -294,8 +295,8 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
         }
         for (repo, tag) in names {
             // The digest this tag was pulled or pushed as; else one the registry knows this repository's
-            // image by; else, as Docker's containerd image store shows, the digest of the manifest the
-            // image has here.
+            // image by; else none: as Docker 20.10 shows, a digest only exists for registry images,
+            // never for one imported, committed, built or loaded here.
             let tag_digest = image
                 .tags
                 .iter()
@@ -310,8 +311,7 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
                         .find(|d| d.familiar_repository() == repo)
                         .and_then(|d| d.digest())
                 })
-                .unwrap_or(&image.manifest_digest)
-                .to_string();
+                .map_or_else(|| "<none>".to_string(), Digest::to_string);
             rows.push(json!({
                 "Repository": repo,
                 "Tag": tag,
@@ -319,7 +319,7 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
                 "Digest": digest,
                 "CreatedSince": created_ago(image),
                 "CreatedAt": image.created().to_rfc3339(),
-                "Size": human_size(image.size),
+                "Size": human_size_3(image.size),
             }));
         }
     }
@@ -345,6 +345,45 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
         )?;
     }
     Ok(0)
+}
+
+/// A size as `docker images` and `docker history` print it: Go's `%.3g` of the decimal-unit value
+/// (`units.HumanSizeWithPrecision(size, 3)`), so 1984319 bytes is `1.98MB` where [`human_size`]
+/// (`%.4g`, for `system df` and prune totals) says `1.984MB`. Go's `%g` switches to an exponent
+/// when rounding reaches the precision: 999.7 kB is `1e+03kB`, as Docker prints it.
+fn human_size_3(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{}{}", go_g3(value), UNITS[unit])
+}
+
+/// Go's `%.3g` of a non-negative number below 1000.
+fn go_g3(value: f64) -> String {
+    if value == 0.0 {
+        return "0".to_string();
+    }
+    // Rounded to three significant digits first, as Go does, to find the exponent.
+    let sci = format!("{value:.2e}");
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let trim = |s: &str| {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    if !(-4..3).contains(&exponent) {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        return format!("{}e{sign}{:02}", trim(mantissa), exponent.abs());
+    }
+    let decimals = (2 - exponent).max(0) as usize;
+    trim(&format!("{value:.decimals$}"))
 }
 
 /// `*` wildcard match, as Docker's reference filter.
@@ -454,12 +493,27 @@ pub fn tag(engine: &Engine, args: TagArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The IDs of the containers that are running (states reconciled with their monitors): an image
+/// they use is never deleted, even with -f.
+fn running_containers(engine: &Engine) -> anyhow::Result<HashSet<String>> {
+    Ok(engine
+        .containers()?
+        .into_iter()
+        .filter(|c| c.state.running)
+        .map(|c| c.id)
+        .collect())
+}
+
 pub fn rmi(engine: &Engine, args: RmiArgs) -> anyhow::Result<i32> {
+    let running = running_containers(engine)?;
     let mut failed = false;
     for name in &args.images {
-        match engine.store().remove_image(name, args.force) {
-            Ok(actions) => {
-                for a in actions {
+        match engine
+            .store()
+            .delete_image(name, args.force, &|id| running.contains(id))
+        {
+            Ok(removal) => {
+                for a in removal.actions {
                     match a {
                         RemovedImage::Untagged(t) => println!("Untagged: {t}"),
                         RemovedImage::Deleted(d) => println!("Deleted: {d}"),
@@ -475,34 +529,94 @@ pub fn rmi(engine: &Engine, args: RmiArgs) -> anyhow::Result<i32> {
     Ok(if failed { 1 } else { 0 })
 }
 
-/// Docker's image inspect document.
+/// Docker's image inspect document (Docker 20.10's fields: `Container`, `ContainerConfig` and
+/// `DockerVersion` from the config when it has them, `VirtualSize` equal to `Size`).
 pub fn image_json(engine: &Engine, image: &ImageRecord) -> Value {
     let c = &image.config;
-    let lower: Vec<String> = engine
+    let extra = |key: &str| c.extra.get(key).cloned();
+    let extra_str = |key: &str| {
+        extra(key)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    // The top layer is the upper dir, the others the lower dirs, as Docker's overlay drivers show.
+    let dirs: Vec<String> = engine
         .store()
         .snapshots()
         .lower_dirs(&c.rootfs.diff_ids)
         .iter()
         .map(|p| p.display().to_string())
         .collect();
-    json!({
+    let mut graph_data = serde_json::Map::new();
+    if let Some((upper, lower)) = dirs.split_first() {
+        if !lower.is_empty() {
+            graph_data.insert("LowerDir".into(), Value::String(lower.join(":")));
+        }
+        graph_data.insert("UpperDir".into(), Value::String(upper.clone()));
+    }
+    // Docker's comment is the config's own (`import`, `commit -m` set it); older Berth images only
+    // have it in their last history entry.
+    let comment = match extra("comment").and_then(|v| v.as_str().map(str::to_string)) {
+        Some(comment) => comment,
+        None => c
+            .history
+            .last()
+            .and_then(|h| h.comment.clone())
+            .unwrap_or_default(),
+    };
+    let mut doc = json!({
         "Id": image.id,
         "RepoTags": image.tags.iter().map(|t| familiar_name(t)).collect::<Vec<_>>(),
         "RepoDigests": image.repo_digests.iter().map(|d| familiar_name(d)).collect::<Vec<_>>(),
         "Parent": "",
-        "Comment": c.history.last().and_then(|h| h.comment.clone()).unwrap_or_default(),
+        "Comment": comment,
         "Created": c.created.clone().unwrap_or_default(),
-        "DockerVersion": "",
+        "Container": extra_str("container"),
+        "ContainerConfig": docker_config(extra("container_config").unwrap_or(Value::Null)),
+        "DockerVersion": extra_str("docker_version"),
         "Author": c.author.clone().unwrap_or_default(),
-        "Config": c.config,
+        "Config": docker_config(serde_json::to_value(&c.config).unwrap_or(Value::Null)),
         "Architecture": c.architecture,
-        "Variant": c.variant,
         "Os": c.os,
         "Size": image.size,
-        "GraphDriver": {"Name": "overlay", "Data": {"LowerDir": lower.join(":")}},
+        "VirtualSize": image.size,
+        "GraphDriver": {"Data": graph_data, "Name": "overlay"},
         "RootFS": {"Type": "layers", "Layers": c.rootfs.diff_ids},
-        "Metadata": {"LastTagTime": chrono::DateTime::from_timestamp(image.added, 0).map(|t| t.to_rfc3339()).unwrap_or_default()},
-    })
+        "Metadata": {"LastTagTime": chrono::DateTime::from_timestamp(image.added, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)).unwrap_or_default()},
+    });
+    // Docker leaves Variant out when the image has none.
+    if let (Some(variant), Some(map)) = (&c.variant, doc.as_object_mut()) {
+        map.insert("Variant".into(), Value::String(variant.clone()));
+    }
+    doc
+}
+
+/// A container config as Docker prints it: the fields Go always writes are there (empty lists and
+/// maps as `null`, which templates such as `{{.Config.Env}}` rely on), then those the image sets.
+fn docker_config(config: Value) -> Value {
+    let mut out = json!({
+        "Hostname": "",
+        "Domainname": "",
+        "User": "",
+        "AttachStdin": false,
+        "AttachStdout": false,
+        "AttachStderr": false,
+        "Tty": false,
+        "OpenStdin": false,
+        "StdinOnce": false,
+        "Env": null,
+        "Cmd": null,
+        "Image": "",
+        "Volumes": null,
+        "WorkingDir": "",
+        "Entrypoint": null,
+        "OnBuild": null,
+        "Labels": null,
+    });
+    if let (Some(map), Value::Object(set)) = (out.as_object_mut(), config) {
+        map.extend(set);
+    }
+    out
 }
 
 fn inspect(engine: &Engine, args: ImageInspectArgs) -> anyhow::Result<i32> {
@@ -532,7 +646,7 @@ pub fn history(engine: &Engine, args: HistoryArgs) -> anyhow::Result<i32> {
             layers
                 .next()
                 .and_then(|d| engine.store().layer(d).ok().flatten())
-                .map_or(0, |l| l.size)
+                .map_or(0, |l| l.unpacked_size)
         };
         let id = if i + 1 == image.config.history.len() {
             if args.no_trunc {
@@ -543,19 +657,27 @@ pub fn history(engine: &Engine, args: HistoryArgs) -> anyhow::Result<i32> {
         } else {
             "<missing>".to_string()
         };
-        let created_by = h.created_by.clone().unwrap_or_default();
+        // Docker shows tabs (of RUN lines) as spaces.
+        let created_by = h.created_by.clone().unwrap_or_default().replace('\t', " ");
         let created_by = if args.no_trunc || created_by.chars().count() <= 45 {
             created_by
         } else {
             format!("{}…", created_by.chars().take(44).collect::<String>())
         };
         let created = h.created.as_deref().unwrap_or("");
+        // Docker's history has whole seconds, printed in RFC 3339 in local time.
+        let created_at = chrono::DateTime::parse_from_rfc3339(created)
+            .map(|t| {
+                t.with_timezone(&chrono::Local)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            })
+            .unwrap_or_else(|_| created.to_string());
         rows.push(json!({
             "ID": id,
-            "CreatedSince": if args.human { format!("{} ago", human_duration(crate::format::seconds_since(created))) } else { created.to_string() },
-            "CreatedAt": created,
+            "CreatedSince": if args.human { format!("{} ago", human_duration(crate::format::seconds_since(created))) } else { created_at.clone() },
+            "CreatedAt": created_at,
             "CreatedBy": created_by,
-            "Size": if args.human { human_size(size) } else { size.to_string() },
+            "Size": if args.human { human_size_3(size) } else { size.to_string() },
             "Comment": h.comment.clone().unwrap_or_default(),
         }));
     }
@@ -581,6 +703,7 @@ fn prune(engine: &Engine, args: ImagePruneArgs) -> anyhow::Result<i32> {
         .into_iter()
         .map(|c| c.image_id)
         .collect();
+    let running = running_containers(engine)?;
     // The build cache's images are `builder prune`'s to remove.
     let intermediate = engine.store().build_cache_images()?;
     let mut reclaimed = 0;
@@ -588,13 +711,15 @@ fn prune(engine: &Engine, args: ImagePruneArgs) -> anyhow::Result<i32> {
     for image in engine.store().images()? {
         let unused = !used.contains(&image.id) && !intermediate.contains(&image.id);
         if unused && (image.tags.is_empty() || args.all) {
-            for a in engine.store().remove_image(image.id.as_str(), true)? {
+            let removal = engine
+                .store()
+                .delete_image(image.id.as_str(), true, &|id| running.contains(id))?;
+            // Only what this removal freed: layers another image or a container still uses stay.
+            reclaimed += removal.reclaimed;
+            for a in removal.actions {
                 match a {
                     RemovedImage::Untagged(t) => lines.push(format!("untagged: {t}")),
-                    RemovedImage::Deleted(d) => {
-                        reclaimed += image.size;
-                        lines.push(format!("deleted: {d}"))
-                    }
+                    RemovedImage::Deleted(d) => lines.push(format!("deleted: {d}")),
                 }
             }
         }
