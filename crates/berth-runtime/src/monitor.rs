@@ -636,8 +636,15 @@ fn run_once(
             .get("max-file")
             .and_then(|n| n.parse().ok())
             .unwrap_or(1);
-        let mut log = JsonLogWriter::open(log_path, max_size, max_files)
-            .map_err(|e| io_err(log_path.display(), e))?;
+        // `--log-driver none` keeps nothing; attached callers still get the output.
+        let mut log = if record.host_config.log_config.kind == "none" {
+            None
+        } else {
+            Some(
+                JsonLogWriter::open(log_path, max_size, max_files)
+                    .map_err(|e| io_err(log_path.display(), e))?,
+            )
+        };
 
         let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
             .with_root_path(&lc_root)
@@ -776,7 +783,9 @@ fn run_once(
             },
         )?;
         tracing::debug!("container exited");
-        let _ = log.finish();
+        if let Some(log) = log.as_mut() {
+            let _ = log.finish();
+        }
         let oom_killed = crate::cgroup::oom_kills(id) > 0;
         crate::network::disconnect(engine, record, network.as_ref());
         tracing::debug!("network disconnected");
@@ -855,7 +864,7 @@ fn receive_pty_master(listener: &UnixListener) -> Result<OwnedFd, RuntimeError> 
 fn pump(
     pid: Pid,
     io: &mut ContainerIo,
-    log: &mut JsonLogWriter,
+    log: &mut Option<JsonLogWriter>,
     attachments: &mut Attachments,
     status: &mut StatusPipe,
     tty: bool,
@@ -896,7 +905,7 @@ struct Health<'a> {
 fn pump_loop(
     pid: Pid,
     io: &mut ContainerIo,
-    log: &mut JsonLogWriter,
+    log: &mut Option<JsonLogWriter>,
     attachments: &mut Attachments,
     status: &mut StatusPipe,
     tty: bool,
@@ -990,7 +999,9 @@ fn pump_loop(
             Err(e) => return Err(io_err("poll", e)),
         };
         if ready_now == 0 {
-            let _ = log.flush();
+            if let Some(log) = log.as_mut() {
+                let _ = log.flush();
+            }
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
@@ -1027,7 +1038,9 @@ fn pump_loop(
                     match read_some(fd, &mut buf) {
                         Some(n) if n > 0 => {
                             let data = &buf[..n];
-                            let _ = log.write(stream, data);
+                            if let Some(log) = log.as_mut() {
+                                let _ = log.write(stream, data);
+                            }
                             for (i, a) in attachments.list.iter().enumerate() {
                                 let target = match stream {
                                     Stream::Stdout => a.output.as_raw_fd(),

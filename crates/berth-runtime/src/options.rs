@@ -85,6 +85,8 @@ pub struct RunOptions {
     pub stop_timeout: Option<i64>,
     /// `--log-opt k=v`.
     pub log_opts: Vec<String>,
+    /// `--log-driver`: `json-file` (the default) or `none`.
+    pub log_driver: Option<String>,
     /// `--health-cmd`.
     pub health_cmd: Option<String>,
     /// `--health-interval`.
@@ -706,9 +708,24 @@ pub(crate) fn build_record(
         exposed_ports.insert(port.clone(), serde_json::json!({}));
     }
     let mut log_config = LogConfig {
-        kind: "json-file".into(),
+        kind: match options.log_driver.as_deref() {
+            None | Some("json-file") => "json-file".into(),
+            Some("none") => "none".into(),
+            Some(driver) => {
+                return Err(RuntimeError::InvalidOption(format!(
+                    "logging driver {driver:?} is not supported (json-file and none are)"
+                )))
+            }
+        },
         config: parse_key_values(&options.log_opts, "log-opt")?,
     };
+    if log_config.kind == "none" {
+        if let Some(key) = log_config.config.keys().next() {
+            return Err(RuntimeError::InvalidOption(format!(
+                "unknown log opt '{key}' for none log driver"
+            )));
+        }
+    }
     for key in log_config.config.keys() {
         if !matches!(
             key.as_str(),

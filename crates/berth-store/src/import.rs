@@ -15,7 +15,9 @@ use crate::Store;
 
 impl Store {
     /// Imports a rootfs tarball (plain, gzip, zstd, bzip2 or xz) as a one-layer image with `run_config` (the
-    /// caller's `--change` instructions applied), tagged `tags`.
+    /// caller's `--change` instructions applied), tagged `tags`. As `docker import` does, the image's
+    /// comment (in its config and its one history entry, which has no `created_by`) is `message`, by
+    /// default `Imported from -`: Docker's client streams a file as it does stdin.
     pub fn import_rootfs(
         &self,
         reader: impl Read,
@@ -28,13 +30,22 @@ impl Store {
         let (_, stream) = berth_archive::decompress(reader)?;
         let (blob, _) = self.blobs().put(stream, None)?;
         let layer = self.add_layer(&blob, MEDIA_TYPE_OCI_LAYER, None)?;
+        let comment = message.unwrap_or("Imported from -").to_string();
         let history = History {
             created: Some(crate::now_rfc3339()),
-            created_by: Some("berth import".into()),
-            comment: Some(message.unwrap_or("Imported from tarball").to_string()),
+            comment: Some(comment.clone()),
             ..History::default()
         };
-        self.create_image(run_config, vec![layer], vec![history], None, platform, tags)
+        let extra = BTreeMap::from([("comment".to_string(), serde_json::Value::String(comment))]);
+        self.create_image_with(
+            run_config,
+            vec![layer],
+            vec![history],
+            None,
+            platform,
+            tags,
+            extra,
+        )
     }
 
     /// Writes the config and manifest of a new image made of `layers` and records it.
@@ -46,6 +57,29 @@ impl Store {
         author: Option<String>,
         platform: Option<&crate::Platform>,
         tags: &[Reference],
+    ) -> Result<ImageRecord, StoreError> {
+        self.create_image_with(
+            run_config,
+            layers,
+            history,
+            author,
+            platform,
+            tags,
+            BTreeMap::new(),
+        )
+    }
+
+    /// [`Store::create_image`] with top-level config fields Berth does not model (`comment`).
+    #[allow(clippy::too_many_arguments)]
+    fn create_image_with(
+        &self,
+        run_config: RunConfig,
+        layers: Vec<LayerRecord>,
+        history: Vec<History>,
+        author: Option<String>,
+        platform: Option<&crate::Platform>,
+        tags: &[Reference],
+        extra: BTreeMap<String, serde_json::Value>,
     ) -> Result<ImageRecord, StoreError> {
         let platform = platform.cloned().unwrap_or_else(crate::Platform::host);
         let config = ImageConfig {
@@ -60,7 +94,7 @@ impl Store {
                 diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect(),
             },
             history,
-            extra: BTreeMap::new(),
+            extra,
         };
         let config_bytes = serde_json::to_vec(&config)?;
         let config_digest = self.blobs().put_bytes(&config_bytes)?;

@@ -143,6 +143,7 @@ impl Store {
                 layer_paths.push(blob_path(diff_id));
             }
             w.blob_bytes(&record.manifest_digest, manifest_bytes)?;
+            let legacy_top = w.legacy_layers(record, config_bytes)?;
             let mut platform = serde_json::json!({
                 "architecture": record.config.architecture,
                 "os": record.config.os,
@@ -169,11 +170,11 @@ impl Store {
                     (ANNOTATION_IMAGE_NAME.to_string(), tag.to_string()),
                     (ANNOTATION_REF_NAME.to_string(), tag_name.to_string()),
                 ])));
-                if let Some(top) = record.config.rootfs.diff_ids.last() {
+                if let Some(top) = &legacy_top {
                     repositories
                         .entry(tag.familiar_repository())
                         .or_default()
-                        .insert(tag_name.to_string(), top.hex().to_string());
+                        .insert(tag_name.to_string(), top.clone());
                 }
             }
             docker_manifest.push(DockerArchiveEntry {
@@ -445,6 +446,8 @@ struct ArchiveWriter<W: Write> {
     builder: tar::Builder<W>,
     /// Blobs already written (images share layers and configs).
     written: HashSet<Digest>,
+    /// Legacy layer directories already written (images share lower layers).
+    legacy: HashSet<String>,
 }
 
 impl<W: Write> ArchiveWriter<W> {
@@ -452,7 +455,76 @@ impl<W: Write> ArchiveWriter<W> {
         Self {
             builder: tar::Builder::new(out),
             written: HashSet::new(),
+            legacy: HashSet::new(),
         }
+    }
+
+    /// Writes the legacy layer directories of Docker's old save format (`<id>/VERSION`, `<id>/json`,
+    /// `<id>/layer.tar`) for an image whose layer blobs (uncompressed, by diff ID) are written, and
+    /// returns the top one's ID: what `repositories` maps each tag to, as `docker save` 20.10 does.
+    /// `layer.tar` is a symlink to the layer's blob, so the archive holds each layer once.
+    ///
+    /// The IDs are made as Docker makes its v1 IDs: the digest of the layer's v1 JSON (without `id`)
+    /// with its chain ID as `layer_id` and the parent's ID as `parent`; only the top layer's JSON is
+    /// the image config (less `rootfs` and `history`), so images sharing layers share the directories
+    /// below their top.
+    fn legacy_layers(
+        &mut self,
+        record: &ImageRecord,
+        config_bytes: &[u8],
+    ) -> Result<Option<String>, StoreError> {
+        let diff_ids = &record.config.rootfs.diff_ids;
+        let mut chain: Option<Digest> = None;
+        let mut parent: Option<Digest> = None;
+        for (i, diff_id) in diff_ids.iter().enumerate() {
+            // The chain ID of the layers up to this one (OCI's ChainID).
+            let chain_id = match &chain {
+                None => diff_id.clone(),
+                Some(below) => Digest::of(format!("{below} {diff_id}").as_bytes()),
+            };
+            let mut v1 = if i + 1 == diff_ids.len() {
+                let mut config: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(config_bytes)?;
+                config.remove("rootfs");
+                config.remove("history");
+                config
+            } else {
+                serde_json::Map::from_iter([(
+                    "created".to_string(),
+                    serde_json::Value::String("1970-01-01T00:00:00Z".into()),
+                )])
+            };
+            let mut for_id = v1.clone();
+            for_id.insert("layer_id".into(), chain_id.to_string().into());
+            if let Some(parent) = &parent {
+                for_id.insert("parent".into(), parent.to_string().into());
+            }
+            let id = Digest::of(&serde_json::to_vec(&for_id)?);
+            let name = id.hex().to_string();
+            if self.legacy.insert(name.clone()) {
+                v1.insert("id".into(), name.clone().into());
+                if let Some(parent) = &parent {
+                    v1.insert("parent".into(), parent.hex().into());
+                }
+                self.directory(&format!("{name}/"))?;
+                self.file(&format!("{name}/VERSION"), b"1.0")?;
+                self.file(&format!("{name}/json"), &serde_json::to_vec(&v1)?)?;
+                self.symlink(
+                    &format!("{name}/layer.tar"),
+                    &format!("../{}", blob_path(diff_id)),
+                )?;
+            }
+            chain = Some(chain_id);
+            parent = Some(id);
+        }
+        Ok(parent.map(|id| id.hex().to_string()))
+    }
+
+    fn symlink(&mut self, name: &str, target: &str) -> Result<(), StoreError> {
+        let mut header = Self::header(tar::EntryType::Symlink, 0, 0o777);
+        self.builder
+            .append_link(&mut header, name, target)
+            .ctx("write archive entry", name)
     }
 
     fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {

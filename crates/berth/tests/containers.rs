@@ -751,6 +751,42 @@ fn stats_show_cpu_memory_network_block_io_and_pids() {
 }
 
 #[test]
+fn log_driver_none_keeps_no_log_but_attached_output_flows() {
+    let b = Berth::with_busybox();
+    let out = b.ok(&[
+        "run",
+        "--name",
+        "quiet",
+        "--log-driver",
+        "none",
+        "busybox",
+        "echo",
+        "hi",
+    ]);
+    assert_eq!(out, "hi\n");
+    let logs = b.run(&["logs", "quiet"]);
+    assert_eq!(logs.status.code(), Some(1));
+    assert!(
+        stderr(&logs).contains("configured logging driver does not support reading"),
+        "{}",
+        stderr(&logs)
+    );
+    let out = b.ok(&["inspect", "-f", "{{.HostConfig.LogConfig.Type}}", "quiet"]);
+    assert_eq!(out, "none\n");
+    for (args, words) in [
+        (&["--log-driver", "syslog"][..], "not supported"),
+        (
+            &["--log-driver", "none", "--log-opt", "max-size=1m"][..],
+            "for none log driver",
+        ),
+    ] {
+        let out = b.run(&[&["run", "--rm"][..], args, &["busybox", "true"]].concat());
+        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        assert!(stderr(&out).contains(words), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn memory_limit_oom_is_recorded() {
     let b = Berth::with_busybox();
     let out = b.run(&[

@@ -107,7 +107,7 @@ pub struct CreateArgs {
     /// Log driver options
     #[arg(long = "log-opt", allow_hyphen_values = true)]
     log_opt: Vec<String>,
-    /// Logging driver for the container (only json-file)
+    /// Logging driver for the container (json-file, none)
     #[arg(long = "log-driver", allow_hyphen_values = true)]
     log_driver: Option<String>,
     /// Command to run to check health
@@ -218,11 +218,6 @@ impl CreateArgs {
     }
 
     fn options(&self, attach: bool) -> anyhow::Result<RunOptions> {
-        if let Some(driver) = &self.log_driver {
-            if driver != "json-file" {
-                bail!("logging driver {driver:?} is not supported (json-file is)");
-            }
-        }
         Ok(RunOptions {
             image: self.image().to_string(),
             name: self.name.clone(),
@@ -275,6 +270,7 @@ impl CreateArgs {
             mounts: self.mount.clone(),
             tmpfs: self.tmpfs.clone(),
             volumes_from: self.volumes_from.clone(),
+            log_driver: self.log_driver.clone(),
             shm_size: self.shm_size.clone(),
             ipc: self.ipc.clone(),
             pid: self.pid.clone(),
@@ -1139,6 +1135,9 @@ fn parse_time_bound(value: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>
 
 pub fn logs(engine: &Engine, args: LogsArgs) -> anyhow::Result<i32> {
     let record = engine.container(&args.container)?;
+    if record.host_config.log_config.kind == "none" {
+        bail!("configured logging driver does not support reading");
+    }
     let path = engine.log_path(&record.id);
     let since = args.since.as_deref().map(parse_time_bound).transpose()?;
     let until = args.until.as_deref().map(parse_time_bound).transpose()?;
