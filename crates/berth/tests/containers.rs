@@ -497,6 +497,15 @@ fn ps_filters_and_inspect_fields() {
         2
     );
     assert_eq!(b.ok(&["ps", "-q"]), "");
+    for (filter, names) in [
+        ("before=two", "one\n"),
+        ("since=one", "two\n"),
+        ("network=bridge", "two\none\n"),
+        ("network=none", ""),
+    ] {
+        let out = b.ok(&["ps", "-a", "--filter", filter, "--format", "{{.Names}}"]);
+        assert_eq!(out, names, "{filter}");
+    }
     // Go templates as Docker users write them.
     assert_eq!(
         b.ok(&[

@@ -124,7 +124,8 @@ fn import_compressed_tag_and_rmi() {
     b.ok(&["create", "--name", "user", "gz:1", "true"]);
     let out = b.run(&["rmi", "gz:1"]);
     assert!(
-        stderr(&out).contains("being used by container"),
+        stderr(&out)
+            .contains(r#"unable to remove repository reference "gz:1" (must force) - container"#),
         "{}",
         stderr(&out)
     );
@@ -135,4 +136,181 @@ fn import_compressed_tag_and_rmi() {
     assert!(b
         .ok(&["rmi", "localhost:5000/mine/bb:v2"])
         .starts_with("Untagged"));
+}
+
+/// The size Docker reports for a layer made from `tar`: the apparent sizes of what is not a
+/// directory (regular files, symlinks' target lengths), hard links once (their tar entries have no
+/// data), which is what Docker's overlay2 driver measures on the unpacked layer.
+fn content_size_of_tar(tar: &[u8]) -> u64 {
+    let mut archive = tar::Archive::new(tar);
+    let mut total = 0;
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        let header = entry.header();
+        total += match header.entry_type() {
+            tar::EntryType::Regular => header.size().unwrap(),
+            tar::EntryType::Symlink => entry.link_name_bytes().unwrap().len() as u64,
+            _ => 0,
+        };
+    }
+    total
+}
+
+/// Where a Docker daemon runs (to compare with; the test stands without it).
+fn docker_available() -> bool {
+    std::process::Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn image_sizes_are_the_unpacked_content_as_docker_counts_it() {
+    let b = Berth::with_busybox();
+    let tar = std::fs::read(common::busybox_tar()).unwrap();
+    let expected = content_size_of_tar(&tar);
+    assert!(
+        expected < tar.len() as u64,
+        "the content is smaller than its tar"
+    );
+    let size = |field: &str| -> u64 {
+        b.ok(&["image", "inspect", "-f", field, "busybox"])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(size("{{.Size}}"), expected);
+    assert_eq!(size("{{.VirtualSize}}"), expected);
+    // `images` and `history` print three significant digits, as Docker's %.3g (busybox is ~2 MB).
+    let human = format!("{:.2}MB", expected as f64 / 1e6);
+    assert_eq!(b.ok(&["images", "--format", "{{.Size}}"]).trim(), human);
+    assert_eq!(
+        b.ok(&["history", "--format", "{{.Size}}", "busybox"])
+            .trim(),
+        human
+    );
+    assert_eq!(
+        b.ok(&["history", "-H=false", "--format", "{{.Size}}", "busybox"])
+            .trim(),
+        expected.to_string()
+    );
+    // And Docker, importing the same tar, says the same.
+    if docker_available() {
+        let tag = format!("berth-size-{}:t", std::process::id());
+        common::run_ok(std::process::Command::new("docker").args([
+            "import",
+            common::p(common::busybox_tar()),
+            &tag,
+        ]));
+        let docker = std::process::Command::new("docker")
+            .args(["image", "inspect", "-f", "{{.Size}}", &tag])
+            .output()
+            .unwrap();
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", &tag])
+            .output();
+        assert_eq!(common::stdout(&docker).trim(), expected.to_string());
+    }
+}
+
+#[test]
+fn image_prune_counts_only_the_layers_it_frees() {
+    let b = Berth::with_busybox();
+    let tar = std::fs::read(common::busybox_tar()).unwrap();
+    let expected = content_size_of_tar(&tar);
+    // Another image of the same layer (another config), and a container keeping busybox in use.
+    b.ok(&[
+        "import",
+        "-c",
+        "ENV A=1",
+        common::p(common::busybox_tar()),
+        "same-layer:1",
+    ]);
+    b.ok(&["create", "--name", "user", "busybox", "true"]);
+    let out = b.ok(&["image", "prune", "-a", "-f"]);
+    assert!(out.contains("untagged: same-layer:1"), "{out}");
+    assert!(
+        out.ends_with("Total reclaimed space: 0B\n"),
+        "its only layer is busybox's: nothing is freed\n{out}"
+    );
+    b.ok(&["rm", "user"]);
+    let out = b.ok(&["image", "prune", "-a", "-f"]);
+    assert!(out.contains("untagged: busybox:latest"), "{out}");
+    // `image prune` prints Docker's %.4g (units.HumanSize).
+    let human = format!("{:.3}MB", expected as f64 / 1e6);
+    assert!(
+        out.ends_with(&format!("Total reclaimed space: {human}\n")),
+        "{human}: {out}"
+    );
+}
+
+#[test]
+fn a_local_image_has_no_digest() {
+    let b = Berth::with_busybox();
+    let json: serde_json::Value =
+        serde_json::from_str(&b.ok(&["images", "--format", "{{json .}}"])).unwrap();
+    assert_eq!(json["Digest"], "<none>");
+    let table = b.ok(&["images", "--digests"]);
+    let row = table.lines().nth(1).unwrap();
+    assert_eq!(
+        row.split_whitespace().take(3).collect::<Vec<_>>(),
+        ["busybox", "latest", "<none>"],
+        "{table}"
+    );
+}
+
+#[test]
+fn rmi_by_id_never_deletes_an_image_a_running_container_uses() {
+    let b = Berth::with_busybox();
+    let id = b.ok(&["images", "-q", "busybox"]).trim().to_string();
+    b.ok(&["tag", "busybox", "other/bb:v1"]);
+    let running = b.ok(&["run", "-d", "busybox", "sleep", "60"]);
+    let running = &running.trim()[..12];
+    for args in [vec!["rmi", "-f", &id], vec!["rmi", &id]] {
+        let out = b.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "Error response from daemon: conflict: unable to delete {id} (cannot be forced) - \
+                 image is being used by running container {running}\n"
+            )
+        );
+        assert_eq!(common::stdout(&out), "", "{args:?} untagged something");
+    }
+    assert_eq!(
+        b.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]),
+        "busybox:latest\nother/bb:v1\n",
+        "a refused rmi changed the tags"
+    );
+    b.ok(&["rm", "-f", running]);
+
+    // A stopped container: refused without -f, deleted with it (by ID: all tags), as Docker does;
+    // the container keeps its layers and still starts.
+    b.ok(&["rmi", "other/bb:v1"]);
+    let stopped = b.ok(&[
+        "create",
+        "--name",
+        "stopped",
+        "busybox",
+        "echo",
+        "still here",
+    ]);
+    let stopped = &stopped.trim()[..12];
+    let out = b.run(&["rmi", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "Error response from daemon: conflict: unable to delete {id} (must be forced) - \
+             image is being used by stopped container {stopped}\n"
+        )
+    );
+    let out = b.ok(&["rmi", "-f", &id]);
+    assert!(
+        out.starts_with("Untagged: busybox:latest\nDeleted: sha256:"),
+        "{out}"
+    );
+    assert_eq!(b.ok(&["images", "-q"]), "");
+    assert_eq!(b.ok(&["start", "-a", "stopped"]), "still here\n");
 }

@@ -147,6 +147,20 @@ fn first_layer(entries: &[Entry]) -> String {
         .to_string()
 }
 
+/// The digest of the manifest an image has in the store, as `save` lists it in `index.json` (a
+/// local image shows no digest in `images`, as in Docker).
+fn saved_manifest_digest(b: &Berth, image: &str) -> String {
+    let out = b.cmd(&["save", image]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let entries = read_tar(&out.stdout);
+    let index = entries.iter().find(|e| e.name == "index.json").unwrap();
+    let index: Value = serde_json::from_slice(&index.data).unwrap();
+    index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn load_file(b: &Berth, bytes: &[u8], name: &str) -> Output {
     let path = b.dir.path().join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -235,11 +249,7 @@ fn umoci_image_via_skopeo_oci_archive_loads_runs_and_saves_back() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(
-        b.ok(&["images", "--format", "{{.Digest}}", "bb:oci"])
-            .trim(),
-        manifest_digest
-    );
+    assert_eq!(saved_manifest_digest(&b, "bb:oci"), manifest_digest);
 
     // A bare ref name (`latest`) names no repository: the image is loaded untagged.
     let bare = b.dir.path().join("bare.tar");
@@ -304,9 +314,9 @@ fn save_is_read_by_skopeo_and_loads_into_a_fresh_store() {
     let config = skopeo_json(&["inspect", "--config", &archive]);
     assert_eq!(config["rootfs"]["diff_ids"], layers);
     assert_eq!(config["config"]["Cmd"], serde_json::json!(["sh"]));
-    let manifest_digest = b.ok(&["images", "--format", "{{.Digest}}", "busybox"]);
+    let manifest_digest = saved_manifest_digest(&b, "busybox");
     let oci = skopeo_json(&["inspect", &format!("oci-archive:{}:latest", p(&out))]);
-    assert_eq!(oci["Digest"].as_str().unwrap(), manifest_digest.trim());
+    assert_eq!(oci["Digest"].as_str().unwrap(), manifest_digest);
     assert_eq!(oci["Layers"], layers);
 
     // Deterministic: stdout gets the same bytes.
@@ -889,4 +899,105 @@ fn save_is_loaded_and_run_by_docker_where_dockerd_runs() {
     let loaded = fresh.ok(&["load", "-i", p(&from_docker)]);
     assert!(loaded.contains(&tag), "{loaded}");
     assert_eq!(fresh.ok(&["run", "--rm", &tag, "echo", "back"]), "back\n");
+}
+
+/// Follows an archive symlink by name (relative to its directory) to the regular file it names.
+fn resolve_in_archive<'a>(entries: &'a [Entry], name: &str) -> &'a Entry {
+    let e = entries
+        .iter()
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("no {name} in the archive"));
+    if e.kind != tar::EntryType::Symlink {
+        return e;
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    parts.pop();
+    for part in e.link.split('/') {
+        match part {
+            ".." => {
+                parts.pop();
+            }
+            "." | "" => {}
+            p => parts.push(p),
+        }
+    }
+    resolve_in_archive(entries, &parts.join("/"))
+}
+
+#[test]
+fn repositories_names_legacy_layer_directories_that_are_in_the_archive() {
+    let b = Berth::with_busybox();
+    // A two-layer image sharing its bottom layer with busybox.
+    b.ok(&["run", "--name", "c", "busybox", "touch", "/added"]);
+    b.ok(&["commit", "c", "two:1"]);
+    let layers = |image: &str| -> Vec<String> {
+        serde_json::from_str(&b.ok(&["inspect", "-f", "{{json .RootFS.Layers}}", image])).unwrap()
+    };
+    let out = b.dir.path().join("both.tar");
+    b.ok(&["save", "-o", p(&out), "busybox", "two:1"]);
+    let entries = read_tar(&std::fs::read(&out).unwrap());
+    let mut names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let count = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), count, "an entry is written twice");
+    let repositories: Value = serde_json::from_slice(
+        &entries
+            .iter()
+            .find(|e| e.name == "repositories")
+            .expect("a repositories file")
+            .data,
+    )
+    .unwrap();
+    for (repo, tag, image) in [("busybox", "latest", "busybox"), ("two", "1", "two:1")] {
+        let id = repositories[repo][tag].as_str().unwrap();
+        let version = entries.iter().find(|e| e.name == format!("{id}/VERSION"));
+        assert_eq!(
+            version.map(|e| e.data.as_slice()),
+            Some(&b"1.0"[..]),
+            "{id}/VERSION"
+        );
+        let json: Value =
+            serde_json::from_slice(&entry_data(&entries, &format!("{id}/json"))).unwrap();
+        assert_eq!(json["id"], id);
+        // The top layer's JSON is the image's v1 config; the layer is the image's top layer.
+        assert_eq!(json["architecture"], "amd64");
+        let layer = resolve_in_archive(&entries, &format!("{id}/layer.tar"));
+        let top = layers(image).pop().unwrap();
+        assert_eq!(
+            format!("sha256:{}", sha256_hex(&layer.data)),
+            top,
+            "{image}"
+        );
+        if image == "two:1" {
+            // Its parent is the directory of busybox's layer, written once for both images.
+            let parent = json["parent"].as_str().expect("a parent");
+            let below = resolve_in_archive(&entries, &format!("{parent}/layer.tar"));
+            assert_eq!(
+                format!("sha256:{}", sha256_hex(&below.data)),
+                layers("busybox")[0]
+            );
+        }
+    }
+    // skopeo still reads both images, and a fresh store loads them.
+    for name in ["busybox:latest", "two:1"] {
+        let inspect = skopeo_json(&["inspect", &format!("docker-archive:{}:{name}", p(&out))]);
+        assert_eq!(
+            serde_json::to_value(layers(name)).unwrap(),
+            inspect["Layers"]
+        );
+    }
+    let fresh = Berth::empty();
+    assert_eq!(
+        fresh.ok(&["load", "-i", p(&out)]),
+        "Loaded image: busybox:latest\nLoaded image: two:1\n"
+    );
+    assert_eq!(
+        fresh.ok(&["run", "--rm", "two:1", "ls", "/added"]),
+        "/added\n"
+    );
+}
+
+fn entry_data(entries: &[Entry], name: &str) -> Vec<u8> {
+    resolve_in_archive(entries, name).data.clone()
 }

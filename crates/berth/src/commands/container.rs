@@ -980,6 +980,18 @@ fn matches_filter(engine: &Engine, record: &ContainerRecord, filter: &str) -> an
             .mounts
             .iter()
             .any(|m| m.name == value || m.destination == value),
+        // Created before or after the named container (RFC 3339 in UTC with the same precision,
+        // so the texts sort as the times do).
+        "before" => record.created < engine.container(value)?.created,
+        "since" => record.created > engine.container(value)?.created,
+        "network" => {
+            record.host_config.network_mode == value
+                || record
+                    .host_config
+                    .extra_networks
+                    .iter()
+                    .any(|n| n.name == value)
+        }
         other => bail!("invalid filter '{other}'"),
     })
 }

@@ -318,7 +318,8 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
                 "ID": id,
                 "Digest": digest,
                 "CreatedSince": created_ago(image),
-                "CreatedAt": image.created().to_rfc3339(),
+                // Go's time.String(), as Docker prints it (in UTC here).
+                "CreatedAt": image.created().format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string(),
                 "Size": human_size_3(image.size),
             }));
         }
