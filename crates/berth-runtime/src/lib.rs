@@ -20,6 +20,7 @@ pub mod session;
 pub mod signal;
 mod spawn;
 pub mod spec;
+pub mod update;
 pub mod user;
 
 pub use engine::{Engine, MonitorEvent, PendingRun, Started, StdioMode};

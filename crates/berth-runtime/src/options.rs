@@ -213,6 +213,59 @@ fn parse_key_values(
     Ok(out)
 }
 
+/// `--memory`: bytes, at least Docker's 6 MB.
+pub fn parse_memory(value: &str) -> Result<i64, RuntimeError> {
+    let memory = parse_bytes(value)?;
+    if memory > 0 && memory < 6 * 1024 * 1024 {
+        return Err(RuntimeError::InvalidOption(
+            "Minimum memory limit allowed is 6MB".into(),
+        ));
+    }
+    Ok(memory)
+}
+
+/// `--memory-swap`: bytes of memory plus swap, or -1 for unlimited swap.
+pub fn parse_memory_swap(value: &str) -> Result<i64, RuntimeError> {
+    match value {
+        "-1" => Ok(-1),
+        v => parse_bytes(v),
+    }
+}
+
+/// Docker's checks of a memory limit against its memory+swap limit (0 = unset).
+pub fn check_memory_limits(memory: i64, memory_swap: i64) -> Result<(), RuntimeError> {
+    if memory_swap > 0 && memory == 0 {
+        return Err(RuntimeError::InvalidOption(
+            "You should always set the Memory limit when using Memoryswap limit, see usage".into(),
+        ));
+    }
+    if memory_swap > 0 && memory_swap < memory {
+        return Err(RuntimeError::InvalidOption(
+            "Minimum memoryswap limit should be larger than memory limit, see usage".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `--cpus 1.5` → nano-CPUs, between 0.01 and the CPUs this host has.
+pub fn parse_cpus(value: &str) -> Result<i64, RuntimeError> {
+    let invalid =
+        || RuntimeError::InvalidOption(format!("invalid argument \"{value}\" for \"--cpus\" flag"));
+    let cpus: f64 = value.parse().map_err(|_| invalid())?;
+    if cpus.is_nan() || cpus <= 0.0 || !cpus.is_finite() {
+        return Err(invalid());
+    }
+    let online = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    if cpus > online {
+        return Err(RuntimeError::InvalidOption(format!(
+            "range of CPUs is from 0.01 to {online:.2}, as there are only {online} CPUs available"
+        )));
+    }
+    Ok((cpus * 1e9) as i64)
+}
+
 /// The CPUs of a cpuset list (`0-3,5`), or None when it is not one.
 fn parse_cpu_list(list: &str) -> Option<Vec<u32>> {
     let mut cpus = Vec::new();
@@ -229,7 +282,7 @@ fn parse_cpu_list(list: &str) -> Option<Vec<u32>> {
 
 /// Checks `--cpuset-cpus` before the cgroup write would fail with a bare EINVAL or ERANGE: Docker's
 /// words for a list that is not one, and for CPUs this host does not have.
-fn check_cpuset(list: &str) -> Result<(), RuntimeError> {
+pub fn check_cpuset(list: &str) -> Result<(), RuntimeError> {
     let cpus = parse_cpu_list(list).ok_or_else(|| {
         RuntimeError::InvalidOption(format!("Invalid value {list} for cpuset cpus"))
     })?;
@@ -404,7 +457,8 @@ pub fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
     out
 }
 
-fn parse_restart(input: Option<&str>) -> Result<RestartPolicy, RuntimeError> {
+/// `--restart no|always|unless-stopped|on-failure[:N]` → Docker's restart policy.
+pub fn parse_restart(input: Option<&str>) -> Result<RestartPolicy, RuntimeError> {
     let input = input.unwrap_or("no");
     let (name, count) = match input.split_once(':') {
         Some((n, c)) => (n, Some(c)),
@@ -566,54 +620,21 @@ pub(crate) fn build_record(
         hc
     };
 
-    let memory = options
-        .memory
+    let memory = options.memory.as_deref().map(parse_memory).transpose()?;
+    let memory = memory.unwrap_or(0);
+    let memory_swap = options
+        .memory_swap
         .as_deref()
-        .map(parse_bytes)
+        .map(parse_memory_swap)
         .transpose()?
         .unwrap_or(0);
-    if memory > 0 && memory < 6 * 1024 * 1024 {
-        return Err(RuntimeError::InvalidOption(
-            "Minimum memory limit allowed is 6MB".into(),
-        ));
-    }
-    let memory_swap = match options.memory_swap.as_deref() {
-        Some("-1") => -1,
-        Some(v) => parse_bytes(v)?,
-        None => 0,
-    };
-    if memory_swap > 0 && memory == 0 {
-        return Err(RuntimeError::InvalidOption(
-            "You should always set the Memory limit when using Memoryswap limit, see usage".into(),
-        ));
-    }
-    if memory_swap > 0 && memory_swap < memory {
-        return Err(RuntimeError::InvalidOption(
-            "Minimum memoryswap limit should be larger than memory limit, see usage".into(),
-        ));
-    }
-    let nano_cpus = match options.cpus.as_deref() {
-        Some(v) => {
-            let cpus: f64 = v.parse().map_err(|_| {
-                RuntimeError::InvalidOption(format!("invalid argument \"{v}\" for \"--cpus\" flag"))
-            })?;
-            let online = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1) as f64;
-            if cpus.is_nan() || cpus <= 0.0 || !cpus.is_finite() {
-                return Err(RuntimeError::InvalidOption(format!(
-                    "invalid argument \"{v}\" for \"--cpus\" flag"
-                )));
-            }
-            if cpus > online {
-                return Err(RuntimeError::InvalidOption(format!(
-                    "range of CPUs is from 0.01 to {online:.2}, as there are only {online} CPUs available"
-                )));
-            }
-            (cpus * 1e9) as i64
-        }
-        None => 0,
-    };
+    check_memory_limits(memory, memory_swap)?;
+    let nano_cpus = options
+        .cpus
+        .as_deref()
+        .map(parse_cpus)
+        .transpose()?
+        .unwrap_or(0);
     if let Some(list) = options.cpuset_cpus.as_deref() {
         check_cpuset(list)?;
     }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_store::container::{ContainerRecord, DeviceMapping, MountPoint};
+use berth_store::container::{ContainerRecord, DeviceMapping, HostConfig, MountPoint};
 use serde_json::{json, Value};
 
 use crate::error::RuntimeError;
@@ -319,11 +319,46 @@ pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Val
         None => {}
     }
 
-    let mut resources = json!({"devices": device_rules(hc.privileged)});
+    let mut resources = limits(hc);
+    let mut allowed = device_rules(hc.privileged);
     let devices = device_nodes(&hc.devices)?;
-    if let Some(rules) = resources["devices"].as_array_mut() {
+    if let Some(rules) = allowed.as_array_mut() {
         rules.extend(devices.iter().map(|(_, rule)| rule.clone()));
     }
+    resources["devices"] = allowed;
+
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "resources": resources,
+        "cgroupsPath": crate::cgroup::cgroups_path(&record.id),
+    });
+    if !devices.is_empty() {
+        linux["devices"] = Value::Array(devices.into_iter().map(|(node, _)| node).collect());
+    }
+    if !hc.sysctls.is_empty() {
+        linux["sysctl"] = json!(hc.sysctls);
+    }
+    if !hc.privileged {
+        linux["maskedPaths"] = json!(MASKED_PATHS);
+        linux["readonlyPaths"] = json!(READONLY_PATHS);
+    }
+    if let Some(seccomp) = crate::seccomp::profile_for(record)? {
+        linux["seccomp"] = seccomp;
+    }
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": paths.rootfs, "readonly": hc.readonly_rootfs},
+        "hostname": config.hostname,
+        "mounts": mounts,
+        "linux": linux,
+    }))
+}
+
+/// The resource limits of a container's cgroups (memory, CPU, pids) in the OCI spec's form: the
+/// spec's `linux.resources` less the device rules, and what `update` applies to a running container.
+pub fn limits(hc: &HostConfig) -> Value {
+    let mut resources = json!({});
     if hc.memory > 0 {
         let swap = match hc.memory_swap {
             0 => hc.memory * 2,
@@ -352,33 +387,7 @@ pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Val
     if hc.pids_limit > 0 {
         resources["pids"] = json!({"limit": hc.pids_limit});
     }
-
-    let mut linux = json!({
-        "namespaces": namespaces,
-        "resources": resources,
-        "cgroupsPath": crate::cgroup::cgroups_path(&record.id),
-    });
-    if !devices.is_empty() {
-        linux["devices"] = Value::Array(devices.into_iter().map(|(node, _)| node).collect());
-    }
-    if !hc.sysctls.is_empty() {
-        linux["sysctl"] = json!(hc.sysctls);
-    }
-    if !hc.privileged {
-        linux["maskedPaths"] = json!(MASKED_PATHS);
-        linux["readonlyPaths"] = json!(READONLY_PATHS);
-    }
-    if let Some(seccomp) = crate::seccomp::profile_for(record)? {
-        linux["seccomp"] = seccomp;
-    }
-    Ok(json!({
-        "ociVersion": "1.0.2",
-        "process": process,
-        "root": {"path": paths.rootfs, "readonly": hc.readonly_rootfs},
-        "hostname": config.hostname,
-        "mounts": mounts,
-        "linux": linux,
-    }))
+    resources
 }
 
 fn user_mounts_cover(mounts: &[MountPoint], dest: &str) -> bool {

@@ -796,6 +796,70 @@ fn log_driver_none_keeps_no_log_but_attached_output_flows() {
 }
 
 #[test]
+fn update_changes_the_limits_of_a_running_container_and_its_record() {
+    let b = Berth::with_busybox();
+    b.ok(&[
+        "run", "-d", "--name", "up", "-m", "64m", "busybox", "sleep", "600",
+    ]);
+    assert_eq!(
+        b.ok(&[
+            "update",
+            "-m",
+            "128m",
+            "--cpus",
+            "0.5",
+            "--pids-limit",
+            "20",
+            "--restart",
+            "on-failure:3",
+            "up",
+        ]),
+        "up\n"
+    );
+    // The cgroups have it at once (v2 or v1 names).
+    let script = "if [ -e /sys/fs/cgroup/cgroup.controllers ]; then \
+          cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max /sys/fs/cgroup/pids.max; \
+        else \
+          cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us \
+            /sys/fs/cgroup/pids/pids.max; \
+        fi";
+    let out = b.ok(&["exec", "up", "sh", "-c", script]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0], "134217728", "{out}");
+    assert!(lines[1].starts_with("50000"), "{out}");
+    assert_eq!(lines[2], "20", "{out}");
+    assert_eq!(
+        b.ok(&[
+            "inspect", "-f",
+            "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}} {{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}}",
+            "up",
+        ]),
+        "134217728 500000000 20 on-failure:3\n"
+    );
+    b.ok(&["container", "update", "--pids-limit", "-1", "up"]);
+    let out = b.ok(&[
+        "exec",
+        "up",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max",
+    ]);
+    assert_eq!(out, "max\n");
+    for (args, words) in [
+        (&["up"][..], "you must provide one or more flags"),
+        (&["-m", "1m", "up"][..], "Minimum memory limit"),
+        (&["--cpus", "1", "nosuch"][..], "No such container: nosuch"),
+        (&["--restart", "sometimes", "up"][..], "restart"),
+    ] {
+        let out = b.run(&[&["update"][..], args].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(words), "{args:?}: {}", stderr(&out));
+    }
+    b.ok(&["rm", "-f", "up"]);
+}
+
+#[test]
 fn memory_limit_oom_is_recorded() {
     let b = Berth::with_busybox();
     let out = b.run(&[

@@ -609,6 +609,63 @@ pub enum ContainerCommand {
     Diff(super::filesystem::DiffArgs),
     /// Create a new image from a container's changes
     Commit(super::filesystem::CommitArgs),
+    /// Update configuration of one or more containers
+    Update(UpdateArgs),
+}
+
+// `update` flags: the limits and restart policy of `run`, for containers that exist.
+#[derive(Args)]
+pub struct UpdateArgs {
+    /// Memory limit
+    #[arg(short = 'm', long, allow_hyphen_values = true)]
+    memory: Option<String>,
+    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    /// Number of CPUs
+    #[arg(long, allow_hyphen_values = true)]
+    cpus: Option<String>,
+    /// CPU shares (relative weight)
+    #[arg(short = 'c', long = "cpu-shares", allow_hyphen_values = true)]
+    cpu_shares: Option<i64>,
+    /// CPUs in which to allow execution (0-3, 0,1)
+    #[arg(long = "cpuset-cpus", allow_hyphen_values = true)]
+    cpuset_cpus: Option<String>,
+    /// Tune container pids limit (set -1 for unlimited)
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
+    /// Restart policy to apply when a container exits
+    #[arg(long, allow_hyphen_values = true)]
+    restart: Option<String>,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+/// `update`: each container's new limits, Docker's output (the names as given) and exit code.
+pub fn update(engine: &Engine, args: UpdateArgs) -> anyhow::Result<i32> {
+    let options = berth_runtime::update::UpdateOptions {
+        memory: args.memory,
+        memory_swap: args.memory_swap,
+        cpus: args.cpus,
+        cpu_shares: args.cpu_shares,
+        cpuset_cpus: args.cpuset_cpus,
+        pids_limit: args.pids_limit,
+        restart: args.restart,
+    };
+    let mut failed = false;
+    for name in &args.containers {
+        match engine.update(name, &options) {
+            Ok(_) => println!("{name}"),
+            Err(e) => {
+                eprintln!("Error response from daemon: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return Err(Failed(1).into());
+    }
+    Ok(0)
 }
 
 // `container prune` flags.
@@ -656,6 +713,7 @@ pub fn container_command(engine: &Engine, command: ContainerCommand) -> anyhow::
         ContainerCommand::Export(a) => super::filesystem::export(engine, a),
         ContainerCommand::Diff(a) => super::filesystem::diff(engine, a),
         ContainerCommand::Commit(a) => super::filesystem::commit(engine, a),
+        ContainerCommand::Update(a) => update(engine, a),
     }
 }
 

@@ -736,3 +736,20 @@ fn prune(engine: &Engine, args: ImagePruneArgs) -> anyhow::Result<i32> {
     println!("Total reclaimed space: {}", human_size(reclaimed));
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_have_three_significant_digits_as_docker_images_prints_them() {
+        assert_eq!(human_size_3(0), "0B");
+        assert_eq!(human_size_3(512), "512B");
+        assert_eq!(human_size_3(1_984_319), "1.98MB");
+        assert_eq!(human_size_3(2_000_000), "2MB");
+        assert_eq!(human_size_3(12_345_678), "12.3MB");
+        assert_eq!(human_size_3(123_456_789), "123MB");
+        // Go's %g takes an exponent once rounding reaches the precision.
+        assert_eq!(human_size_3(999_700), "1e+03kB");
+    }
+}

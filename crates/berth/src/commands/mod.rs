@@ -75,6 +75,8 @@ pub enum Command {
     Commit(filesystem::CommitArgs),
     /// Display the running processes of a container
     Top(container::TopArgs),
+    /// Update configuration of one or more containers
+    Update(container::UpdateArgs),
     /// Manage containers
     #[command(subcommand)]
     Container(container::ContainerCommand),
@@ -209,6 +211,7 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::Export(a) => filesystem::export(&engine, a),
             Command::Diff(a) => filesystem::diff(&engine, a),
             Command::Commit(a) => filesystem::commit(&engine, a),
+            Command::Update(a) => container::update(&engine, a),
             Command::Attach(a) => container::attach(&engine, a),
             Command::Port(a) => container::port(&engine, a),
             Command::Container(c) => container::container_command(&engine, c),
