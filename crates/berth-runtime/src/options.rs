@@ -51,20 +51,8 @@ pub struct RunOptions {
     pub attach: bool,
     /// `--rm`.
     pub auto_remove: bool,
-    /// `--restart`.
-    pub restart: Option<String>,
-    /// `--memory`.
-    pub memory: Option<String>,
-    /// `--memory-swap`.
-    pub memory_swap: Option<String>,
-    /// `--cpus`.
-    pub cpus: Option<String>,
-    /// `--cpu-shares`.
-    pub cpu_shares: Option<i64>,
-    /// `--cpuset-cpus`.
-    pub cpuset_cpus: Option<String>,
-    /// `--pids-limit`.
-    pub pids_limit: Option<i64>,
+    /// `--memory`, `--cpus`, … and `--restart`.
+    pub resources: ResourceOptions,
     /// `--ulimit name=soft[:hard]`.
     pub ulimits: Vec<String>,
     /// `--cap-add`.
@@ -139,6 +127,39 @@ pub struct RunOptions {
     pub sysctls: Vec<String>,
     /// `--group-add`.
     pub group_add: Vec<String>,
+}
+
+/// What `run` sets and `update` may change later: the resource limits and the restart policy.
+/// None leaves a setting as it is (`update`) or at its default (`run`).
+#[derive(Debug, Clone, Default)]
+pub struct ResourceOptions {
+    /// `--memory`.
+    pub memory: Option<String>,
+    /// `--memory-swap`.
+    pub memory_swap: Option<String>,
+    /// `--cpus`.
+    pub cpus: Option<String>,
+    /// `--cpu-shares`.
+    pub cpu_shares: Option<i64>,
+    /// `--cpuset-cpus`.
+    pub cpuset_cpus: Option<String>,
+    /// `--pids-limit` (0 or -1: unlimited).
+    pub pids_limit: Option<i64>,
+    /// `--restart`.
+    pub restart: Option<String>,
+}
+
+impl ResourceOptions {
+    /// Whether any setting is given (Docker refuses an update of nothing).
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_none()
+            && self.memory_swap.is_none()
+            && self.cpus.is_none()
+            && self.cpu_shares.is_none()
+            && self.cpuset_cpus.is_none()
+            && self.pids_limit.is_none()
+            && self.restart.is_none()
+    }
 }
 
 /// Parses a Docker size (`512m`, `1g`, `100k`, `1024`, `1.5g`) into bytes, binary units as Docker's RAMInBytes.
@@ -620,9 +641,15 @@ pub(crate) fn build_record(
         hc
     };
 
-    let memory = options.memory.as_deref().map(parse_memory).transpose()?;
+    let memory = options
+        .resources
+        .memory
+        .as_deref()
+        .map(parse_memory)
+        .transpose()?;
     let memory = memory.unwrap_or(0);
     let memory_swap = options
+        .resources
         .memory_swap
         .as_deref()
         .map(parse_memory_swap)
@@ -630,12 +657,13 @@ pub(crate) fn build_record(
         .unwrap_or(0);
     check_memory_limits(memory, memory_swap)?;
     let nano_cpus = options
+        .resources
         .cpus
         .as_deref()
         .map(parse_cpus)
         .transpose()?
         .unwrap_or(0);
-    if let Some(list) = options.cpuset_cpus.as_deref() {
+    if let Some(list) = options.resources.cpuset_cpus.as_deref() {
         check_cpuset(list)?;
     }
     for opt in &options.security_opt {
@@ -866,7 +894,7 @@ pub(crate) fn build_record(
     let host_config = HostConfig {
         binds: options.volumes.clone(),
         network_mode,
-        restart_policy: parse_restart(options.restart.as_deref())?,
+        restart_policy: parse_restart(options.resources.restart.as_deref())?,
         auto_remove: options.auto_remove,
         cap_add: options.cap_add.clone(),
         cap_drop: options.cap_drop.clone(),
@@ -876,9 +904,9 @@ pub(crate) fn build_record(
         memory,
         memory_swap,
         nano_cpus,
-        cpu_shares: options.cpu_shares.unwrap_or(0),
-        cpuset_cpus: options.cpuset_cpus.clone().unwrap_or_default(),
-        pids_limit: options.pids_limit.unwrap_or(0),
+        cpu_shares: options.resources.cpu_shares.unwrap_or(0),
+        cpuset_cpus: options.resources.cpuset_cpus.clone().unwrap_or_default(),
+        pids_limit: options.resources.pids_limit.unwrap_or(0),
         ulimits: options
             .ulimits
             .iter()

@@ -11,39 +11,8 @@ use crate::engine::Engine;
 use crate::error::RuntimeError;
 use crate::options::{
     check_cpuset, check_memory_limits, parse_cpus, parse_memory, parse_memory_swap, parse_restart,
+    ResourceOptions,
 };
-
-/// What `update` changes; None leaves a setting as it is.
-#[derive(Debug, Clone, Default)]
-pub struct UpdateOptions {
-    /// `--memory`.
-    pub memory: Option<String>,
-    /// `--memory-swap`.
-    pub memory_swap: Option<String>,
-    /// `--cpus`.
-    pub cpus: Option<String>,
-    /// `--cpu-shares`.
-    pub cpu_shares: Option<i64>,
-    /// `--cpuset-cpus`.
-    pub cpuset_cpus: Option<String>,
-    /// `--pids-limit` (0 or -1: unlimited).
-    pub pids_limit: Option<i64>,
-    /// `--restart`.
-    pub restart: Option<String>,
-}
-
-impl UpdateOptions {
-    /// Whether any setting is given (Docker refuses an update of nothing).
-    pub fn is_empty(&self) -> bool {
-        self.memory.is_none()
-            && self.memory_swap.is_none()
-            && self.cpus.is_none()
-            && self.cpu_shares.is_none()
-            && self.cpuset_cpus.is_none()
-            && self.pids_limit.is_none()
-            && self.restart.is_none()
-    }
-}
 
 impl Engine {
     /// Changes a container's limits and restart policy: checked as `run` checks them, recorded, and
@@ -52,7 +21,7 @@ impl Engine {
     pub fn update(
         &self,
         name_or_id: &str,
-        options: &UpdateOptions,
+        options: &ResourceOptions,
     ) -> Result<ContainerRecord, RuntimeError> {
         if options.is_empty() {
             return Err(RuntimeError::InvalidOption(
@@ -112,7 +81,7 @@ impl Engine {
 fn apply_limits(
     id: &str,
     hc: &berth_store::container::HostConfig,
-    options: &UpdateOptions,
+    options: &ResourceOptions,
 ) -> Result<(), RuntimeError> {
     let mut limits = crate::spec::limits(hc);
     // A pids limit lifted is written as "max"; `limits` leaves an unlimited one out.

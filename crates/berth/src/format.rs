@@ -6,36 +6,60 @@ use crate::template::{text_of, Program};
 
 /// Decimal sizes as Docker prints them (`4.26MB`, `1.2GB`, `512B`).
 pub fn human_size(bytes: u64) -> String {
-    size_in_units(bytes, 1000.0, &["B", "kB", "MB", "GB", "TB", "PB"])
+    size_in_units(bytes, 1000.0, &DECIMAL_UNITS, 4)
+}
+
+/// A size as `docker images` and `docker history` print it: three significant digits
+/// (`units.HumanSizeWithPrecision(size, 3)`), so 1984319 bytes is `1.98MB` where [`human_size`]
+/// says `1.984MB`.
+pub fn image_size(bytes: u64) -> String {
+    size_in_units(bytes, 1000.0, &DECIMAL_UNITS, 3)
 }
 
 /// A size in binary units as Docker's `BytesSize` writes it (`504KiB`, `64MiB`, `1.953GiB`): memory
 /// in `stats`.
 pub fn binary_size(bytes: u64) -> String {
-    size_in_units(bytes, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB", "PiB"])
+    size_in_units(bytes, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB", "PiB"], 4)
 }
 
-/// Go's `units.CustomSize("%.4g%s", …)`: the largest unit under which the value stays below `step`.
-fn size_in_units(bytes: u64, step: f64, units: &[&str]) -> String {
+const DECIMAL_UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+
+/// Go's `units.CustomSize("%.<precision>g%s", …)`: the value in the largest unit under which it
+/// stays below `step`.
+fn size_in_units(bytes: u64, step: f64, units: &[&str], precision: usize) -> String {
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= step && unit < units.len() - 1 {
         value /= step;
         unit += 1;
     }
-    // Go's %.4g: four significant digits, rounded; trailing zeros dropped.
-    let int_digits = if value < 1.0 {
-        1
-    } else {
-        (value.log10().floor() as usize) + 1
+    format!("{}{}", go_g(value, precision), units[unit])
+}
+
+/// Go's `%.<precision>g` of a non-negative number: rounded to that many significant digits,
+/// trailing zeros dropped, in exponent form once the exponent reaches the precision (999.7 at
+/// three digits is `1e+03`, as Docker prints it).
+fn go_g(value: f64, precision: usize) -> String {
+    if value == 0.0 {
+        return "0".to_string();
+    }
+    let trim = |s: &str| {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
     };
-    let text = format!("{:.*}", 4usize.saturating_sub(int_digits), value);
-    let trimmed = if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        text
-    };
-    format!("{trimmed}{}", units[unit])
+    // Rounded to the precision first, as Go does, to find the exponent.
+    let sci = format!("{value:.*e}", precision.saturating_sub(1));
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    if exponent < -4 || exponent >= precision as i32 {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        return format!("{}e{sign}{:02}", trim(mantissa), exponent.abs());
+    }
+    let decimals = (precision as i32 - 1 - exponent).max(0) as usize;
+    trim(&format!("{value:.decimals$}"))
 }
 
 /// Go's `units.HumanDuration`, which Docker uses for "Up 5 minutes" and "2 hours ago".
@@ -223,6 +247,14 @@ mod tests {
         assert_eq!(human_size(1_000_000), "1MB");
         assert_eq!(human_size(12_345_678), "12.35MB");
         assert_eq!(human_size(123_456_789), "123.5MB");
+        assert_eq!(image_size(0), "0B");
+        assert_eq!(image_size(512), "512B");
+        assert_eq!(image_size(1_984_319), "1.98MB");
+        assert_eq!(image_size(2_000_000), "2MB");
+        assert_eq!(image_size(12_345_678), "12.3MB");
+        assert_eq!(image_size(123_456_789), "123MB");
+        // Go's %g takes an exponent once rounding reaches the precision.
+        assert_eq!(image_size(999_700), "1e+03kB");
         assert_eq!(binary_size(0), "0B");
         assert_eq!(binary_size(504 * 1024), "504KiB");
         assert_eq!(binary_size(64 << 20), "64MiB");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use berth_runtime::exec::{ExecEnd, ExecOptions};
 use berth_runtime::logs::{self, LogRecord};
+use berth_runtime::options::ResourceOptions;
 use berth_runtime::session::{wait_attached, DetachKeys, SessionEnd};
 use berth_runtime::{Engine, PendingRun, RunOptions, StdioMode};
 use berth_store::container::{ContainerRecord, Status};
@@ -56,27 +57,8 @@ pub struct CreateArgs {
     /// Automatically remove the container when it exits
     #[arg(long)]
     rm: bool,
-    /// Restart policy to apply when a container exits (no, always, unless-stopped, on-failure[:max-retries])
-    #[arg(long, allow_hyphen_values = true)]
-    restart: Option<String>,
-    /// Memory limit
-    #[arg(short = 'm', long, allow_hyphen_values = true)]
-    memory: Option<String>,
-    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap
-    #[arg(long = "memory-swap", allow_hyphen_values = true)]
-    memory_swap: Option<String>,
-    /// Number of CPUs
-    #[arg(long, allow_hyphen_values = true)]
-    cpus: Option<String>,
-    /// CPU shares (relative weight)
-    #[arg(short = 'c', long = "cpu-shares", allow_hyphen_values = true)]
-    cpu_shares: Option<i64>,
-    /// CPUs in which to allow execution (0-3, 0,1)
-    #[arg(long = "cpuset-cpus", allow_hyphen_values = true)]
-    cpuset_cpus: Option<String>,
-    /// Tune container pids limit (set -1 for unlimited)
-    #[arg(long = "pids-limit", allow_hyphen_values = true)]
-    pids_limit: Option<i64>,
+    #[command(flatten)]
+    resources: ResourceArgs,
     /// Ulimit options
     #[arg(long, allow_hyphen_values = true)]
     ulimit: Vec<String>,
@@ -220,6 +202,7 @@ impl CreateArgs {
     fn options(&self, attach: bool) -> anyhow::Result<RunOptions> {
         Ok(RunOptions {
             image: self.image().to_string(),
+            resources: self.resources.options(),
             name: self.name.clone(),
             command: self.image_and_command[1..].to_vec(),
             entrypoint: self.entrypoint.clone(),
@@ -233,13 +216,6 @@ impl CreateArgs {
             interactive: self.interactive,
             attach,
             auto_remove: self.rm,
-            restart: self.restart.clone(),
-            memory: self.memory.clone(),
-            memory_swap: self.memory_swap.clone(),
-            cpus: self.cpus.clone(),
-            cpu_shares: self.cpu_shares,
-            cpuset_cpus: self.cpuset_cpus.clone(),
-            pids_limit: self.pids_limit,
             ulimits: self.ulimit.clone(),
             cap_add: self.cap_add.clone(),
             cap_drop: self.cap_drop.clone(),
@@ -613,9 +589,12 @@ pub enum ContainerCommand {
     Update(UpdateArgs),
 }
 
-// `update` flags: the limits and restart policy of `run`, for containers that exist.
-#[derive(Args)]
-pub struct UpdateArgs {
+// The resource limits and restart policy: set by `create`/`run`, changed by `update`.
+#[derive(Args, Clone)]
+pub struct ResourceArgs {
+    /// Restart policy to apply when a container exits (no, always, unless-stopped, on-failure[:max-retries])
+    #[arg(long, allow_hyphen_values = true)]
+    restart: Option<String>,
     /// Memory limit
     #[arg(short = 'm', long, allow_hyphen_values = true)]
     memory: Option<String>,
@@ -634,24 +613,34 @@ pub struct UpdateArgs {
     /// Tune container pids limit (set -1 for unlimited)
     #[arg(long = "pids-limit", allow_hyphen_values = true)]
     pids_limit: Option<i64>,
-    /// Restart policy to apply when a container exits
-    #[arg(long, allow_hyphen_values = true)]
-    restart: Option<String>,
+}
+
+impl ResourceArgs {
+    fn options(&self) -> ResourceOptions {
+        ResourceOptions {
+            memory: self.memory.clone(),
+            memory_swap: self.memory_swap.clone(),
+            cpus: self.cpus.clone(),
+            cpu_shares: self.cpu_shares,
+            cpuset_cpus: self.cpuset_cpus.clone(),
+            pids_limit: self.pids_limit,
+            restart: self.restart.clone(),
+        }
+    }
+}
+
+// `update` flags: the limits and restart policy of `run`, for containers that exist.
+#[derive(Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    resources: ResourceArgs,
     #[arg(required = true, value_name = "CONTAINER")]
     containers: Vec<String>,
 }
 
 /// `update`: each container's new limits, Docker's output (the names as given) and exit code.
 pub fn update(engine: &Engine, args: UpdateArgs) -> anyhow::Result<i32> {
-    let options = berth_runtime::update::UpdateOptions {
-        memory: args.memory,
-        memory_swap: args.memory_swap,
-        cpus: args.cpus,
-        cpu_shares: args.cpu_shares,
-        cpuset_cpus: args.cpuset_cpus,
-        pids_limit: args.pids_limit,
-        restart: args.restart,
-    };
+    let options = args.resources.options();
     let mut failed = false;
     for name in &args.containers {
         match engine.update(name, &options) {

@@ -14,7 +14,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::{archive_stdout, write_atomically};
-use crate::format::{human_duration, human_size, print_rows};
+use crate::format::{human_duration, human_size, image_size, print_rows};
 
 // `images` flags.
 #[derive(Args)]
@@ -320,7 +320,7 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
                 "CreatedSince": created_ago(image),
                 // Go's time.String(), as Docker prints it (in UTC here).
                 "CreatedAt": image.created().format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string(),
-                "Size": human_size_3(image.size),
+                "Size": image_size(image.size),
             }));
         }
     }
@@ -346,45 +346,6 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<i32> {
         )?;
     }
     Ok(0)
-}
-
-/// A size as `docker images` and `docker history` print it: Go's `%.3g` of the decimal-unit value
-/// (`units.HumanSizeWithPrecision(size, 3)`), so 1984319 bytes is `1.98MB` where [`human_size`]
-/// (`%.4g`, for `system df` and prune totals) says `1.984MB`. Go's `%g` switches to an exponent
-/// when rounding reaches the precision: 999.7 kB is `1e+03kB`, as Docker prints it.
-fn human_size_3(bytes: u64) -> String {
-    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    format!("{}{}", go_g3(value), UNITS[unit])
-}
-
-/// Go's `%.3g` of a non-negative number below 1000.
-fn go_g3(value: f64) -> String {
-    if value == 0.0 {
-        return "0".to_string();
-    }
-    // Rounded to three significant digits first, as Go does, to find the exponent.
-    let sci = format!("{value:.2e}");
-    let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exponent: i32 = exponent.parse().unwrap_or(0);
-    let trim = |s: &str| {
-        if s.contains('.') {
-            s.trim_end_matches('0').trim_end_matches('.').to_string()
-        } else {
-            s.to_string()
-        }
-    };
-    if !(-4..3).contains(&exponent) {
-        let sign = if exponent < 0 { '-' } else { '+' };
-        return format!("{}e{sign}{:02}", trim(mantissa), exponent.abs());
-    }
-    let decimals = (2 - exponent).max(0) as usize;
-    trim(&format!("{value:.decimals$}"))
 }
 
 /// `*` wildcard match, as Docker's reference filter.
@@ -678,7 +639,7 @@ pub fn history(engine: &Engine, args: HistoryArgs) -> anyhow::Result<i32> {
             "CreatedSince": if args.human { format!("{} ago", human_duration(crate::format::seconds_since(created))) } else { created_at.clone() },
             "CreatedAt": created_at,
             "CreatedBy": created_by,
-            "Size": if args.human { human_size_3(size) } else { size.to_string() },
+            "Size": if args.human { image_size(size) } else { size.to_string() },
             "Comment": h.comment.clone().unwrap_or_default(),
         }));
     }
@@ -735,21 +696,4 @@ fn prune(engine: &Engine, args: ImagePruneArgs) -> anyhow::Result<i32> {
     reclaimed += engine.store().remove_partial_downloads()?;
     println!("Total reclaimed space: {}", human_size(reclaimed));
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_have_three_significant_digits_as_docker_images_prints_them() {
-        assert_eq!(human_size_3(0), "0B");
-        assert_eq!(human_size_3(512), "512B");
-        assert_eq!(human_size_3(1_984_319), "1.98MB");
-        assert_eq!(human_size_3(2_000_000), "2MB");
-        assert_eq!(human_size_3(12_345_678), "12.3MB");
-        assert_eq!(human_size_3(123_456_789), "123MB");
-        // Go's %g takes an exponent once rounding reaches the precision.
-        assert_eq!(human_size_3(999_700), "1e+03kB");
-    }
 }
