@@ -1647,22 +1647,18 @@ mod tests {
             parse_time_bound("2026-01-02T03:04:05Z").unwrap(),
             chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
         );
-        assert_eq!(
-            parse_time_bound("2026-01-02T03:04:05").unwrap(),
-            local(2026, 1, 2, 3, 4, 5)
-        );
-        assert_eq!(
-            parse_time_bound("2026-01-02T03:04").unwrap(),
-            local(2026, 1, 2, 3, 4, 0)
-        );
-        assert_eq!(
-            parse_time_bound("2026-01-02T03").unwrap(),
-            local(2026, 1, 2, 3, 0, 0)
-        );
-        assert_eq!(
-            parse_time_bound("2026-01-02").unwrap(),
-            local(2026, 1, 2, 0, 0, 0)
-        );
+        for (text, (h, mi, sec)) in [
+            ("2026-01-02T03:04:05", (3, 4, 5)),
+            ("2026-01-02T03:04", (3, 4, 0)),
+            ("2026-01-02T03", (3, 0, 0)),
+            ("2026-01-02", (0, 0, 0)),
+        ] {
+            assert_eq!(
+                parse_time_bound(text).unwrap(),
+                local(2026, 1, 2, h, mi, sec),
+                "{text}"
+            );
+        }
         assert_eq!(
             parse_time_bound("1700000000").unwrap().timestamp(),
             1_700_000_000
