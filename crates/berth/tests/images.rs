@@ -314,3 +314,66 @@ fn rmi_by_id_never_deletes_an_image_a_running_container_uses() {
     assert_eq!(b.ok(&["images", "-q"]), "");
     assert_eq!(b.ok(&["start", "-a", "stopped"]), "still here\n");
 }
+
+/// The `SIZE` and `RECLAIMABLE` of the Images row of `system df`, in bytes (Docker's decimal units).
+fn df_images(b: &Berth) -> (f64, f64) {
+    let table = b.ok(&["system", "df"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("Images"))
+        .unwrap_or_else(|| panic!("{table}"))
+        .to_string();
+    let bytes = |text: &str| {
+        let split = text
+            .find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let scale = match unit {
+            "B" => 1.0,
+            "kB" => 1e3,
+            "MB" => 1e6,
+            "GB" => 1e9,
+            other => panic!("unit {other} in {row}"),
+        };
+        number.parse::<f64>().unwrap() * scale
+    };
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    (bytes(columns[3]), bytes(columns[4]))
+}
+
+#[test]
+fn system_df_and_prune_count_shared_layers_once() {
+    let b = Berth::with_busybox();
+    let (base, _) = df_images(&b);
+    // A second image on top of busybox's layer: 100 kB more, not the base twice.
+    b.ok(&[
+        "run",
+        "--name",
+        "grow",
+        "busybox",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/grown bs=1000 count=100 2>/dev/null",
+    ]);
+    b.ok(&["commit", "grow", "grown:1"]);
+    b.ok(&["rm", "grow"]);
+    let (total, reclaimable) = df_images(&b);
+    assert!(
+        (total - base - 100_000.0).abs() < 10_000.0,
+        "{base} then {total}"
+    );
+    assert_eq!(reclaimable, total, "no container uses either image");
+    // A container of busybox keeps its layer: only grown:1's own layer is reclaimable.
+    b.ok(&["run", "-d", "--name", "keeper", "busybox", "sleep", "600"]);
+    let (_, reclaimable) = df_images(&b);
+    assert!((reclaimable - 100_000.0).abs() < 10_000.0, "{reclaimable}");
+    // And that is what a prune of every unused image frees.
+    let out = b.ok(&["system", "prune", "-a", "-f"]);
+    assert!(out.contains("Deleted Image:"), "{out}");
+    let freed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Total reclaimed space: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(freed.starts_with("10") && freed.ends_with("kB"), "{out}");
+    b.ok(&["rm", "-f", "keeper"]);
+}

@@ -194,11 +194,23 @@ fn df(engine: &Engine) -> anyhow::Result<i32> {
     let containers = engine.containers()?;
     let volumes = store.volumes()?;
     let used_images: Vec<_> = containers.iter().map(|c| &c.image_id).collect();
-    let image_size: u64 = images.iter().map(|i| i.size).sum();
-    let unused_image_size: u64 = images
-        .iter()
-        .filter(|i| !used_images.contains(&&i.id))
-        .map(|i| i.size)
+    // Images share layers: each layer counts once, and is reclaimable when no image a container
+    // uses has it.
+    let mut layers: std::collections::BTreeMap<&berth_store::Digest, (u64, bool)> =
+        Default::default();
+    for image in &images {
+        let in_use = used_images.contains(&&image.id);
+        for diff_id in &image.config.rootfs.diff_ids {
+            let size = store.layer(diff_id)?.map_or(0, |l| l.unpacked_size);
+            let entry = layers.entry(diff_id).or_insert((size, false));
+            entry.1 |= in_use;
+        }
+    }
+    let image_size: u64 = layers.values().map(|(size, _)| size).sum();
+    let unused_image_size: u64 = layers
+        .values()
+        .filter(|(_, in_use)| !in_use)
+        .map(|(size, _)| size)
         .sum();
     let container_sizes: Vec<u64> = containers
         .iter()
@@ -319,9 +331,11 @@ fn prune(engine: &Engine, args: PruneArgs) -> anyhow::Result<i32> {
         .collect();
     for image in store.images()? {
         if !used.contains(&image.id) && (image.tags.is_empty() || args.all) {
-            for a in store.remove_image(image.id.as_str(), true)? {
-                if let berth_store::RemovedImage::Deleted(d) = a {
-                    reclaimed += image.size;
+            // No container uses it: nothing runs it. What is freed is its layers no other image uses.
+            let removal = store.delete_image(image.id.as_str(), true, &|_| false)?;
+            reclaimed += removal.reclaimed;
+            for action in removal.actions {
+                if let berth_store::RemovedImage::Deleted(d) = action {
                     println!("Deleted Image: {d}");
                 }
             }
