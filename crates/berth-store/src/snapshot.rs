@@ -24,9 +24,10 @@ pub struct Snapshotter {
 /// What every container's runtime mounts onto: `/dev`, `/proc`, `/sys` and the `/etc` files Berth
 /// bind-mounts. They sit in one read-only layer under every container's upper dir (Docker makes the
 /// same "init layer" per container), so a start creates none of them in its upper dir: no copy-up
-/// of `/etc`, no inodes to create and delete, and nothing of them in `diff` or `commit`.
+/// of `/etc`, no inodes to create and delete, and nothing of them in `diff` or `commit`. Docker's
+/// `/.dockerenv` marker is there too.
 const INIT_DIRS: [&str; 4] = ["dev", "proc", "sys", "etc"];
-const INIT_FILES: [&str; 3] = ["etc/hosts", "etc/hostname", "etc/resolv.conf"];
+const INIT_FILES: [&str; 4] = ["etc/hosts", "etc/hostname", "etc/resolv.conf", ".dockerenv"];
 
 impl Snapshotter {
     /// Opens (and creates) the snapshot directories under `root`.
@@ -58,6 +59,12 @@ impl Snapshotter {
         for file in INIT_FILES {
             fs::write(staging.join(file), "").ctx("create", staging.join(file))?;
         }
+        // Docker's marker that a process runs in a container (empty, mode 755), which tools check.
+        fs::set_permissions(
+            staging.join(".dockerenv"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .ctx("chmod", staging.join(".dockerenv"))?;
         match fs::rename(&staging, &self.init) {
             Ok(()) => {}
             Err(_) if self.init.is_dir() => remove_tree(&staging)?,

@@ -364,6 +364,7 @@ fn diff_commit_and_export() {
         "etc/resolv.conf",
         "dev",
         "proc",
+        ".dockerenv",
     ] {
         assert!(!top.join(runtime_file).exists(), "{runtime_file} committed");
     }
@@ -372,6 +373,7 @@ fn diff_commit_and_export() {
     let out = b.run(&["export", "fromcommit"]);
     let names = tar_names(&out.stdout);
     assert!(names.iter().any(|n| n == "etc/hosts"), "{names:?}");
+    assert!(names.iter().any(|n| n == ".dockerenv"), "{names:?}");
     let history = b.ok(&["history", "--no-trunc", "committed:v1"]);
     assert!(history.contains("my change"), "{history}");
     assert_eq!(
