@@ -15,6 +15,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::error::{io_err, RuntimeError};
+use crate::events::Event;
 use crate::options::{self, RunOptions};
 use crate::spawn::ChildFd;
 
@@ -349,7 +350,13 @@ impl Engine {
             self.remove_anonymous_volumes(&record.mounts);
             return Err(e);
         }
+        self.emit(&Event::container(&record, "create", &[]));
         Ok(record)
+    }
+
+    /// Records an event in the store's event log (`berth events`).
+    pub fn emit(&self, event: &Event) {
+        crate::events::record(self.store.root(), event);
     }
 
     fn resolve_mounts(
@@ -413,9 +420,12 @@ impl Engine {
                     } else {
                         request.source.clone()
                     };
-                    let (volume, _) =
+                    let (volume, created) =
                         self.store
                             .create_volume(&name, &Default::default(), anonymous)?;
+                    if created {
+                        self.emit(&Event::volume("create", &name));
+                    }
                     options::mount_point(
                         &request,
                         volume.mountpoint.to_string_lossy().into_owned(),
@@ -438,6 +448,7 @@ impl Engine {
                 berth_store::random_hex(16)
             );
             let (volume, _) = self.store.create_volume(&name, &Default::default(), true)?;
+            self.emit(&Event::volume("create", &name));
             let request = berth_store::container::MountRequest {
                 kind: "volume".into(),
                 source: String::new(),
@@ -458,7 +469,9 @@ impl Engine {
     /// Removes the anonymous volumes among a removed container's mounts.
     pub(crate) fn remove_anonymous_volumes(&self, mounts: &[MountPoint]) {
         for m in mounts.iter().filter(|m| m.anonymous) {
-            let _ = self.store.remove_volume(&m.name);
+            if self.store.remove_volume(&m.name).is_ok() {
+                self.emit(&Event::volume("destroy", &m.name));
+            }
         }
     }
 
@@ -736,6 +749,11 @@ impl Engine {
             let _ = self.set_paused(&record, false);
         }
         kill(Pid::from_raw(record.state.pid), signal).map_err(|e| io_err("kill", e))?;
+        self.emit(&Event::container(
+            &record,
+            "kill",
+            &[("signal", (signal as i32).to_string())],
+        ));
         Ok(record)
     }
 
@@ -780,17 +798,28 @@ impl Engine {
             std::thread::sleep(Duration::from_millis(5));
             record = self.store.container(&record.id)?;
         }
-        if record.state.pid > 0 {
-            let _ = kill(Pid::from_raw(record.state.pid), signal);
+        if record.state.pid > 0 && kill(Pid::from_raw(record.state.pid), signal).is_ok() {
+            self.emit(&Event::container(
+                &record,
+                "kill",
+                &[("signal", (signal as i32).to_string())],
+            ));
         }
         let deadline = Duration::from_secs(timeout.max(0) as u64);
         if !self.wait_exit_recorded(&record.id, Some(deadline)) {
             let current = self.store.container(&record.id)?;
-            if current.state.pid > 0 {
-                let _ = kill(Pid::from_raw(current.state.pid), Signal::SIGKILL);
+            if current.state.pid > 0
+                && kill(Pid::from_raw(current.state.pid), Signal::SIGKILL).is_ok()
+            {
+                self.emit(&Event::container(
+                    &record,
+                    "kill",
+                    &[("signal", (Signal::SIGKILL as i32).to_string())],
+                ));
             }
             self.wait_exit_recorded(&record.id, Some(Duration::from_secs(30)));
         }
+        self.emit(&Event::container(&record, "stop", &[]));
         Ok(self.container(&record.id).unwrap_or(record))
     }
 
@@ -906,6 +935,7 @@ impl Engine {
             &self.store.container_dir(&record.id),
         ])?;
         self.store.delete_container(&record.id)?;
+        self.emit(&Event::container(record, "destroy", &[]));
         if volumes {
             self.remove_anonymous_volumes(&record.mounts);
         }
@@ -954,6 +984,11 @@ impl Engine {
                 Ok::<(), ()>(())
             })?
             .map_err(|_| RuntimeError::Io("update".into()))?;
+        self.emit(&Event::container(
+            record,
+            if paused { "pause" } else { "unpause" },
+            &[],
+        ));
         Ok(())
     }
 
@@ -968,6 +1003,7 @@ impl Engine {
             self.stop(&record.id, timeout)?;
         }
         self.start(&record.id, StdioMode::Detached)?;
+        self.emit(&Event::container(&record, "restart", &[]));
         self.container(&record.id)
     }
 }

@@ -257,11 +257,13 @@ impl Prober {
             exit_code,
             output,
         };
+        let mut changed_to = None;
         let _ = engine.store().update_container(&record.id, |r| {
             let health = r.state.health.get_or_insert_with(|| Health {
                 status: "starting".into(),
                 ..Health::default()
             });
+            let before = health.status.clone();
             health.log.push(entry.clone());
             if health.log.len() > MAX_LOG {
                 let extra = health.log.len() - MAX_LOG;
@@ -276,7 +278,18 @@ impl Prober {
                     health.status = "unhealthy".into();
                 }
             }
+            if health.status != before {
+                changed_to = Some(health.status.clone());
+            }
             Ok::<(), ()>(())
         });
+        // Docker's event for a change of health status.
+        if let Some(status) = changed_to {
+            engine.emit(&crate::events::Event::container(
+                record,
+                &format!("health_status: {status}"),
+                &[],
+            ));
+        }
     }
 }

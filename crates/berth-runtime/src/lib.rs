@@ -5,6 +5,7 @@ pub mod attach;
 pub mod cgroup;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod filesystem;
 mod health;

@@ -23,6 +23,7 @@ use nix::unistd::Pid;
 use crate::attach::Attachment;
 use crate::engine::{Engine, MonitorEvent, RECORD_FD, STATUS_FD};
 use crate::error::{io_err, RuntimeError};
+use crate::events::Event;
 use crate::logs::{JsonLogWriter, Stream};
 use crate::session::{copy_window_size, DetachKeys};
 
@@ -221,6 +222,7 @@ fn supervise(
                 // leaves is swept as orphans: directories without a record.)
                 // Its anonymous volumes go with it, before the exit is reported too: as Docker's
                 // `run --rm`, the volumes are gone when `run` returns.
+                emit_exit(engine, &record, &outcome);
                 engine.store().delete_container(&id)?;
                 tracing::debug!("record deleted");
                 engine.remove_anonymous_volumes(&record.mounts);
@@ -298,6 +300,7 @@ fn supervise(
             Ok::<(), ()>(())
         })?;
         let record = updated.map_err(|_| RuntimeError::Io("update".into()))?;
+        emit_exit(engine, &record, &outcome);
         attachments.end_run(outcome.exit_code);
         if !record.state.restarting {
             final_code = outcome.exit_code;
@@ -485,6 +488,18 @@ fn is_build_container(record: &ContainerRecord) -> bool {
 
 /// Leaves the final exit code in the lock file, where a `wait` blocked on the lock reads it even after
 /// `--rm` has removed the container and unlinked the file.
+/// The events of a container's exit: `oom` when the kernel killed it for memory, then `die`.
+fn emit_exit(engine: &Engine, record: &ContainerRecord, outcome: &Outcome) {
+    if outcome.oom_killed {
+        engine.emit(&Event::container(record, "oom", &[]));
+    }
+    engine.emit(&Event::container(
+        record,
+        "die",
+        &[("exitCode", outcome.exit_code.to_string())],
+    ));
+}
+
 fn record_exit_code(lock: &mut File, code: i32) {
     use std::io::Seek;
     let _ = lock.set_len(0);
@@ -765,6 +780,7 @@ fn run_once(
                 Ok::<(), ()>(())
             })?
             .map_err(|_| RuntimeError::Io("update".into()))?;
+        engine.emit(&Event::container(record, "start", &[]));
         if first {
             status.send(&MonitorEvent::Started(pid));
         }

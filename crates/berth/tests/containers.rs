@@ -277,6 +277,138 @@ fn commands_right_after_an_exit_wait_for_its_monitor_to_let_go() {
 }
 
 #[test]
+fn prunes_ask_first_and_delete_nothing_without_a_yes() {
+    let b = Berth::with_busybox();
+    b.ok(&["create", "--name", "kept", "busybox", "true"]);
+    for (args, warning) in [
+        (
+            &["container", "prune"][..],
+            "WARNING! This will remove all stopped containers.",
+        ),
+        (&["system", "prune", "-a"][..], "  - all stopped containers"),
+        (
+            &["image", "prune", "-a"][..],
+            "WARNING! This will remove all images without",
+        ),
+        (
+            &["volume", "prune"][..],
+            "WARNING! This will remove anonymous local volumes",
+        ),
+        (
+            &["network", "prune"][..],
+            "WARNING! This will remove all custom networks",
+        ),
+        (
+            &["builder", "prune"][..],
+            "WARNING! This will remove all dangling build cache.",
+        ),
+    ] {
+        for answer in [&b"n\n"[..], b""] {
+            let out = common::output_with_stdin(&mut b.cmd(args), answer);
+            assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains(warning), "{args:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains("Are you sure you want to continue? [y/N]"));
+            assert_eq!(stdout(&out), "", "{args:?} did something");
+        }
+    }
+    assert_eq!(b.ok(&["ps", "-a", "--format", "{{.Names}}"]), "kept\n");
+    assert_eq!(b.ok(&["images", "-q"]).lines().count(), 1);
+    let out = common::output_with_stdin(&mut b.cmd(&["container", "prune"]), b"y\n");
+    assert!(
+        stdout(&out).contains("Deleted Containers:"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(b.ok(&["ps", "-aq"]), "");
+}
+
+#[test]
+fn events_tell_the_lifecycle_as_docker_does() {
+    let b = Berth::with_busybox();
+    let start = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 1
+    );
+    // A live follower, started before anything happens.
+    let mut live = b
+        .cmd(&[
+            "events",
+            "--filter",
+            "type=container",
+            "--format",
+            "{{.Action}}",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    b.ok(&["run", "--rm", "--name", "ev", "busybox", "true"]);
+    b.ok(&["run", "-d", "--name", "ev2", "busybox", "sleep", "600"]);
+    b.ok(&["pause", "ev2"]);
+    b.ok(&["unpause", "ev2"]);
+    b.ok(&["rm", "-f", "ev2"]);
+    b.ok(&["volume", "create", "evvol"]);
+    b.ok(&["volume", "rm", "evvol"]);
+    b.ok(&["tag", "busybox", "evtag:1"]);
+    let actions = |filter: &str| {
+        b.ok(&[
+            "events",
+            "--since",
+            &start,
+            "--until",
+            "0s",
+            "--filter",
+            filter,
+            "--format",
+            "{{.Type}} {{.Action}}",
+        ])
+    };
+    // The --rm container's destroy comes from its monitor, after the exit is reported.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !actions("container=ev").contains("destroy") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            actions("container=ev")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        actions("container=ev"),
+        "container create\ncontainer start\ncontainer die\ncontainer destroy\n"
+    );
+    assert_eq!(
+        actions("container=ev2"),
+        "container create\ncontainer start\ncontainer pause\ncontainer unpause\ncontainer die\ncontainer destroy\n"
+    );
+    assert_eq!(actions("volume=evvol"), "volume create\nvolume destroy\n");
+    assert_eq!(actions("event=tag"), "image tag\n");
+    let out = b.ok(&[
+        "events",
+        "--since",
+        &start,
+        "--until",
+        "0s",
+        "--filter",
+        "event=die",
+        "--format",
+        "{{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
+    ]);
+    assert!(out.starts_with("ev 0\n"), "{out}");
+    let _ = live.kill();
+    let mut seen = String::new();
+    std::io::Read::read_to_string(live.stdout.as_mut().unwrap(), &mut seen).unwrap();
+    let _ = live.wait();
+    assert!(seen.starts_with("create\nstart\ndie\n"), "live: {seen}");
+    let out = b.run(&["events", "--filter", "colour=red"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
 fn rm_force_kills_and_wait_sees_rm_exit_code() {
     let b = Berth::with_busybox();
     b.ok(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "100"]);

@@ -609,7 +609,13 @@ pub struct BuilderPruneArgs {
 
 /// `builder prune`: forgets the build cache and frees what only it kept.
 fn builder_prune(engine: &Engine, args: BuilderPruneArgs) -> anyhow::Result<i32> {
-    let _ = (args.all, args.force);
+    let _ = args.all;
+    if !super::confirm_prune(
+        args.force,
+        "WARNING! This will remove all dangling build cache.",
+    ) {
+        return Ok(0);
+    }
     let pruned = engine.store().prune_build_cache()?;
     for id in &pruned.images {
         println!("Deleted build cache objects:\n{}", id.short());

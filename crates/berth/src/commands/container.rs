@@ -1161,7 +1161,7 @@ pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<i32> {
 
 /// Parses `--since`/`--until` as Docker does: RFC 3339, a date and time without zone (local time,
 /// down to a bare `2026-01-02`), a Unix timestamp, or a duration before now (`10m`).
-fn parse_time_bound(value: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+pub(super) fn parse_time_bound(value: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     use chrono::TimeZone;
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(value) {
         return Ok(t.with_timezone(&chrono::Utc));
@@ -1607,7 +1607,13 @@ pub fn top(engine: &Engine, args: TopArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn prune(engine: &Engine, _args: PruneArgs) -> anyhow::Result<i32> {
+pub fn prune(engine: &Engine, args: PruneArgs) -> anyhow::Result<i32> {
+    if !super::confirm_prune(
+        args.force,
+        "WARNING! This will remove all stopped containers.",
+    ) {
+        return Ok(0);
+    }
     let mut reclaimed = 0;
     engine.remove_orphans()?;
     println!("Deleted Containers:");

@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
+use berth_runtime::events::Event;
 use berth_runtime::Engine;
 use berth_store::image::RunConfig;
 use berth_store::reference::familiar_name;
@@ -385,6 +386,8 @@ pub fn import(engine: &Engine, args: ImportArgs) -> anyhow::Result<i32> {
         platform.as_ref(),
         &tags,
     )?;
+    let name = tags.first().map_or(image.id.to_string(), |t| t.familiar());
+    engine.emit(&Event::image("import", image.id.as_str(), &name));
     println!("{}", image.id);
     Ok(0)
 }
@@ -435,6 +438,11 @@ pub fn load(engine: &Engine, args: LoadArgs) -> anyhow::Result<i32> {
     // `docker load -q` only drops the progress bars; the loaded images are printed either way.
     let _ = args.quiet;
     for image in loaded {
+        let name = image
+            .tags
+            .first()
+            .map_or(image.id.to_string(), |t| t.familiar());
+        engine.emit(&Event::image("load", image.id.as_str(), &name));
         if image.tags.is_empty() {
             println!("Loaded image ID: {}", image.id);
         }
@@ -452,6 +460,7 @@ pub fn tag(engine: &Engine, args: TagArgs) -> anyhow::Result<i32> {
         anyhow::bail!("refusing to create a tag with a digest reference");
     }
     engine.store().tag(&image.id, &target)?;
+    engine.emit(&Event::image("tag", image.id.as_str(), &target.familiar()));
     Ok(0)
 }
 
@@ -470,15 +479,23 @@ pub fn rmi(engine: &Engine, args: RmiArgs) -> anyhow::Result<i32> {
     let running = running_containers(engine)?;
     let mut failed = false;
     for name in &args.images {
+        let id = engine.store().image(name).map(|i| i.id.to_string());
         match engine
             .store()
             .delete_image(name, args.force, &|id| running.contains(id))
         {
             Ok(removal) => {
+                let id = id.unwrap_or_default();
                 for a in removal.actions {
                     match a {
-                        RemovedImage::Untagged(t) => println!("Untagged: {t}"),
-                        RemovedImage::Deleted(d) => println!("Deleted: {d}"),
+                        RemovedImage::Untagged(t) => {
+                            engine.emit(&Event::image("untag", &id, &t));
+                            println!("Untagged: {t}");
+                        }
+                        RemovedImage::Deleted(d) => {
+                            engine.emit(&Event::image("delete", &id, d.as_str()));
+                            println!("Deleted: {d}");
+                        }
                     }
                 }
             }
@@ -659,6 +676,14 @@ pub fn history(engine: &Engine, args: HistoryArgs) -> anyhow::Result<i32> {
 }
 
 fn prune(engine: &Engine, args: ImagePruneArgs) -> anyhow::Result<i32> {
+    let warning = if args.all {
+        "WARNING! This will remove all images without at least one container associated to them."
+    } else {
+        "WARNING! This will remove all dangling images."
+    };
+    if !super::confirm_prune(args.force, warning) {
+        return Ok(0);
+    }
     let used: Vec<_> = engine
         .store()
         .containers()?

@@ -2,6 +2,7 @@
 
 mod build;
 mod container;
+mod events;
 mod filesystem;
 mod image;
 mod network;
@@ -77,6 +78,8 @@ pub enum Command {
     Top(container::TopArgs),
     /// Update configuration of one or more containers
     Update(container::UpdateArgs),
+    /// Get real time events from the server
+    Events(events::EventsArgs),
     /// Manage containers
     #[command(subcommand)]
     Container(container::ContainerCommand),
@@ -212,6 +215,7 @@ pub fn run(command: Command, root: &Path, runroot: &Path) -> i32 {
             Command::Diff(a) => filesystem::diff(&engine, a),
             Command::Commit(a) => filesystem::commit(&engine, a),
             Command::Update(a) => container::update(&engine, a),
+            Command::Events(a) => events::events(&engine, a),
             Command::Attach(a) => container::attach(&engine, a),
             Command::Port(a) => container::port(&engine, a),
             Command::Container(c) => container::container_command(&engine, c),
@@ -305,6 +309,21 @@ pub fn write_atomically(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Docker's question before a prune: `warning`, then `Are you sure you want to continue? [y/N]` on
+/// stderr, and a line read from stdin. Only `y` or `yes` goes on; anything else, or no input at all
+/// (stdin closed or not a terminal and empty), deletes nothing. `-f` skips the question.
+pub fn confirm_prune(force: bool, warning: &str) -> bool {
+    if force {
+        return true;
+    }
+    eprint!("{warning}\nAre you sure you want to continue? [y/N] ");
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 /// An error that has already been reported and carries its exit code.

@@ -2,6 +2,7 @@
 
 use anyhow::bail;
 use berth_net::{CreateOptions, Network};
+use berth_runtime::events::Event;
 use berth_runtime::Engine;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -213,6 +214,7 @@ fn create(engine: &Engine, args: CreateArgs) -> anyhow::Result<i32> {
             id,
         },
     )?;
+    engine.emit(&Event::network("create", &n.id, &n.name, None));
     println!("{}", n.id);
     Ok(0)
 }
@@ -259,6 +261,7 @@ fn remove(engine: &Engine, names: &[String], quiet_unused: bool) -> anyhow::Resu
             continue;
         }
         n.remove(root)?;
+        engine.emit(&Event::network("destroy", &n.id, &n.name, None));
         println!("{name}");
     }
     Ok(!failed)
@@ -289,7 +292,12 @@ pub fn network_command(engine: &Engine, command: NetworkCommand) -> anyhow::Resu
             }
         }
         NetworkCommand::Prune(args) => {
-            let _ = args.force;
+            if !super::confirm_prune(
+                args.force,
+                "WARNING! This will remove all custom networks not used by at least one container.",
+            ) {
+                return Ok(0);
+            }
             let names: Vec<String> = Network::list(engine.store().root())?
                 .into_iter()
                 .map(|n| n.name)

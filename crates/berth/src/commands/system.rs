@@ -18,6 +18,8 @@ pub enum SystemCommand {
     Info(InfoArgs),
     /// Remove unused data
     Prune(PruneArgs),
+    /// Get real time events from the server
+    Events(super::events::EventsArgs),
 }
 
 // `version` flags. (Plain comments on these structs, as elsewhere here: clap would show a doc comment
@@ -56,6 +58,7 @@ pub fn system_command(engine: &Engine, command: SystemCommand) -> anyhow::Result
         SystemCommand::Df => df(engine),
         SystemCommand::Info(a) => info(engine, a),
         SystemCommand::Prune(a) => prune(engine, a),
+        SystemCommand::Events(a) => super::events::events(engine, a),
     }
 }
 
@@ -289,6 +292,20 @@ fn df(engine: &Engine) -> anyhow::Result<i32> {
 }
 
 fn prune(engine: &Engine, args: PruneArgs) -> anyhow::Result<i32> {
+    let mut warning = String::from(
+        "WARNING! This will remove:\n  - all stopped containers\n  - all networks not used by at least one container",
+    );
+    if args.volumes {
+        warning.push_str("\n  - all anonymous volumes not used by at least one container");
+    }
+    warning.push_str(if args.all {
+        "\n  - all images without at least one container associated to them\n  - all build cache"
+    } else {
+        "\n  - all dangling images\n  - all dangling build cache"
+    });
+    if !super::confirm_prune(args.force, &warning) {
+        return Ok(0);
+    }
     let store = engine.store();
     let mut reclaimed = 0u64;
     for c in engine.containers()? {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use berth_runtime::events::Event;
 use berth_runtime::Engine;
 use berth_store::VolumeRecord;
 use clap::{Args, Subcommand};
@@ -118,7 +119,10 @@ pub fn volume_command(engine: &Engine, command: VolumeCommand) -> anyhow::Result
                 let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
                 labels.insert(k.to_string(), v.to_string());
             }
-            let (v, _) = store.create_volume(&name, &labels, false)?;
+            let (v, created) = store.create_volume(&name, &labels, false)?;
+            if created {
+                engine.emit(&Event::volume("create", &v.name));
+            }
             println!("{}", v.name);
             Ok(0)
         }
@@ -182,7 +186,10 @@ pub fn volume_command(engine: &Engine, command: VolumeCommand) -> anyhow::Result
             let mut failed = false;
             for n in &a.names {
                 match store.remove_volume(n) {
-                    Ok(()) => println!("{n}"),
+                    Ok(()) => {
+                        engine.emit(&Event::volume("destroy", n));
+                        println!("{n}");
+                    }
                     Err(berth_store::StoreError::VolumeNotFound(_)) if a.force => {}
                     Err(e) => {
                         eprintln!("Error response from daemon: {e}");
@@ -193,12 +200,21 @@ pub fn volume_command(engine: &Engine, command: VolumeCommand) -> anyhow::Result
             Ok(if failed { 1 } else { 0 })
         }
         VolumeCommand::Prune(a) => {
+            let warning = if a.all {
+                "WARNING! This will remove all local volumes not used by at least one container."
+            } else {
+                "WARNING! This will remove anonymous local volumes not used by at least one container."
+            };
+            if !super::confirm_prune(a.force, warning) {
+                return Ok(0);
+            }
             let mut reclaimed = 0;
             let mut removed = Vec::new();
             for v in store.volumes()? {
                 if (v.anonymous || a.all) && store.volume_users(&v.name)?.is_empty() {
                     reclaimed += berth_store::snapshot::dir_size(&v.mountpoint);
                     store.remove_volume(&v.name)?;
+                    engine.emit(&Event::volume("destroy", &v.name));
                     removed.push(v.name);
                 }
             }
