@@ -648,10 +648,12 @@ impl Engine {
         // A new start is not stopped by the user; cleared here, before the monitor exists, so that a
         // `stop` racing the monitor's start-up is not undone by it.
         // (Only when set: a fresh `run` pays no extra write.)
-        if record.state.stopped_by_user {
+        // A start by the user also begins a new count of restarts, as Docker's.
+        if record.state.stopped_by_user || record.restart_count > 0 {
             self.store
                 .update_container(&record.id, |r| {
                     r.state.stopped_by_user = false;
+                    r.restart_count = 0;
                     Ok::<(), ()>(())
                 })?
                 .map_err(|_| RuntimeError::Io("update".into()))?;
@@ -1054,6 +1056,15 @@ fn write_etc_files(
     };
     for entry in &hc.extra_hosts {
         if let Some((name, ip)) = entry.split_once(':').or_else(|| entry.split_once('=')) {
+            // Docker's `host-gateway`: the host as containers reach it, the default bridge's gateway.
+            let ip = if ip == "host-gateway" {
+                berth_net::Network::default_bridge(root)
+                    .map_err(|e| RuntimeError::Io(format!("--add-host {entry}: {e}")))?
+                    .gateway
+                    .to_string()
+            } else {
+                ip.to_string()
+            };
             hosts.push_str(&format!("{ip}\t{name}\n"));
         }
     }

@@ -178,7 +178,9 @@ fn plan(spec: &Spec, pid: i32, options: &ExecOptions) -> Result<Plan, RuntimeErr
     }
     let (uid, gid, additional_gids) = match &options.user {
         Some(spec_user) => {
-            let user = crate::user::resolve_user(&proc_root.join("root"), spec_user)?;
+            // Docker reports every exec that cannot start its process as an OCI exec failure (126).
+            let user = crate::user::resolve_user(&proc_root.join("root"), spec_user)
+                .map_err(|e| RuntimeError::Exec(e.to_string()))?;
             set_env(&mut env, &format!("HOME={}", user.home));
             (user.uid, user.gid, user.additional_gids)
         }
@@ -220,7 +222,7 @@ fn plan(spec: &Spec, pid: i32, options: &ExecOptions) -> Result<Plan, RuntimeErr
         .clone()
         .unwrap_or_else(|| process.cwd().display().to_string());
     if !cwd.starts_with('/') {
-        return Err(RuntimeError::InvalidOption(format!(
+        return Err(RuntimeError::Exec(format!(
             "the working directory '{cwd}' is invalid, it needs to be an absolute path"
         )));
     }
@@ -393,9 +395,15 @@ fn read_exec_report(
         return Ok((pty, None));
     }
     let (code, message) = text.split_once(' ').unwrap_or((text, ""));
+    // An exec that cannot start its command exits 126 whatever the cause, as Docker's (a `run`
+    // whose command is missing exits 127).
     let error = match code {
-        "127" => RuntimeError::CommandNotFound(message.to_string()),
-        "126" => RuntimeError::CommandNotExecutable(message.to_string()),
+        "127" => RuntimeError::Exec(format!(
+            "exec failed: unable to start container process: exec: {message:?}: executable file not found in $PATH"
+        )),
+        "126" => RuntimeError::Exec(format!(
+            "exec failed: unable to start container process: exec: {message:?}: permission denied"
+        )),
         _ => RuntimeError::Exec(message.to_string()),
     };
     Ok((pty, Some(error)))

@@ -1205,7 +1205,11 @@ fn write_all_fd(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
 /// Copies the image's content at each volume's mount point into a volume that is still empty (Docker
 /// fills new volumes this way).
 fn fill_new_volumes(record: &ContainerRecord, rootfs: &Path) -> Result<(), RuntimeError> {
-    for m in record.mounts.iter().filter(|m| m.kind == "volume") {
+    for m in record
+        .mounts
+        .iter()
+        .filter(|m| m.kind == "volume" && !m.options.iter().any(|o| o == "nocopy"))
+    {
         let data = PathBuf::from(&m.source);
         let empty = fs::read_dir(&data)
             .map(|mut d| d.next().is_none())

@@ -1055,11 +1055,14 @@ pub(crate) fn parse_volume_flag(spec: &str) -> Result<MountRequest, RuntimeError
         return Err(bad("invalid mount destination '/'"));
     }
     let mut read_only = false;
+    let mut options = Vec::new();
     for m in mode.split(',').filter(|m| !m.is_empty()) {
         match m {
             "ro" => read_only = true,
+            // A new volume is not filled from the image's content.
+            "nocopy" => options.push("nocopy".to_string()),
             "rw" | "z" | "Z" | "private" | "rprivate" | "shared" | "rshared" | "slave"
-            | "rslave" | "nocopy" => {}
+            | "rslave" => {}
             other => return Err(bad(&format!("invalid mode: {other}"))),
         }
     }
@@ -1080,7 +1083,7 @@ pub(crate) fn parse_volume_flag(spec: &str) -> Result<MountRequest, RuntimeError
         source: source.into(),
         target: target.into(),
         read_only,
-        options: Vec::new(),
+        options,
     })
 }
 
@@ -1108,6 +1111,9 @@ pub(crate) fn parse_mount_flag(spec: &str) -> Result<MountRequest, RuntimeError>
                 parse_bytes(v).map_err(|e| bad(e.to_string()))?
             )),
             "tmpfs-mode" => options.push(format!("mode={v}")),
+            "volume-nocopy" if v.is_empty() || v == "true" || v == "1" => {
+                options.push("nocopy".to_string())
+            }
             "bind-propagation" | "volume-nocopy" | "consistency" => {}
             other => return Err(bad(format!("unexpected key '{other}' in '{field}'"))),
         }

@@ -553,6 +553,32 @@ fn volumes_and_binds() {
         "kept\n"
     );
     assert!(b.ok(&["volume", "ls", "-q"]).contains("data"));
+    // A new named volume is filled from the image's content at its mount point, unless nocopy.
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "etcvol:/etc",
+        "busybox",
+        "grep",
+        "^staff",
+        "/etc/group",
+    ]);
+    assert_eq!(out, "staff:x:50:www-data\n");
+    for flag in [
+        &["-v", "nc1:/etc:nocopy"][..],
+        &["--mount", "type=volume,src=nc2,dst=/etc,volume-nocopy"],
+    ] {
+        let out = b.run(
+            &[
+                &["run", "--rm"][..],
+                flag,
+                &["busybox", "cat", "/etc/group"],
+            ]
+            .concat(),
+        );
+        assert_ne!(out.status.code(), Some(0), "{flag:?} filled the volume");
+    }
     let host = b.dir.path().join("host");
     std::fs::create_dir_all(&host).unwrap();
     std::fs::write(host.join("in"), "from host\n").unwrap();
@@ -1027,7 +1053,7 @@ fn restart_policy_on_failure_counts_restarts() {
         "busybox",
         "sh",
         "-c",
-        "exit 1",
+        "echo ran; exit 1",
     ]);
     assert_eq!(b.ok(&["wait", "flaky"]), "1\n");
     assert_eq!(
@@ -1039,6 +1065,24 @@ fn restart_policy_on_failure_counts_restarts() {
         ]),
         "2 exited\n"
     );
+    // A start by the user counts restarts from zero again, as Docker's.
+    b.ok(&["start", "flaky"]);
+    assert_eq!(b.ok(&["wait", "flaky"]), "1\n");
+    assert_eq!(
+        b.ok(&["inspect", "-f", "{{.RestartCount}}", "flaky"]),
+        "2\n",
+        "two new restarts, not four"
+    );
+    // --tail of all, a negative number or a word shows every line (Docker's reading).
+    let everything = b.ok(&["logs", "flaky"]);
+    assert_eq!(everything.lines().count(), 6, "{everything}");
+    for tail in ["all", "-1", "x"] {
+        assert_eq!(
+            b.ok(&["logs", "--tail", tail, "flaky"]),
+            everything,
+            "{tail}"
+        );
+    }
 }
 
 #[test]

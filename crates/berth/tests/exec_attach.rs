@@ -146,16 +146,19 @@ fn exec_joins_the_container_with_its_identity_and_limits() {
 fn exec_errors_use_dockers_codes() {
     let b = Berth::with_busybox();
     b.ok(&["run", "-d", "--name", "ex2", "busybox", "sleep", "300"]);
+    // Every exec that cannot start its command is 126 with Docker (a run's missing command is 127).
     let out = b.run(&["exec", "ex2", "nosuchcommand"]);
-    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(out.status.code(), Some(126));
     assert!(stderr(&out).contains("executable file not found"));
     let out = b.run(&["exec", "ex2", "/etc/passwd"]);
     assert_eq!(out.status.code(), Some(126));
     let out = b.run(&["exec", "-w", "/nonexistent", "ex2", "pwd"]);
     assert_eq!(out.status.code(), Some(126));
     assert!(stderr(&out).contains("chdir"), "{}", stderr(&out));
+    let out = b.run(&["exec", "-w", "relative", "ex2", "pwd"]);
+    assert_eq!(out.status.code(), Some(126));
     let out = b.run(&["exec", "-u", "nosuchuser", "ex2", "id"]);
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(126));
     assert!(stderr(&out).contains("unable to find user nosuchuser"));
     let out = b.run(&["exec", "nosuchcontainer", "true"]);
     assert_eq!(out.status.code(), Some(1));

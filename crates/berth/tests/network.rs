@@ -281,6 +281,25 @@ fn network_modes_and_bad_specs() {
     let out = b.run(&["run", "--rm", "--network", "host", "busybox", "hostname"]);
     let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(stdout(&out), host_name);
+    // --add-host name:host-gateway is the default bridge's gateway, as with Docker.
+    let hosts = b.ok(&[
+        "run",
+        "--rm",
+        "--add-host",
+        "hgw:host-gateway",
+        "busybox",
+        "grep",
+        "hgw",
+        "/etc/hosts",
+    ]);
+    let gateway = b.ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+        "bridge",
+    ]);
+    assert_eq!(hosts, format!("{}\thgw\n", gateway.trim()));
     // bridge (the default): eth0 with an address of the network, a default route.
     let out = b.ok(&[
         "run",

@@ -398,7 +398,7 @@ pub struct LogsArgs {
     #[arg(short = 'f', long)]
     follow: bool,
     /// Number of lines to show from the end of the logs
-    #[arg(short = 'n', long, default_value = "all")]
+    #[arg(short = 'n', long, default_value = "all", allow_hyphen_values = true)]
     tail: String,
     /// Show logs since timestamp (RFC 3339) or relative (42m)
     #[arg(long)]
@@ -1200,13 +1200,8 @@ pub fn logs(engine: &Engine, args: LogsArgs) -> anyhow::Result<i32> {
     let path = engine.log_path(&record.id);
     let since = args.since.as_deref().map(parse_time_bound).transpose()?;
     let until = args.until.as_deref().map(parse_time_bound).transpose()?;
-    let tail: Option<usize> = match args.tail.as_str() {
-        "all" | "-1" => None,
-        n => Some(
-            n.parse()
-                .with_context(|| format!("invalid value for --tail: {n}"))?,
-        ),
-    };
+    // Docker shows everything for `all`, a negative number or anything that is not a number.
+    let tail: Option<usize> = args.tail.parse().ok();
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
