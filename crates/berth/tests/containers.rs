@@ -409,6 +409,41 @@ fn events_tell_the_lifecycle_as_docker_does() {
 }
 
 #[test]
+fn top_lists_the_containers_processes_with_any_ps_options() {
+    let b = Berth::with_busybox();
+    b.ok(&["run", "-d", "--name", "topped", "busybox", "sleep", "600"]);
+    let out = b.ok(&["top", "topped"]);
+    let mut lines = out.lines();
+    assert!(
+        lines
+            .next()
+            .is_some_and(|h| h.contains("PID") && h.contains("CMD")),
+        "{out}"
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert!(rows[0].ends_with("sleep 600"), "{out}");
+    // BSD options that select by terminal or user, and -o, still show the container's processes.
+    for options in [
+        &["c"][..],
+        &["u"][..],
+        &["-o", "pid,comm"][..],
+        &["aux"][..],
+    ] {
+        let out = b.ok(&[&["top", "topped"][..], options].concat());
+        assert_eq!(out.lines().count(), 2, "{options:?}: {out}");
+        assert!(
+            out.lines().nth(1).is_some_and(|l| l.contains("sleep")),
+            "{options:?}: {out}"
+        );
+    }
+    b.ok(&["stop", "-t", "0", "topped"]);
+    let out = b.run(&["top", "topped"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not running"), "{}", stderr(&out));
+}
+
+#[test]
 fn rm_force_kills_and_wait_sees_rm_exit_code() {
     let b = Berth::with_busybox();
     b.ok(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "100"]);

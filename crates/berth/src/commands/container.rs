@@ -1576,10 +1576,27 @@ pub fn top(engine: &Engine, args: TopArgs) -> anyhow::Result<i32> {
     } else {
         args.ps_args.clone()
     };
-    let output = std::process::Command::new("ps")
+    // As Docker: the container's PIDs are asked for (`-q`), so that options that select processes
+    // by terminal or user (BSD `c`, `u`) still list them; some options do not combine with `-q`,
+    // and then every process is listed and filtered below.
+    let pid_list = pids
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let with_pids = std::process::Command::new("ps")
         .args(&ps_args)
+        .args(["-q", &pid_list])
         .output()
         .context("running ps")?;
+    let output = if with_pids.status.success() && !pids.is_empty() {
+        with_pids
+    } else {
+        std::process::Command::new("ps")
+            .args(&ps_args)
+            .output()
+            .context("running ps")?
+    };
     let text = String::from_utf8_lossy(&output.stdout);
     let mut lines = text.lines();
     let Some(header) = lines.next() else {
