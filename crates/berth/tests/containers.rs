@@ -46,6 +46,15 @@ fn run_prints_output_and_returns_exit_codes() {
     assert_eq!(b.ok(&["ps", "-aq"]), "", "--rm left a container");
 }
 
+/// Runs `run --rm ARGS busybox true` for each case: each must be refused (125) with its words.
+fn assert_refused_runs(b: &Berth, cases: &[(&[&str], &str)]) {
+    for (args, words) in cases {
+        let out = b.run(&[&["run", "--rm"][..], args, &["busybox", "true"]].concat());
+        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        assert!(stderr(&out).contains(words), "{args:?}: {}", stderr(&out));
+    }
+}
+
 #[test]
 fn bad_input_exits_125_with_a_clear_error() {
     let b = Berth::with_busybox();
@@ -83,30 +92,29 @@ fn bad_input_exits_125_with_a_clear_error() {
         stderr(&out)
     );
     // Each refused with Docker's words before anything is made.
-    for (args, words) in [
-        (
-            &["--cpus", "-1"][..],
-            "invalid argument \"-1\" for \"--cpus\" flag",
-        ),
-        (&["-e", "=x"][..], "invalid environment variable: =x"),
-        (
-            &["--cpuset-cpus", "abc"][..],
-            "Invalid value abc for cpuset cpus",
-        ),
-        (
-            &["--cpuset-cpus", "0-4096"][..],
-            "Requested CPUs are not available",
-        ),
-        (
-            &["--security-opt", "bogus"][..],
-            "Invalid --security-opt: \"bogus\"",
-        ),
-        (&["--name", "-x"][..], "Invalid container name (-x)"),
-    ] {
-        let out = b.run(&[&["run", "--rm"][..], args, &["busybox", "true"]].concat());
-        assert_eq!(out.status.code(), Some(125), "{args:?}");
-        assert!(stderr(&out).contains(words), "{args:?}: {}", stderr(&out));
-    }
+    assert_refused_runs(
+        &b,
+        &[
+            (
+                &["--cpus", "-1"][..],
+                "invalid argument \"-1\" for \"--cpus\" flag",
+            ),
+            (&["-e", "=x"][..], "invalid environment variable: =x"),
+            (
+                &["--cpuset-cpus", "abc"][..],
+                "Invalid value abc for cpuset cpus",
+            ),
+            (
+                &["--cpuset-cpus", "0-4096"][..],
+                "Requested CPUs are not available",
+            ),
+            (
+                &["--security-opt", "bogus"][..],
+                "Invalid --security-opt: \"bogus\"",
+            ),
+            (&["--name", "-x"][..], "Invalid container name (-x)"),
+        ],
+    );
     assert_eq!(
         b.ok(&["ps", "-aq"]),
         "",
@@ -854,29 +862,28 @@ fn shm_size_sysctls_devices_groups_namespaces_and_cidfile() {
         ]),
         "host host 67108864\n"
     );
-    for (args, words) in [
-        (&["--sysctl", "kernel.hostname=x"][..], "is not whitelisted"),
-        (
-            &["--network", "host", "--sysctl", "net.ipv4.ip_forward=1"][..],
-            "not allowed in host network namespace",
-        ),
-        (
-            &["--device", "/dev/nope"][..],
-            "error gathering device information",
-        ),
-        (&["--device", "/etc/passwd"][..], "is not a device node"),
-        (&["--shm-size", "0"][..], "--shm-size"),
-        (&["--pid", "container:x"][..], "invalid PID mode"),
-        (&["--ipc", "container:x"][..], "invalid IPC mode"),
-        (
-            &["--group-add", "nosuchgroup"][..],
-            "Unable to find group nosuchgroup",
-        ),
-    ] {
-        let out = b.run(&[&["run", "--rm"][..], args, &["busybox", "true"]].concat());
-        assert_eq!(out.status.code(), Some(125), "{args:?}");
-        assert!(stderr(&out).contains(words), "{args:?}: {}", stderr(&out));
-    }
+    assert_refused_runs(
+        &b,
+        &[
+            (&["--sysctl", "kernel.hostname=x"][..], "is not whitelisted"),
+            (
+                &["--network", "host", "--sysctl", "net.ipv4.ip_forward=1"][..],
+                "not allowed in host network namespace",
+            ),
+            (
+                &["--device", "/dev/nope"][..],
+                "error gathering device information",
+            ),
+            (&["--device", "/etc/passwd"][..], "is not a device node"),
+            (&["--shm-size", "0"][..], "--shm-size"),
+            (&["--pid", "container:x"][..], "invalid PID mode"),
+            (&["--ipc", "container:x"][..], "invalid IPC mode"),
+            (
+                &["--group-add", "nosuchgroup"][..],
+                "Unable to find group nosuchgroup",
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -975,17 +982,16 @@ fn log_driver_none_keeps_no_log_but_attached_output_flows() {
     );
     let out = b.ok(&["inspect", "-f", "{{.HostConfig.LogConfig.Type}}", "quiet"]);
     assert_eq!(out, "none\n");
-    for (args, words) in [
-        (&["--log-driver", "syslog"][..], "not supported"),
-        (
-            &["--log-driver", "none", "--log-opt", "max-size=1m"][..],
-            "for none log driver",
-        ),
-    ] {
-        let out = b.run(&[&["run", "--rm"][..], args, &["busybox", "true"]].concat());
-        assert_eq!(out.status.code(), Some(125), "{args:?}");
-        assert!(stderr(&out).contains(words), "{args:?}: {}", stderr(&out));
-    }
+    assert_refused_runs(
+        &b,
+        &[
+            (&["--log-driver", "syslog"][..], "not supported"),
+            (
+                &["--log-driver", "none", "--log-opt", "max-size=1m"][..],
+                "for none log driver",
+            ),
+        ],
+    );
 }
 
 #[test]
