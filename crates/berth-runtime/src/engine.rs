@@ -286,7 +286,9 @@ impl Engine {
 
     /// Creates a container (record, snapshot, volumes, hosts files) without starting it.
     pub fn create(&self, options: &RunOptions) -> Result<ContainerRecord, RuntimeError> {
-        self.create_with_id(options, new_container_id())
+        let record = self.create_with_id(options, new_container_id())?;
+        self.emit(&Event::container(&record, "create", &[]));
+        Ok(record)
     }
 
     fn create_with_id(
@@ -350,7 +352,6 @@ impl Engine {
             self.remove_anonymous_volumes(&record.mounts);
             return Err(e);
         }
-        self.emit(&Event::container(&record, "create", &[]));
         Ok(record)
     }
 
@@ -688,6 +689,8 @@ impl Engine {
         File::from(record_written)
             .write_all(b"1")
             .map_err(|e| io_err("tell the monitor", e))?;
+        // Once the monitor is on its way: the event log is not on the way of a start.
+        self.emit(&Event::container(&record, "create", &[]));
         match Self::await_started(monitor) {
             Ok(started) => Ok((record, started)),
             Err(e) => {

@@ -222,7 +222,6 @@ fn supervise(
                 // leaves is swept as orphans: directories without a record.)
                 // Its anonymous volumes go with it, before the exit is reported too: as Docker's
                 // `run --rm`, the volumes are gone when `run` returns.
-                emit_exit(engine, &record, &outcome);
                 engine.store().delete_container(&id)?;
                 tracing::debug!("record deleted");
                 engine.remove_anonymous_volumes(&record.mounts);
@@ -231,6 +230,7 @@ fn supervise(
                 drop(attachments);
                 status.finish(&MonitorEvent::Exited(outcome.exit_code));
                 tracing::debug!("exit reported");
+                emit_exit(engine, &record, &outcome);
                 // No one waits for the rest: it yields the CPU to whatever runs next (as often as
                 // not, the next container's start).
                 // SAFETY: setpriority only lowers this process's own scheduling priority.
@@ -780,10 +780,11 @@ fn run_once(
                 Ok::<(), ()>(())
             })?
             .map_err(|_| RuntimeError::Io("update".into()))?;
-        engine.emit(&Event::container(record, "start", &[]));
         if first {
             status.send(&MonitorEvent::Started(pid));
         }
+        // After the starter is told: the event log is for observers, not on the way of a start.
+        engine.emit(&Event::container(record, "start", &[]));
         let mut prober = crate::health::Prober::new(record.config.healthcheck.as_ref());
         let exit_code = pump(
             Pid::from_raw(pid),
