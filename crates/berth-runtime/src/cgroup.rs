@@ -180,29 +180,14 @@ pub fn join_files_of(pid: i32) -> Vec<PathBuf> {
 /// The container's view of its cgroups at `/sys/fs/cgroup`, as (host source, container destination)
 /// bind mounts, Docker's (runc's) layout: on a v2 host its own cgroup directory is the whole tree;
 /// on a v1 or hybrid host each controller hierarchy shows the container's own directory under the
-/// hierarchy's name, and under the names of the host's links to it (`cpu` → `cpu,cpuacct`).
-/// Named hierarchies (`name=systemd`) and a hybrid host's `unified` tree are left out: the container
-/// has no cgroup of its own there. The directories are made by the runtime's cgroup manager before
-/// the container's mounts, so they need not exist yet.
+/// hierarchy's name, and a co-mounted one (`cpu,cpuacct`) under each controller's name too, where
+/// runc makes links. Named hierarchies (`name=systemd`) and a hybrid host's `unified` tree are left
+/// out: the container has no cgroup of its own there. The directories are made by the runtime's
+/// cgroup manager before the container's mounts, so they need not exist yet.
 pub fn container_view(id: &str) -> Vec<(PathBuf, String)> {
-    let relative = cgroups_path(id);
-    let relative = relative.trim_start_matches('/');
     if is_unified() {
-        return vec![(Path::new(V2_ROOT).join(relative), V2_ROOT.to_string())];
+        return vec![(v2_dir(id), "/sys/fs/cgroup".to_string())];
     }
-    let links: Vec<(String, PathBuf)> = fs::read_dir(V2_ROOT)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| {
-                    Some((
-                        e.file_name().into_string().ok()?,
-                        fs::read_link(e.path()).ok()?,
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     let mut view = Vec::new();
     for (fstype, mount_point, super_opts) in cgroup_mounts() {
         let Some(name) = mount_point.strip_prefix("/sys/fs/cgroup/") else {
@@ -214,19 +199,16 @@ pub fn container_view(id: &str) -> Vec<(PathBuf, String)> {
         {
             continue;
         }
-        let source = Path::new(&mount_point).join(relative);
-        for (link, target) in &links {
-            if target.file_name().is_some_and(|t| t == name) {
-                view.push((source.clone(), format!("/sys/fs/cgroup/{link}")));
+        let source = v1_dir(name, id);
+        if name.contains(',') {
+            for controller in name.split(',') {
+                view.push((source.clone(), format!("/sys/fs/cgroup/{controller}")));
             }
         }
         view.push((source, mount_point.clone()));
     }
     view
 }
-
-/// Where the cgroup filesystems are mounted, on the host and in containers.
-const V2_ROOT: &str = "/sys/fs/cgroup";
 
 /// Every cgroup filesystem mount: (fstype `cgroup`/`cgroup2`, mount point, super options — the v1
 /// controllers or `name=…`), from one read of mountinfo.

@@ -751,15 +751,23 @@ impl Engine {
         }
         if record.state.paused && signal == Signal::SIGKILL {
             // A frozen process cannot die; thaw it so SIGKILL is delivered.
-            let _ = self.set_paused(&record, false);
+            let _ = self.set_paused(&record.id, false);
         }
-        kill(Pid::from_raw(record.state.pid), signal).map_err(|e| io_err("kill", e))?;
+        self.signal_init(&record, signal)
+            .map_err(|e| io_err("kill", e))?;
+        Ok(record)
+    }
+
+    /// Sends `signal` to the container's init (the PID in `record`) and records Docker's `kill`
+    /// event when it was delivered.
+    fn signal_init(&self, record: &ContainerRecord, signal: Signal) -> nix::Result<()> {
+        kill(Pid::from_raw(record.state.pid), signal)?;
         self.emit(&Event::container(
-            &record,
+            record,
             "kill",
             &[("signal", (signal as i32).to_string())],
         ));
-        Ok(record)
+        Ok(())
     }
 
     fn mark_stopped_by_user(&self, id: &str) -> Result<(), RuntimeError> {
@@ -786,7 +794,7 @@ impl Engine {
         }
         let timeout = timeout.or(record.config.stop_timeout).unwrap_or(10);
         if record.state.paused {
-            let _ = self.set_paused(&record, false);
+            let _ = self.set_paused(&record.id, false);
         }
         let signal = if record.config.stop_signal.is_empty() {
             Signal::SIGTERM
@@ -803,24 +811,14 @@ impl Engine {
             std::thread::sleep(Duration::from_millis(5));
             record = self.store.container(&record.id)?;
         }
-        if record.state.pid > 0 && kill(Pid::from_raw(record.state.pid), signal).is_ok() {
-            self.emit(&Event::container(
-                &record,
-                "kill",
-                &[("signal", (signal as i32).to_string())],
-            ));
+        if record.state.pid > 0 {
+            let _ = self.signal_init(&record, signal);
         }
         let deadline = Duration::from_secs(timeout.max(0) as u64);
         if !self.wait_exit_recorded(&record.id, Some(deadline)) {
             let current = self.store.container(&record.id)?;
-            if current.state.pid > 0
-                && kill(Pid::from_raw(current.state.pid), Signal::SIGKILL).is_ok()
-            {
-                self.emit(&Event::container(
-                    &record,
-                    "kill",
-                    &[("signal", (Signal::SIGKILL as i32).to_string())],
-                ));
+            if current.state.pid > 0 {
+                let _ = self.signal_init(&current, Signal::SIGKILL);
             }
             self.wait_exit_recorded(&record.id, Some(Duration::from_secs(30)));
         }
@@ -896,7 +894,7 @@ impl Engine {
             }
             self.mark_stopped_by_user(&record.id)?;
             if record.state.paused {
-                let _ = self.set_paused(&record, false);
+                let _ = self.set_paused(&record.id, false);
             }
             if record.state.pid > 0 {
                 let _ = kill(Pid::from_raw(record.state.pid), Signal::SIGKILL);
@@ -949,8 +947,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Freezes or thaws a running container's processes (cgroup freezer).
-    pub fn set_paused(&self, record: &ContainerRecord, paused: bool) -> Result<(), RuntimeError> {
+    /// Freezes or thaws a running container's processes (cgroup freezer). The record is read here,
+    /// so that a caller holding an older one (read before its own freeze) cannot be refused.
+    pub fn set_paused(&self, name_or_id: &str, paused: bool) -> Result<(), RuntimeError> {
+        let record = &self.container(name_or_id)?;
         if !record.state.running {
             return Err(RuntimeError::NotRunning(record.id[..12].to_string()));
         }

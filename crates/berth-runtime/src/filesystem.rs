@@ -463,15 +463,14 @@ impl Engine {
         let record = self.container(name_or_id)?;
         let pause = options.pause && record.state.running && !record.state.paused;
         if pause {
-            self.set_paused(&record, true)?;
+            self.set_paused(&record.id, true)?;
         }
         let result = self.commit_paused(&record, options, change_config);
         if pause {
-            // Thaw with the record as it is now (paused): `set_paused` refuses to thaw a container
-            // its record says is running, which the record read before the freeze still says.
-            let now = self.container(&record.id)?;
-            if now.state.running && now.state.paused {
-                self.set_paused(&now, false)?;
+            // A container that exited meanwhile has nothing left to thaw.
+            match self.set_paused(&record.id, false) {
+                Err(RuntimeError::NotRunning(_)) => {}
+                thawed => thawed?,
             }
         }
         result

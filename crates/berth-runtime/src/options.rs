@@ -360,22 +360,13 @@ fn parse_device(spec: &str) -> Result<DeviceMapping, RuntimeError> {
     if !host.starts_with('/') || !container.starts_with('/') {
         return Err(bad("device paths must be absolute".into()));
     }
-    use std::os::unix::fs::FileTypeExt;
-    let kind = std::fs::metadata(host)
-        .map_err(|e| {
-            RuntimeError::InvalidOption(format!(
-                "error gathering device information while adding custom device {host:?}: {e}"
-            ))
-        })?
-        .file_type();
-    if !kind.is_char_device() && !kind.is_block_device() {
-        return Err(bad(format!("{host} is not a device node")));
-    }
-    Ok(DeviceMapping {
+    let mapping = DeviceMapping {
         path_on_host: host.to_string(),
         path_in_container: container.to_string(),
         cgroup_permissions: permissions.to_string(),
-    })
+    };
+    crate::spec::device_node(&mapping)?;
+    Ok(mapping)
 }
 
 /// `--sysctl key=value`, checked as Docker does: only kernel parameters a container's own
@@ -807,15 +798,12 @@ pub(crate) fn build_record(
     }
 
     // On the host's network a container goes by the host's name, as with Docker.
-    let host_name = || {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|name| name.trim().to_string())
-            .filter(|name| !name.is_empty())
-    };
     let hostname = match &options.hostname {
         Some(name) => name.clone(),
-        None if network_mode == "host" => host_name().unwrap_or_else(|| id[..12].to_string()),
+        None if network_mode == "host" => nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_else(|| id[..12].to_string()),
         None => id[..12].to_string(),
     };
     let config = ContainerConfig {
@@ -861,7 +849,7 @@ pub(crate) fn build_record(
                 )))
             }
         },
-        None => 64 << 20,
+        None => berth_store::container::DEFAULT_SHM_SIZE,
     };
     let ipc_mode = match options.ipc.as_deref() {
         None | Some("") | Some("private") => "private".to_string(),

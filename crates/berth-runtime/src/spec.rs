@@ -278,7 +278,7 @@ pub fn build_spec(record: &ContainerRecord, paths: &SpecPaths<'_>) -> Result<Val
         let size = if hc.shm_size > 0 {
             hc.shm_size
         } else {
-            64 << 20
+            berth_store::container::DEFAULT_SHM_SIZE
         };
         mounts.push(json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={size}")]}));
     }
@@ -420,37 +420,38 @@ fn mount_json(m: &MountPoint) -> Value {
 
 /// The OCI device node and the cgroup rule allowing it, for each `--device`.
 fn device_nodes(devices: &[DeviceMapping]) -> Result<Vec<(Value, Value)>, RuntimeError> {
+    devices.iter().map(device_node).collect()
+}
+
+/// The OCI device node and cgroup rule of one `--device`, from the host node as it is now; `create`
+/// calls it too, to refuse a path that is no device before anything is made.
+pub(crate) fn device_node(d: &DeviceMapping) -> Result<(Value, Value), RuntimeError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    devices
-        .iter()
-        .map(|d| {
-            let meta = std::fs::metadata(&d.path_on_host).map_err(|e| {
-                RuntimeError::InvalidOption(format!(
-                    "error gathering device information while adding custom device {:?}: {e}",
-                    d.path_on_host
-                ))
-            })?;
-            let kind = if meta.file_type().is_block_device() {
-                "b"
-            } else if meta.file_type().is_char_device() {
-                "c"
-            } else {
-                return Err(RuntimeError::InvalidOption(format!(
-                    "{} is not a device node",
-                    d.path_on_host
-                )));
-            };
-            let (major, minor) = (
-                nix::sys::stat::major(meta.rdev()),
-                nix::sys::stat::minor(meta.rdev()),
-            );
-            let node = json!({"path": d.path_in_container, "type": kind, "major": major, "minor": minor,
-                "fileMode": meta.mode() & 0o7777, "uid": meta.uid(), "gid": meta.gid()});
-            let rule = json!({"allow": true, "type": kind, "major": major, "minor": minor,
-                "access": d.cgroup_permissions});
-            Ok((node, rule))
-        })
-        .collect()
+    let meta = std::fs::metadata(&d.path_on_host).map_err(|e| {
+        RuntimeError::InvalidOption(format!(
+            "error gathering device information while adding custom device {:?}: {e}",
+            d.path_on_host
+        ))
+    })?;
+    let kind = if meta.file_type().is_block_device() {
+        "b"
+    } else if meta.file_type().is_char_device() {
+        "c"
+    } else {
+        return Err(RuntimeError::InvalidOption(format!(
+            "{} is not a device node",
+            d.path_on_host
+        )));
+    };
+    let (major, minor) = (
+        nix::sys::stat::major(meta.rdev()),
+        nix::sys::stat::minor(meta.rdev()),
+    );
+    let node = json!({"path": d.path_in_container, "type": kind, "major": major, "minor": minor,
+        "fileMode": meta.mode() & 0o7777, "uid": meta.uid(), "gid": meta.gid()});
+    let rule = json!({"allow": true, "type": kind, "major": major, "minor": minor,
+        "access": d.cgroup_permissions});
+    Ok((node, rule))
 }
 
 fn device_rules(privileged: bool) -> Value {

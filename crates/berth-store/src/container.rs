@@ -251,6 +251,9 @@ pub struct HostConfig {
     pub group_add: Vec<String>,
 }
 
+/// Docker's size of a container's /dev/shm when `--shm-size` is not given: 64 MiB.
+pub const DEFAULT_SHM_SIZE: i64 = 64 << 20;
+
 /// A host device given to a container (`--device /dev/x[:/dev/y[:rwm]]`), Docker's field names.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

@@ -75,8 +75,10 @@ pub struct NewImage {
 }
 
 /// What removing an image did: the lines `rmi` prints, and the space freed.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageRemoval {
+    /// The image the name resolved to.
+    pub image: Digest,
     /// What was untagged and deleted, in Docker's order.
     pub actions: Vec<RemovedImage>,
     /// The unpacked sizes of the layers that went with the image (those no other image or container
@@ -593,7 +595,11 @@ impl Store {
                 short(container)
             ),
         };
-        let mut removal = ImageRemoval::default();
+        let mut removal = ImageRemoval {
+            image: image.id.clone(),
+            actions: Vec::new(),
+            reclaimed: 0,
+        };
         let tags_to_remove: Vec<String> = match &by_tag {
             Some(reference) => {
                 if !force && image.tags.len() == 1 {

@@ -207,9 +207,16 @@ pub fn print_rows(
     Ok(())
 }
 
-/// Prints `inspect` documents: each through a `--format` template, or all as one pretty JSON array.
+/// Prints `inspect` documents: each through a `--format` template (`json`: each as one line of JSON),
+/// or all as one pretty JSON array.
 pub fn print_documents(format: Option<&str>, docs: &[Value]) -> anyhow::Result<()> {
     match format {
+        // Docker's shorthand for `{{json .}}`, as in listings.
+        Some("json") => {
+            for d in docs {
+                println!("{}", serde_json::to_string(d)?);
+            }
+        }
         Some(f) => {
             let t = Template::parse(f)?;
             for d in docs {

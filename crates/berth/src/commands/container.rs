@@ -919,8 +919,7 @@ pub fn rename(engine: &Engine, args: RenameArgs) -> anyhow::Result<i32> {
 
 pub fn pause(engine: &Engine, args: NamesArgs, paused: bool) -> anyhow::Result<i32> {
     for_each(&args.containers, |name| {
-        let record = engine.container(name)?;
-        engine.set_paused(&record, paused)?;
+        engine.set_paused(name, paused)?;
         Ok(())
     })
 }
@@ -996,49 +995,59 @@ fn image_text(
     }
 }
 
-fn matches_filter(engine: &Engine, record: &ContainerRecord, filter: &str) -> anyhow::Result<bool> {
+/// A `ps --filter key=value` as a test of a record. What it needs from the store (the image of
+/// `ancestor`, the container of `before`/`since`) is looked up once here, not once per container.
+type ContainerFilter = Box<dyn Fn(&ContainerRecord) -> bool>;
+
+fn container_filter(engine: &Engine, filter: &str) -> anyhow::Result<ContainerFilter> {
     let (key, value) = filter
         .split_once('=')
         .with_context(|| format!("bad format of filter (expected name=value): {filter}"))?;
+    let value = value.to_string();
     Ok(match key {
-        "id" => record.id.starts_with(value),
-        "name" => record.name.contains(value),
-        "status" => record.state.status.as_str() == value,
-        "exited" => {
-            record.state.status == Status::Exited && record.state.exit_code.to_string() == value
-        }
+        "id" => Box::new(move |r| r.id.starts_with(&value)),
+        "name" => Box::new(move |r| r.name.contains(&value)),
+        "status" => Box::new(move |r| r.state.status.as_str() == value),
+        "exited" => Box::new(move |r| {
+            r.state.status == Status::Exited && r.state.exit_code.to_string() == value
+        }),
         "label" => match value.split_once('=') {
-            Some((k, v)) => record.config.labels.get(k).is_some_and(|x| x == v),
-            None => record.config.labels.contains_key(value),
+            Some((k, v)) => {
+                let (k, v) = (k.to_string(), v.to_string());
+                Box::new(move |r| r.config.labels.get(&k).is_some_and(|x| *x == v))
+            }
+            None => Box::new(move |r| r.config.labels.contains_key(&value)),
         },
-        "ancestor" => engine
-            .store()
-            .image(value)
-            .is_ok_and(|i| i.id == record.image_id),
-        "health" => {
-            record
-                .state
+        "ancestor" => {
+            let image = engine.store().image(&value).ok().map(|i| i.id);
+            Box::new(move |r| image.as_ref() == Some(&r.image_id))
+        }
+        "health" => Box::new(move |r| {
+            r.state
                 .health
                 .as_ref()
                 .map_or("none", |h| h.status.as_str())
                 == value
-        }
-        "volume" => record
-            .mounts
-            .iter()
-            .any(|m| m.name == value || m.destination == value),
+        }),
+        "volume" => Box::new(move |r| {
+            r.mounts
+                .iter()
+                .any(|m| m.name == value || m.destination == value)
+        }),
         // Created before or after the named container (RFC 3339 in UTC with the same precision,
         // so the texts sort as the times do).
-        "before" => record.created < engine.container(value)?.created,
-        "since" => record.created > engine.container(value)?.created,
-        "network" => {
-            record.host_config.network_mode == value
-                || record
-                    .host_config
-                    .extra_networks
-                    .iter()
-                    .any(|n| n.name == value)
+        "before" => {
+            let created = engine.container(&value)?.created;
+            Box::new(move |r| r.created < created)
         }
+        "since" => {
+            let created = engine.container(&value)?.created;
+            Box::new(move |r| r.created > created)
+        }
+        "network" => Box::new(move |r| {
+            r.host_config.network_mode == value
+                || r.host_config.extra_networks.iter().any(|n| n.name == value)
+        }),
         other => bail!("invalid filter '{other}'"),
     })
 }
@@ -1055,13 +1064,8 @@ pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<i32> {
         });
     }
     for f in &args.filter {
-        let mut kept = Vec::new();
-        for r in records {
-            if matches_filter(engine, &r, f)? {
-                kept.push(r);
-            }
-        }
-        records = kept;
+        let keep = container_filter(engine, f)?;
+        records.retain(|r| keep(r));
     }
     let last = if args.latest { 1 } else { args.last };
     if last >= 0 {

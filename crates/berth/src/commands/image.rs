@@ -479,21 +479,20 @@ pub fn rmi(engine: &Engine, args: RmiArgs) -> anyhow::Result<i32> {
     let running = running_containers(engine)?;
     let mut failed = false;
     for name in &args.images {
-        let id = engine.store().image(name).map(|i| i.id.to_string());
         match engine
             .store()
             .delete_image(name, args.force, &|id| running.contains(id))
         {
             Ok(removal) => {
-                let id = id.unwrap_or_default();
-                for a in removal.actions {
+                let id = removal.image.as_str();
+                for a in &removal.actions {
                     match a {
                         RemovedImage::Untagged(t) => {
-                            engine.emit(&Event::image("untag", &id, &t));
+                            engine.emit(&Event::image("untag", id, t));
                             println!("Untagged: {t}");
                         }
                         RemovedImage::Deleted(d) => {
-                            engine.emit(&Event::image("delete", &id, d.as_str()));
+                            engine.emit(&Event::image("delete", id, d.as_str()));
                             println!("Deleted: {d}");
                         }
                     }

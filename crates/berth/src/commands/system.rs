@@ -4,7 +4,7 @@ use berth_runtime::Engine;
 use berth_store::container::Status;
 use clap::{Args, Subcommand};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::format::{human_size, print_documents, print_table};
 
@@ -62,16 +62,6 @@ pub fn system_command(engine: &Engine, command: SystemCommand) -> anyhow::Result
     }
 }
 
-/// Renders `doc` with a `--format` template; `json` alone is Docker's shorthand for `{{json .}}`.
-fn print_formatted(format: &str, doc: Value) -> anyhow::Result<()> {
-    let template = if format == "json" {
-        "{{json .}}"
-    } else {
-        format
-    };
-    print_documents(Some(template), &[doc])
-}
-
 /// The running kernel's release, as `uname -r` prints it.
 fn kernel_version() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -116,7 +106,7 @@ pub fn version(_engine: &Engine, args: VersionArgs) -> anyhow::Result<i32> {
                 "KernelVersion": kernel_version(),
             },
         });
-        print_formatted(format, doc)?;
+        print_documents(Some(format), &[doc])?;
         return Ok(0);
     }
     println!("Client: Berth");
@@ -170,7 +160,7 @@ pub fn info(engine: &Engine, args: InfoArgs) -> anyhow::Result<i32> {
             "BerthRunDir": runroot,
             "ServerVersion": env!("CARGO_PKG_VERSION"),
         });
-        print_formatted(format, doc)?;
+        print_documents(Some(format), &[doc])?;
         return Ok(0);
     }
     let cgroup = if unified { "2" } else { "1 (hybrid or legacy)" };
@@ -204,8 +194,13 @@ fn df(engine: &Engine) -> anyhow::Result<i32> {
     for image in &images {
         let in_use = used_images.contains(&&image.id);
         for diff_id in &image.config.rootfs.diff_ids {
-            let size = store.layer(diff_id)?.map_or(0, |l| l.unpacked_size);
-            let entry = layers.entry(diff_id).or_insert((size, false));
+            // Each shared layer is looked up once.
+            let entry = match layers.entry(diff_id) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert((store.layer(diff_id)?.map_or(0, |l| l.unpacked_size), false))
+                }
+            };
             entry.1 |= in_use;
         }
     }
